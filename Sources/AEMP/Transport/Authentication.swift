@@ -1,0 +1,68 @@
+import Crypto
+
+/// Auth methods of the handshake (aemp-protocol §4.4).
+public enum AuthMethod: String, Sendable, CaseIterable {
+    /// HMAC-SHA3-512 over both greeting pairs, keyed with the shared secret.
+    case hmacSHA3_512 = "hmac_sha3_512"
+    /// The hex of the secret itself; accepted from peers, never sent by this library.
+    case cleartext = "cleartext"
+}
+
+/// Computes and checks handshake tokens (aemp-protocol §4.4, checklist §12.2).
+public struct Authenticator: Sendable {
+    /// The shared secret's bytes, used directly as the HMAC key.
+    public let secret: [UInt8]
+
+    /// An authenticator for the given secret bytes.
+    public init(secret: [UInt8]) { self.secret = secret }
+
+    /// An authenticator for a secret string (its UTF-8 bytes).
+    public init(secret: String) { self.secret = Array(secret.utf8) }
+
+    /// The token for `method` over `first` then `second` greeting pair (each a two-line array).
+    ///
+    /// The token we send puts our own lines first; the token we expect puts the peer's first.
+    public func token(_ method: AuthMethod, first: (String, String), second: (String, String)) -> String {
+        switch method {
+        case .cleartext:
+            return Self.hex(secret)
+        case .hmacSHA3_512:
+            var mac = HMAC<SHA3_512>(key: SymmetricKey(data: secret))
+            for line in [first.0, first.1, second.0, second.1] {
+                mac.update(data: Array(line.utf8))
+                mac.update(data: [0x0A])
+            }
+            return Self.hex(Array(mac.finalize()))
+        }
+    }
+
+    /// The token we send: our two lines, then the peer's.
+    public func tokenToSend(_ method: AuthMethod, local: (String, String), remote: (String, String)) -> String {
+        token(method, first: local, second: remote)
+    }
+
+    /// The token we expect from the peer: its two lines, then ours.
+    public func tokenExpected(_ method: AuthMethod, local: (String, String), remote: (String, String)) -> String {
+        token(method, first: remote, second: local)
+    }
+
+    /// Compares two tokens in time independent of where they differ.
+    public static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        guard x.count == y.count else { return false }
+        var diff: UInt8 = 0
+        for i in 0..<x.count { diff |= x[i] ^ y[i] }
+        return diff == 0
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(bytes.count * 2)
+        for b in bytes {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 0xF)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -1,0 +1,45 @@
+import NIOCore
+
+/// A data-phase framing (aemp-protocol §5). `storable` is Perl-only and never offered.
+public enum Framing: String, Sendable, CaseIterable {
+    case json
+    case cbor
+
+    /// Appends one packet in this framing to `buffer`.
+    public func encode(_ packet: [Value], into buffer: inout ByteBuffer) throws {
+        switch self {
+        case .json: try JSONCodec.encode(.array(packet), into: &buffer)
+        case .cbor: CBORCodec.encode(.array(packet), into: &buffer)
+        }
+    }
+}
+
+/// An incremental decoder for one direction's framing.
+public enum PacketDecoder: Sendable {
+    case json(JSONStreamDecoder)
+    case cbor(CBORStreamDecoder)
+
+    /// A decoder for `framing` refusing packets larger than `maxPacketSize`.
+    public init(_ framing: Framing, maxPacketSize: Int) {
+        switch framing {
+        case .json: self = .json(JSONStreamDecoder(maxPacketSize: maxPacketSize))
+        case .cbor: self = .cbor(CBORStreamDecoder(maxPacketSize: maxPacketSize))
+        }
+    }
+
+    /// The next complete packet (an array's elements), or `nil` when more bytes are needed.
+    public mutating func next(from buffer: inout ByteBuffer) throws -> [Value]? {
+        let value: Value?
+        switch self {
+        case .json(var d):
+            value = try d.next(from: &buffer)
+            self = .json(d)
+        case .cbor(var d):
+            value = try d.next(from: &buffer)
+            self = .cbor(d)
+        }
+        guard let value else { return nil }
+        guard case .array(let elements) = value else { return [] }
+        return elements
+    }
+}
