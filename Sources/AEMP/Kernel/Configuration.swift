@@ -1,0 +1,83 @@
+import Logging
+import NIOCore
+
+/// What Perl's `configure` takes (aemp-protocol §2, §10): identity, secret, listeners and seeds.
+public struct NodeConfiguration: Sendable {
+    /// Node ID template; `%n` = host name, `%u` or a trailing `/` = random suffix.
+    /// The default, `"<host>/<random>"`, is unique per process like Perl's.
+    public var nodeID: String = "%n/"
+    /// The shared secret (raw bytes are used as the HMAC key).
+    public var secret: [UInt8]
+    /// Listen addresses `host:port` (port 0 picks a free one); empty = private node.
+    public var binds: [String] = []
+    /// Seed addresses `host:port`.
+    public var seeds: [String] = []
+    /// Framings we accept from peers, in preference order (aemp-protocol §4.1 step 5).
+    public var framings: [Framing] = [.json, .cbor]
+    /// Handshake deadline (Perl's `monitor_timeout`, 30 s).
+    public var handshakeTimeout: TimeAmount = .seconds(30)
+    /// How long queued messages wait for a connection before they are dropped and monitors fire.
+    public var connectTimeout: TimeAmount = .seconds(10)
+    /// Interval between dial attempts to a node's different addresses (Perl's `connect_interval`).
+    public var connectInterval: TimeAmount = .seconds(2)
+    /// Upper bound of the seed reconnect backoff.
+    public var seedBackoffLimit: TimeAmount = .seconds(30)
+    /// Largest packet accepted from a peer.
+    public var maxPacketSize: Int = 64 << 20
+    /// Logger for the node; connections add their own metadata.
+    public var logger: Logger = Logger(label: "aemp")
+
+    /// A configuration with the given secret (string form).
+    public init(secret: String) {
+        self.secret = Array(secret.utf8)
+    }
+
+    /// A configuration with the given secret bytes.
+    public init(secretBytes: [UInt8]) {
+        self.secret = secretBytes
+    }
+}
+
+/// Why a node could not start.
+public enum NodeError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The configured node ID is not usable.
+    case invalidNodeID(String)
+    /// A bind or seed address is not `host:port`.
+    case invalidAddress(String)
+    /// Listening on an address failed.
+    case bindFailed(address: String, reason: String)
+    /// No secret was configured (Perl cannot authenticate without one, aemp-protocol §4.4).
+    case missingSecret
+    /// The node has been shut down.
+    case shutDown
+
+    public var description: String {
+        switch self {
+        case .invalidNodeID(let why): return "invalid node ID: \(why)"
+        case .invalidAddress(let a): return "invalid address \(a.debugDescription): expected host:port"
+        case .bindFailed(let a, let r): return "cannot listen on \(a): \(r)"
+        case .missingSecret: return "no shared secret configured"
+        case .shutDown: return "the node has been shut down"
+        }
+    }
+}
+
+/// Splits `host:port` (IPv6 as `[addr]:port`).
+func splitHostPort(_ address: String) -> (host: String, port: Int)? {
+    var host: Substring
+    let portPart: Substring
+    if address.hasPrefix("[") {
+        guard let close = address.firstIndex(of: "]") else { return nil }
+        host = address[address.index(after: address.startIndex)..<close]
+        let after = address[address.index(after: close)...]
+        guard after.hasPrefix(":") else { return nil }
+        portPart = after.dropFirst()
+    } else {
+        guard let colon = address.lastIndex(of: ":") else { return nil }
+        host = address[..<colon]
+        portPart = address[address.index(after: colon)...]
+    }
+    guard let port = Int(portPart), (0...65535).contains(port), !host.isEmpty else { return nil }
+    if host == "*" { host = "0.0.0.0" }
+    return (String(host), port)
+}

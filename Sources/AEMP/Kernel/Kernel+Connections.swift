@@ -1,0 +1,223 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Listening, dialing and the life of connections (aemp-protocol §3, §9).
+extension Kernel: ConnectionDelegate {
+
+    // MARK: - Listening
+
+    func bind(_ address: String) -> EventLoopFuture<Void> {
+        guard let (host, port) = splitHostPort(address) else {
+            return loop.makeFailedFuture(NodeError.invalidAddress(address))
+        }
+        let me = NIOLoopBound(self, eventLoop: loop)
+        return ServerBootstrap(group: loop, childGroup: loop)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let kernel = me.value
+                    let connection = Connection(
+                        origin: .accepted, settings: kernel.settings, delegate: kernel, logger: kernel.logger)
+                    kernel.connections[ObjectIdentifier(connection)] = connection
+                    try channel.pipeline.syncOperations.addHandler(connection)
+                }
+            }
+            .bind(host: host, port: port)
+            .flatMapErrorThrowing { error in
+                throw NodeError.bindFailed(address: address, reason: "\(error)")
+            }
+            .map { channel in
+                let kernel = me.value
+                kernel.listeners.append(channel)
+                let boundPort = channel.localAddress?.port ?? port
+                kernel.listenAddresses.append("\(host):\(boundPort)")
+                kernel.logger.info("listening", metadata: ["address": "\(host):\(boundPort)"])
+            }
+    }
+
+    // MARK: - Dialing
+
+    /// Opens a TCP connection to `address`; the handshake tells whose it is.
+    /// `onFailure` runs if the TCP connect itself fails.
+    func dial(_ address: String, onFailure: @escaping (String) -> Void) {
+        guard !isShutDown else { return }
+        guard let (host, port) = splitHostPort(address) else {
+            onFailure("invalid address \(address.debugDescription)")
+            return
+        }
+        let me = NIOLoopBound(self, eventLoop: loop)
+        let future = ClientBootstrap(group: loop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .connectTimeout(.nanoseconds(min(configuration.connectTimeout.nanoseconds, configuration.handshakeTimeout.nanoseconds)))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let kernel = me.value
+                    let connection = Connection(
+                        origin: .dialed(address: address), settings: kernel.settings, delegate: kernel,
+                        logger: kernel.logger)
+                    kernel.connections[ObjectIdentifier(connection)] = connection
+                    try channel.pipeline.syncOperations.addHandler(connection)
+                }
+            }
+            .connect(host: host, port: port)
+        future.assumeIsolated().whenComplete { [self] result in
+            switch result {
+            case .success(let channel):
+                if isShutDown { channel.close(promise: nil) }
+            case .failure(let error):
+                logger.debug("connect failed", metadata: ["address": "\(address)", "error": "\(error)"])
+                onFailure("\(error)")
+            }
+        }
+    }
+
+    /// Starts connecting to a peer: dial known addresses, or ask the master where it is.
+    func startConnect(_ peer: Peer) {
+        if !peer.addresses.isEmpty {
+            dialAddresses(of: peer)
+        } else if let seedIndex = seeds.firstIndex(where: { $0.nodeID == peer.id }) {
+            peer.addresses = [seeds[seedIndex].address]
+            dialAddresses(of: peer)
+        } else {
+            lookup(peer.id)
+        }
+    }
+
+    /// Dials a peer's addresses one after another, `connectInterval` apart; the first handshake wins.
+    func dialAddresses(of peer: Peer) {
+        let addresses = peer.addresses
+        guard !addresses.isEmpty else {
+            connectFailed(peer, reason: "no known address")
+            return
+        }
+        var remaining = addresses.count
+        for (i, address) in addresses.enumerated() {
+            let attempt = { [weak self, weak peer] in
+                guard let self, let peer, peer.connecting else { return }
+                self.dial(address) { [weak self, weak peer] reason in
+                    remaining -= 1
+                    guard let self, let peer, peer.connecting, remaining == 0 else { return }
+                    self.connectFailed(peer, reason: "cannot connect to \(addresses.joined(separator: ", ")): \(reason)")
+                }
+            }
+            if i == 0 {
+                attempt()
+            } else {
+                let delay = TimeAmount.nanoseconds(configuration.connectInterval.nanoseconds * Int64(i))
+                peer.dialTimers.append(loop.assumeIsolated().scheduleTask(in: delay, attempt))
+            }
+        }
+    }
+
+    /// A connect attempt failed: queued messages are dropped and monitors fire (aemp-protocol §8).
+    func connectFailed(_ peer: Peer, reason: String) {
+        guard peer.connecting, !peer.isUp else { return }
+        peer.stopConnecting()
+        pendingLookups.remove(peer.id)
+        transportFailed(peer, reason: reason)
+    }
+
+    /// Drops a peer's queue and fires every monitor on it with `transport_error`.
+    func transportFailed(_ peer: Peer, reason: String) {
+        if !peer.queue.isEmpty {
+            logger.warning(
+                "dropping messages queued for an unreachable node",
+                metadata: ["to": "\(peer.id)", "count": "\(peer.queue.count)", "reason": "\(reason)"])
+            peer.queue.removeAll()
+        }
+        let monitors = peer.monitors
+        peer.monitors.removeAll()
+        let why: [Value] = ["transport_error", .string(peer.id), .string(reason)]
+        for (_, actions) in monitors.sorted(by: { $0.key < $1.key }) {
+            for (_, action) in actions.sorted(by: { $0.key < $1.key }) { action(why) }
+        }
+    }
+
+    // MARK: - ConnectionDelegate
+
+    func connection(_ connection: Connection, checkGreeting greeting: Greeting) -> String? {
+        if case .dialed(let address) = connection.origin, let i = seeds.firstIndex(where: { $0.address == address }) {
+            seeds[i].nodeID = greeting.nodeID
+            if greeting.nodeID == nodeID {
+                seeds[i].isSelf = true
+                logger.info("seed is this node itself", metadata: ["seed": "\(address)"])
+            }
+        }
+        if greeting.nodeID == nodeID {
+            return "I refuse to talk to myself"
+        }
+        if let existing = peers[greeting.nodeID]?.connection, existing.isEstablished {
+            return "already connected to \(greeting.nodeID)"
+        }
+        return nil
+    }
+
+    func connectionEstablished(_ connection: Connection) {
+        guard let id = connection.peerID else { return }
+        if isShutDown {
+            connection.close(reason: "node shutting down")
+            return
+        }
+        let peer = peer(id)
+        if let existing = peer.connection, existing !== connection, existing.isEstablished {
+            // Both sides dialed at once: keep the connection dialed by the smaller node ID, so both
+            // ends keep the same one (Perl keeps the newer; with crossing dials that can drop both).
+            let dialerOf: (Connection) -> String = { c in
+                if case .dialed = c.origin { return self.nodeID } else { return id }
+            }
+            let keepNew: Bool
+            if dialerOf(existing) == dialerOf(connection) {
+                keepNew = true
+            } else {
+                keepNew = dialerOf(connection) == min(nodeID, id)
+            }
+            if keepNew {
+                peer.connection = connection
+                existing.close(reason: "switched connections")
+            } else {
+                connection.close(reason: "duplicate connection")
+            }
+            return
+        }
+        peer.connection = connection
+        peer.stopConnecting()
+        if case .dialed(let address) = connection.origin, !peer.addresses.contains(address) {
+            peer.addresses.insert(address, at: 0)
+        }
+        logger.info("node up", metadata: ["peer": "\(id)", "addr": "\(connection.remoteAddress)"])
+        let queued = peer.queue
+        peer.queue.removeAll()
+        for packet in queued { connection.send(packet) }
+        // Re-send mon1 for ports monitored while disconnected... (monitors were fired on failure,
+        // so only monitors added while connecting remain; their mon1 was queued above).
+        notifyNodeWatchers(id, up: true)
+        seedNodeUp(id)
+    }
+
+    func connection(_ connection: Connection, received packet: [Value]) {
+        guard let id = connection.peerID else { return }
+        received(packet, from: id)
+    }
+
+    func connectionClosed(_ connection: Connection, reason: String) {
+        connections[ObjectIdentifier(connection)] = nil
+        if case .dialed(let address) = connection.origin, let i = seeds.firstIndex(where: { $0.address == address }) {
+            seeds[i].dialing = false
+        }
+        guard let id = connection.peerID, let peer = peers[id], peer.connection === connection else {
+            seedConnectionLost(nil)
+            return
+        }
+        peer.connection = nil
+        logger.info("node down", metadata: ["peer": "\(id)", "reason": "\(reason)"])
+        for name in watchers.keys { watchers[name]?.remote.remove(id) }
+        globals.remove(id)
+        transportFailed(peer, reason: reason)
+        notifyNodeWatchers(id, up: false)
+        seedConnectionLost(id)
+    }
+}

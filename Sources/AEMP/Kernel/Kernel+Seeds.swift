@@ -1,0 +1,125 @@
+import Logging
+import NIOCore
+
+/// Seeds, master selection and address lookup for a non-global node (aemp-protocol §9, §10.1-§10.2).
+extension Kernel {
+
+    /// Dials every seed that is neither connected, nor being dialed, nor this node.
+    func connectSeeds() {
+        for i in seeds.indices { connectSeed(at: i) }
+    }
+
+    private func connectSeed(at i: Int) {
+        guard !isShutDown, i < seeds.count else { return }
+        let seed = seeds[i]
+        guard !seed.isSelf, !seed.dialing, seed.retryTimer == nil else { return }
+        if let id = seed.nodeID, peers[id]?.isUp == true { return }
+        seeds[i].dialing = true
+        let address = seed.address
+        dial(address) { [weak self] reason in
+            guard let self, let i = self.seeds.firstIndex(where: { $0.address == address }) else { return }
+            self.seeds[i].dialing = false
+            self.logger.debug("seed unreachable", metadata: ["seed": "\(address)", "error": "\(reason)"])
+            self.scheduleSeedRetry(at: i)
+        }
+    }
+
+    /// Exponential backoff per seed: 0.6-1.2 s, doubling, capped (aemp-protocol §10.1).
+    private func scheduleSeedRetry(at i: Int) {
+        guard !isShutDown, !seeds[i].isSelf, seeds[i].retryTimer == nil else { return }
+        let limit = Double(configuration.seedBackoffLimit.nanoseconds) / 1e9
+        let delay = seeds[i].backoff == 0 ? Double.random(in: 0.6...1.2) : min(seeds[i].backoff * 2, limit)
+        seeds[i].backoff = delay
+        let address = seeds[i].address
+        seeds[i].retryTimer = loop.assumeIsolated().scheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
+            [weak self] in
+            guard let self, let i = self.seeds.firstIndex(where: { $0.address == address }) else { return }
+            self.seeds[i].retryTimer = nil
+            self.connectSeed(at: i)
+        }
+    }
+
+    /// A connection came up: if it is a seed, it may become our master.
+    func seedNodeUp(_ id: String) {
+        for i in seeds.indices where seeds[i].nodeID == id {
+            seeds[i].backoff = 0
+            seeds[i].retryTimer?.cancel()
+            seeds[i].retryTimer = nil
+        }
+        if master == nil, seeds.contains(where: { $0.nodeID == id && !$0.isSelf }) {
+            selectMaster()
+        }
+    }
+
+    /// A connection went away (or a seed dial's handshake failed: `id` nil): retry seeds, re-elect.
+    func seedConnectionLost(_ id: String?) {
+        guard !isShutDown else { return }
+        for i in seeds.indices where !seeds[i].dialing && (id == nil || seeds[i].nodeID == id || seeds[i].nodeID == nil) {
+            if let sid = seeds[i].nodeID, peers[sid]?.isUp == true { continue }
+            scheduleSeedRetry(at: i)
+        }
+        if let id, id == master {
+            logger.warning("master lost", metadata: ["master": "\(id)"])
+            master = nil
+            notifyMasterWatchers()
+            selectMaster()
+        }
+    }
+
+    /// The first seed (in configuration order) that is up becomes the master (aemp-protocol §10.1 step 4).
+    func selectMaster() {
+        guard master == nil else { return }
+        guard let seed = seeds.first(where: { s in !s.isSelf && s.nodeID.map { peers[$0]?.isUp == true } == true }),
+            let id = seed.nodeID
+        else { return }
+        master = id
+        logger.info("master selected", metadata: ["master": "\(id)"])
+        attachToMaster(id)
+        notifyMasterWatchers()
+    }
+
+    /// Sends `g_slave` with the whole local database, then every pending global request (aemp-protocol §10.1).
+    func attachToMaster(_ id: String) {
+        var db = localDB
+        db["'l", default: [:]][nodeID] = .array(listenAddresses.map { .string($0) })
+        let payload = Value.object(db.mapValues { .object($0) })
+        let master = peer(id)
+        master.send(["", "g_slave", payload], kernel: self)
+        for node in pendingLookups.sorted() {
+            master.send(["", "g_find", .string(node)], kernel: self)
+        }
+        resendGlobalRequests(to: master)
+    }
+
+    /// Hook for the database layer: re-send queries and subscriptions to a new master.
+    func resendGlobalRequests(to master: Peer) {}
+
+    func notifyMasterWatchers() {
+        for (_, watcher) in masterWatchers.sorted(by: { $0.key < $1.key }) { watcher(master) }
+    }
+
+    // MARK: - Address lookup (g_find / g_found)
+
+    /// Asks the master for a node's addresses; sent when a master is (or becomes) available.
+    func lookup(_ node: String) {
+        guard !pendingLookups.contains(node) else { return }
+        pendingLookups.insert(node)
+        if let master, let peer = peers[master], peer.isUp {
+            peer.send(["", "g_find", .string(node)], kernel: self)
+        }
+    }
+
+    /// `["", "g_found", node, [addr…] | null]` from the master.
+    func handleFound(_ args: [Value]) {
+        guard let node = args.first?.stringValue else { return }
+        pendingLookups.remove(node)
+        guard let peer = peers[node], peer.connecting else { return }
+        let addresses = (args.dropFirst().first?.arrayValue ?? []).compactMap(\.stringValue)
+        guard !addresses.isEmpty else {
+            connectFailed(peer, reason: "no known address")
+            return
+        }
+        peer.addresses = addresses
+        dialAddresses(of: peer)
+    }
+}

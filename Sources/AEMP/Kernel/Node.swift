@@ -1,0 +1,225 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// A handle for an active monitor, for `unmon`.
+public struct Monitor: Hashable, Sendable {
+    /// The monitored port (or node, with an empty port name).
+    public let target: PortID
+    let token: UInt64
+}
+
+/// A handle for a node up/down watcher; pass it to `Node.cancel(_:)`.
+public struct NodeWatch: Hashable, Sendable {
+    let token: UInt64
+}
+
+/// An AnyEvent::MP node: ports, `snd`/`rcv`/`kil`/`mon`, seeds and the node port.
+///
+/// Thread-safe: every call hands its work to the node's event loop, where all state lives
+/// (one loop per node, like the single AnyEvent loop of a Perl node). Handlers and monitor
+/// actions run on that loop and must not block.
+public final class Node: Sendable {
+    /// This node's ID.
+    public let id: String
+    /// The event loop that owns the node's state.
+    public let eventLoop: any EventLoop
+    let kernel: NIOLoopBoundBox<Kernel>
+    private let configuration: NodeConfiguration
+    private let ids: IDGenerator
+    private let ports: PortTable
+
+    /// Creates a node (not yet listening or connected; call `start()`).
+    public init(
+        configuration: NodeConfiguration,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) throws {
+        guard !configuration.secret.isEmpty else { throw NodeError.missingSecret }
+        let (id, randomised) = NodeIDTemplate.expand(configuration.nodeID)
+        if let problem = NodeIDTemplate.problem(with: id) { throw NodeError.invalidNodeID(problem) }
+        for address in configuration.binds + configuration.seeds where splitHostPort(address) == nil {
+            throw NodeError.invalidAddress(address)
+        }
+        self.id = id
+        self.configuration = configuration
+        let loop = eventLoopGroup.next()
+        self.eventLoop = loop
+        let ports = PortTable()
+        let k = Kernel(configuration: configuration, nodeID: id, randomisedID: randomised, loop: loop, ports: ports)
+        self.ports = ports
+        self.ids = k.ids
+        self.kernel = NIOLoopBoundBox.makeBoxSendingValue(k, as: Kernel.self, eventLoop: loop)
+    }
+
+    /// Binds the listeners, then starts connecting to the seeds (aemp-protocol §10.1).
+    public func start() async throws {
+        let binds = configuration.binds
+        try await eventLoop.flatSubmit { [kernel] () -> EventLoopFuture<Void> in
+            let k = kernel.value
+            guard !k.isShutDown else { return k.loop.makeFailedFuture(NodeError.shutDown) }
+            var future = k.loop.makeSucceededVoidFuture()
+            for address in binds {
+                future = future.flatMap { kernel.value.bind(address) }
+            }
+            return future.map {
+                kernel.value.connectSeeds()
+            }
+        }.get()
+    }
+
+    /// Closes every listener and connection and stops all timers.
+    public func shutdown() async {
+        let future: EventLoopFuture<Void> = eventLoop.flatSubmit { [kernel] in
+            let k = kernel.value
+            k.isShutDown = true
+            for i in k.seeds.indices {
+                k.seeds[i].retryTimer?.cancel()
+                k.seeds[i].retryTimer = nil
+            }
+            for peer in k.peers.values { peer.stopConnecting() }
+            let closes = k.listeners.map { $0.close() }
+            k.listeners.removeAll()
+            for connection in k.connections.values { connection.close(reason: "node shutting down") }
+            return EventLoopFuture.andAllComplete(closes, on: k.loop)
+        }
+        try? await future.get()
+    }
+
+    /// Runs `body` on the node's loop with the kernel.
+    func withKernel<T: Sendable>(_ body: @escaping @Sendable (Kernel) -> T) async -> T {
+        try! await eventLoop.submit { [kernel] in body(kernel.value) }.get()
+    }
+
+    /// Runs `body` on the node's loop, in order with other calls from the same thread.
+    func onLoop(_ body: @escaping @Sendable (Kernel) -> Void) {
+        if eventLoop.inEventLoop {
+            body(kernel.value)
+        } else {
+            eventLoop.execute { [kernel] in body(kernel.value) }
+        }
+    }
+
+    // MARK: - Ports
+
+    /// Creates a port whose messages go to `handler` (whole message, tag included).
+    /// A port without handler is killed by the first message nobody handles.
+    @discardableResult
+    public func port(_ handler: MessageHandler? = nil) -> PortID {
+        let name = ids.nextPortName()
+        ports.insert(name, PortHandlers(defaultHandler: handler))
+        return PortID(node: id, name: name)
+    }
+
+    /// Creates a port and returns its ID with a stream of its messages (ends when the port is killed).
+    public func mailbox() -> (port: PortID, messages: AsyncStream<[Value]>) {
+        let (stream, continuation) = AsyncStream<[Value]>.makeStream()
+        let id = port { message in continuation.yield(message) }
+        mon(id) { _ in continuation.finish() }
+        return (id, stream)
+    }
+
+    /// Sets (or with nil removes) the default handler of a local port (`rcv $port, $cb`).
+    public func rcv(_ port: PortID, _ handler: MessageHandler?) {
+        setHandler(port, tag: nil, handler)
+    }
+
+    /// Sets the handler for messages whose first element is `tag` (`rcv $port, tag => $cb`);
+    /// it receives the message without the tag.
+    public func rcv(_ port: PortID, tag: String, _ handler: MessageHandler?) {
+        setHandler(port, tag: tag, handler)
+    }
+
+    private func setHandler(_ port: PortID, tag: String?, _ handler: MessageHandler?) {
+        let ok = port.node == id && ports.update(port.name) { h in
+            if let tag { h.tagged[tag] = handler } else { h.defaultHandler = handler }
+        }
+        if !ok {
+            configuration.logger.warning("rcv on a port that is not a live local port", metadata: ["port": "\(port)"])
+        }
+    }
+
+    /// Sends a message to a port on any node (`snd`). Local delivery happens on a later loop turn.
+    public func snd(_ port: PortID, _ message: [Value]) {
+        onLoop { $0.send(to: port, message) }
+    }
+
+    /// Sends a message to a port given as a string (`node#name`, or a node ID for its node port).
+    public func snd(_ port: String, _ message: [Value]) {
+        guard let id = PortID(port) else { return }
+        snd(id, message)
+    }
+
+    /// Kills a port with a reason (empty = normal exit); remote ports get `kil1` (aemp-protocol §8).
+    public func kil(_ port: PortID, reason: [Value] = []) {
+        if port.node == id {
+            // Leave the table at once (no more deliveries); watchers run on the loop.
+            guard !port.name.isEmpty, ports.remove(port.name) else { return }
+            onLoop { $0.portDied(port.name, reason: reason) }
+        } else {
+            onLoop { $0.kill(port: port, reason: reason) }
+        }
+    }
+
+    /// Monitors a port (or a node, when the port name is empty); `action` runs once with the kill
+    /// reason. Monitors on remote ports fire with `transport_error` when the connection fails.
+    @discardableResult
+    public func mon(_ port: PortID, _ action: @escaping MonitorAction) -> Monitor {
+        let token = ids.nextToken()
+        onLoop { $0.monitor(port, token: token, action: action) }
+        return Monitor(target: port, token: token)
+    }
+
+    /// Cancels a monitor (`mon0` goes out when the last monitor of a remote port is gone).
+    public func unmon(_ monitor: Monitor) {
+        onLoop { $0.unmonitor(monitor.target, token: monitor.token) }
+    }
+
+    // MARK: - Nodes
+
+    /// Calls `handler(node, isUp)` whenever a connection to a node comes up or goes down (`mon_nodes`).
+    @discardableResult
+    public func monNodes(_ handler: @escaping NodeEventHandler) -> NodeWatch {
+        let token = ids.nextToken()
+        onLoop { $0.nodeWatchers[token] = handler }
+        return NodeWatch(token: token)
+    }
+
+    /// Stops a node watcher.
+    public func cancel(_ watch: NodeWatch) {
+        onLoop { $0.nodeWatchers[watch.token] = nil }
+    }
+
+    /// Node IDs with a live connection (`up_nodes`).
+    public func upNodes() async -> [String] {
+        await withKernel { $0.upNodes }
+    }
+
+    /// The current master's node ID, if attached.
+    public func master() async -> String? {
+        await withKernel { $0.master }
+    }
+
+    /// The addresses this node listens on (with real port numbers), as published in `'l`.
+    public func listenAddresses() async -> [String] {
+        await withKernel { $0.listenAddresses }
+    }
+
+    /// Waits until the node is attached to a master, up to `timeout`. Returns the master's ID.
+    public func waitForMaster(timeout: TimeAmount) async -> String? {
+        let promise = eventLoop.makePromise(of: String?.self)
+        let token = ids.nextToken()
+        onLoop { k in
+            if let m = k.master { return promise.succeed(m) }
+            k.masterWatchers[token] = { master in
+                if let master { promise.succeed(master) }
+            }
+            let timer = k.loop.scheduleTask(in: timeout) { promise.succeed(nil) }
+            promise.futureResult.hop(to: k.loop).assumeIsolated().whenComplete { [weak k] _ in
+                timer.cancel()
+                k?.masterWatchers[token] = nil
+            }
+        }
+        return (try? await promise.futureResult.get()) ?? nil
+    }
+}
+

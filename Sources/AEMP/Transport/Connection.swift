@@ -1,0 +1,349 @@
+import Logging
+import NIOCore
+
+/// What a connection tells its owner (the kernel) as the handshake and data phase progress.
+/// Every call happens on the connection's event loop.
+protocol ConnectionDelegate: AnyObject {
+    /// The peer's first greeting line arrived; return a reason to refuse it, or `nil` to go on.
+    func connection(_ connection: Connection, checkGreeting greeting: Greeting) -> String?
+    /// Both auth lines checked out; the connection carries packets from now on.
+    func connectionEstablished(_ connection: Connection)
+    /// One packet arrived on an established connection.
+    func connection(_ connection: Connection, received packet: [Value])
+    /// The connection is gone (it may never have been established).
+    func connectionClosed(_ connection: Connection, reason: String)
+}
+
+/// Handshake and packet settings of a connection (aemp-protocol §3-§5).
+struct ConnectionSettings: Sendable {
+    var nodeID: String
+    var authenticator: Authenticator
+    /// Framings we accept, in preference order; the peer sends in the first it supports.
+    var framings: [Framing]
+    var handshakeTimeout: TimeAmount
+    var maxHandshakeBuffer = 4096
+    var maxPacketSize: Int
+    var provider = "AEMP-Swift-0.1"
+}
+
+/// One TCP connection between two nodes: runs the symmetric handshake of aemp-protocol §4, then
+/// decodes and encodes packets in the negotiated framings (one per direction).
+final class Connection: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// Which side opened the TCP connection.
+    enum Origin: Equatable {
+        /// We dialed `address` (`host:port`).
+        case dialed(address: String)
+        /// The peer dialed us.
+        case accepted
+    }
+
+    private enum State {
+        case greeting1, greeting2, auth, established, closed
+    }
+
+    let origin: Origin
+    private let settings: ConnectionSettings
+    private weak var delegate: (any ConnectionDelegate)?
+    private(set) var logger: Logger
+    private var state = State.greeting1
+    private var inbound = ByteBuffer()
+    private var context: ChannelHandlerContext?
+    private var handshakeTimer: Scheduled<Void>?
+    private var closeReason: String?
+    private var closing = false
+    private var flushScheduled = false
+
+    private var localLines = ("", "")
+    private var remoteLine1 = ""
+    /// The peer's greeting, once read.
+    private(set) var remoteGreeting: Greeting?
+    /// The peer's node ID, once its greeting has been read.
+    var peerID: String? { remoteGreeting?.nodeID }
+    private var sendFraming = Framing.json
+    private var decoder: PacketDecoder?
+    /// The framing the peer sends in (from its auth line), once established.
+    private(set) var receiveFraming: Framing?
+    /// The framing we send in, once chosen.
+    var negotiatedSendFraming: Framing { sendFraming }
+    /// Whether the handshake completed and the connection is still open.
+    var isEstablished: Bool { state == .established && !closing }
+    /// The remote address as `host:port`, for logs.
+    private(set) var remoteAddress = "?"
+
+    init(origin: Origin, settings: ConnectionSettings, delegate: any ConnectionDelegate, logger: Logger) {
+        self.origin = origin
+        self.settings = settings
+        self.delegate = delegate
+        self.logger = logger
+    }
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        inbound = context.channel.allocator.buffer(capacity: 1024)
+        if context.channel.isActive { start(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start(context: context)
+        context.fireChannelActive()
+    }
+
+    private var started = false
+
+    private func start(context: ChannelHandlerContext) {
+        guard !started else { return }
+        started = true
+        if let addr = context.channel.remoteAddress, let ip = addr.ipAddress, let port = addr.port {
+            remoteAddress = "\(ip):\(port)"
+        }
+        logger[metadataKey: "peer_addr"] = "\(remoteAddress)"
+        let peerAddr: String
+        switch origin {
+        case .dialed(let address): peerAddr = address
+        case .accepted: peerAddr = remoteAddress
+        }
+        let greeting = Greeting(
+            nodeID: settings.nodeID,
+            authMethods: [AuthMethod.hmacSHA3_512.rawValue, AuthMethod.cleartext.rawValue],
+            framings: settings.framings.map(\.rawValue),
+            pairs: ["provider": settings.provider, "peeraddr": peerAddr, "gproto": "1", "mproto": "1"]
+        )
+        localLines = (greeting.line, Self.nonce())
+        var out = context.channel.allocator.buffer(capacity: 256)
+        out.writeString(localLines.0 + "\n" + localLines.1 + "\n")
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: settings.handshakeTimeout) { [weak self] in
+            self?.close(reason: "handshake timeout: the peer did not complete the handshake in time")
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        guard state != .closed else { return }
+        inbound.writeBuffer(&bytes)
+        process()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        finish(reason: closeReason ?? (state == .established ? "connection closed by peer" : "connection closed during handshake"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        close(reason: "transport error: \(error)")
+    }
+
+    // MARK: - Handshake
+
+    private func process() {
+        while state != .closed && !closing {
+            switch state {
+            case .greeting1, .greeting2, .auth:
+                guard let line = readLine() else {
+                    if inbound.readableBytes > settings.maxHandshakeBuffer {
+                        close(reason: "handshake line longer than \(settings.maxHandshakeBuffer) bytes")
+                    }
+                    return
+                }
+                handle(line: line)
+            case .established:
+                guard var decoder else { return }
+                do {
+                    while state == .established, !closing, let packet = try decoder.next(from: &inbound) {
+                        self.decoder = decoder
+                        delegate?.connection(self, received: packet)
+                    }
+                    self.decoder = decoder
+                } catch {
+                    close(reason: "undecodable \(receiveFraming?.rawValue ?? "") data from peer: \(error)")
+                }
+                if inbound.readableBytes == 0 { inbound.clear() } else { inbound.discardReadBytes() }
+                return
+            case .closed:
+                return
+            }
+        }
+    }
+
+    /// The next LF-terminated line (CR before LF stripped), or nil if incomplete.
+    private func readLine() -> String? {
+        let view = inbound.readableBytesView
+        guard let lf = view.firstIndex(of: 0x0A) else { return nil }
+        let length = lf - view.startIndex
+        guard length <= settings.maxHandshakeBuffer else {
+            close(reason: "handshake line longer than \(settings.maxHandshakeBuffer) bytes")
+            return nil
+        }
+        var line = inbound.readString(length: length) ?? ""
+        inbound.moveReaderIndex(forwardBy: 1)
+        if line.hasSuffix("\r") { line.removeLast() }
+        return line
+    }
+
+    private func handle(line: String) {
+        switch state {
+        case .greeting1:
+            guard let greeting = Greeting(line: Substring(line)) else {
+                return close(reason: "malformed greeting: \(line.prefix(200).debugDescription)")
+            }
+            guard greeting.protocolName == "aemp" else {
+                return close(reason: "unsupported protocol \(greeting.protocolName.prefix(50).debugDescription)")
+            }
+            guard greeting.numericVersion == 1 else {
+                return close(reason: "unsupported protocol version \(greeting.version.prefix(20).debugDescription)")
+            }
+            remoteLine1 = line
+            remoteGreeting = greeting
+            logger[metadataKey: "peer"] = "\(greeting.nodeID)"
+            if let refusal = delegate?.connection(self, checkGreeting: greeting) {
+                return close(reason: refusal)
+            }
+            state = .greeting2
+        case .greeting2:
+            let remoteLines = (remoteLine1, line)
+            remoteNonce = line
+            if remoteLines == localLines {
+                return close(reason: "echo detected: the peer sent our own greeting back")
+            }
+            guard let greeting = remoteGreeting else { return }
+            // Auth method: first of the peer's list that we offer (we never send cleartext).
+            guard greeting.authMethods.contains(AuthMethod.hmacSHA3_512.rawValue) else {
+                return close(reason: "no common auth method (peer accepts \(greeting.authMethods.joined(separator: ",")))")
+            }
+            // Send framing: first of the peer's list that we support.
+            guard let framing = greeting.framings.lazy.compactMap({ name in
+                self.settings.framings.first { $0.rawValue == name }
+            }).first else {
+                return close(reason: "no common framing (peer accepts \(greeting.framings.joined(separator: ",")))")
+            }
+            sendFraming = framing
+            let token = settings.authenticator.tokenToSend(.hmacSHA3_512, local: localLines, remote: remoteLines)
+            writeLine("\(AuthMethod.hmacSHA3_512.rawValue);\(token);\(framing.rawValue)")
+            state = .auth
+        case .auth:
+            let fields = line.split(separator: ";", maxSplits: 3, omittingEmptySubsequences: false)
+            guard fields.count >= 3 else {
+                return close(reason: "malformed auth line")
+            }
+            guard let method = AuthMethod(rawValue: String(fields[0])) else {
+                return close(reason: "unsupported auth method \(fields[0].prefix(40).debugDescription)")
+            }
+            guard let framing = Framing(rawValue: String(fields[2])) else {
+                return close(reason: "peer announced unsupported framing \(fields[2].prefix(40).debugDescription)")
+            }
+            guard verify(method: method, token: String(fields[1])) else {
+                return close(reason: "authentication failure (shared secret mismatch)")
+            }
+            receiveFraming = framing
+            decoder = PacketDecoder(framing, maxPacketSize: settings.maxPacketSize)
+            handshakeTimer?.cancel()
+            handshakeTimer = nil
+            state = .established
+            logger.debug("connection established", metadata: ["send_framing": "\(sendFraming)", "recv_framing": "\(framing)"])
+            delegate?.connectionEstablished(self)
+        default:
+            break
+        }
+    }
+
+    private var remoteNonce = ""
+
+    private func verify(method: AuthMethod, token: String) -> Bool {
+        let expected = settings.authenticator.tokenExpected(method, local: localLines, remote: (remoteLine1, remoteNonce))
+        return Authenticator.constantTimeEqual(expected, token)
+    }
+
+    private func writeLine(_ line: String) {
+        guard let context else { return }
+        var out = context.channel.allocator.buffer(capacity: line.utf8.count + 1)
+        out.writeString(line)
+        out.writeInteger(UInt8(0x0A))
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    private static func nonce() -> String {
+        var rng = SystemRandomNumberGenerator()
+        let bytes = (0..<66).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        return Base64.encode(bytes)
+    }
+
+    // MARK: - Data phase
+
+    /// Sends one packet; flushed at the end of the current event-loop tick.
+    func send(_ packet: [Value]) {
+        guard state == .established, !closing, let context else { return }
+        var out = context.channel.allocator.buffer(capacity: 128)
+        do {
+            try sendFraming.encode(packet, into: &out)
+        } catch {
+            logger.error("dropping unencodable packet", metadata: ["error": "\(error)"])
+            return
+        }
+        context.write(wrapOutboundOut(out), promise: nil)
+        if !flushScheduled {
+            flushScheduled = true
+            context.eventLoop.assumeIsolated().execute { [self] in
+                flushScheduled = false
+                self.context?.flush()
+            }
+        }
+    }
+
+    /// Closes the connection, logging `reason`.
+    func close(reason: String) {
+        guard state != .closed, !closing else { return }
+        closing = true
+        closeReason = reason
+        if let context {
+            context.close(promise: nil)
+        } else {
+            finish(reason: reason)
+        }
+    }
+
+    private func finish(reason: String) {
+        guard state != .closed else { return }
+        let wasEstablished = state == .established
+        state = .closed
+        handshakeTimer?.cancel()
+        handshakeTimer = nil
+        if wasEstablished {
+            logger.info("connection closed", metadata: ["reason": "\(reason)"])
+        } else {
+            logger.notice("handshake failed", metadata: ["reason": "\(reason)"])
+        }
+        delegate?.connectionClosed(self, reason: reason)
+        delegate = nil
+    }
+}
+
+/// Standard Base64 with padding (aemp-protocol §4.3 nonces).
+enum Base64 {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    static func encode(_ bytes: [UInt8]) -> String {
+        var out = [UInt8]()
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var i = 0
+        while i + 2 < bytes.count {
+            let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+            for shift in [18, 12, 6, 0] { out.append(alphabet[Int((n >> UInt32(shift)) & 63)]) }
+            i += 3
+        }
+        let rest = bytes.count - i
+        if rest > 0 {
+            var n = UInt32(bytes[i]) << 16
+            if rest == 2 { n |= UInt32(bytes[i + 1]) << 8 }
+            out.append(alphabet[Int((n >> 18) & 63)])
+            out.append(alphabet[Int((n >> 12) & 63)])
+            out.append(rest == 2 ? alphabet[Int((n >> 6) & 63)] : UInt8(ascii: "="))
+            out.append(UInt8(ascii: "="))
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -1,0 +1,70 @@
+import AEMP
+import NIOCore
+import Testing
+
+/// The secret used by every test network (the same as the captured Perl vectors).
+let testSecret = "aemp-test-secret"
+
+/// Builds a node on 127.0.0.1 with short timeouts for tests.
+func makeNode(
+    id: String, binds: [String] = [], seeds: [String] = [], framings: [Framing] = [.json, .cbor],
+    secret: String = testSecret
+) throws -> Node {
+    var c = NodeConfiguration(secret: secret)
+    c.nodeID = id
+    c.binds = binds
+    c.seeds = seeds
+    c.framings = framings
+    c.handshakeTimeout = .seconds(5)
+    c.connectTimeout = .seconds(5)
+    c.seedBackoffLimit = .seconds(2)
+    c.logger.logLevel = .debug
+    return try Node(configuration: c)
+}
+
+/// Waits for the next element of an async stream, failing the test after `seconds`.
+func next<T: Sendable>(
+    _ iterator: inout AsyncStream<T>.Iterator, within seconds: Double = 10, _ what: String = "message",
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> T {
+    let box = IteratorBox(iterator)
+    let result = try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { await box.next() }
+        group.addTask {
+            try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
+            return nil
+        }
+        let first = try await group.next()!
+        group.cancelAll()
+        return first
+    }
+    iterator = box.iterator
+    guard let result else {
+        Issue.record("timed out after \(seconds) s waiting for \(what)", sourceLocation: sourceLocation)
+        throw TestTimeout(what: what)
+    }
+    return result
+}
+
+struct TestTimeout: Error { let what: String }
+
+/// Lets a task group move an iterator in and out.
+final class IteratorBox<T: Sendable>: @unchecked Sendable {
+    // Only touched by one task at a time: `next(_:within:)` awaits the task before reading it back.
+    var iterator: AsyncStream<T>.Iterator
+    init(_ iterator: AsyncStream<T>.Iterator) { self.iterator = iterator }
+    func next() async -> T? { await iterator.next() }
+}
+
+/// Polls `condition` until it holds or `seconds` pass.
+func eventually(
+    within seconds: Double = 10, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
+    _ condition: @Sendable () async -> Bool
+) async {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
+        if await condition() { return }
+        try? await Task.sleep(nanoseconds: 20_000_000)
+    }
+    Issue.record("condition not met within \(seconds) s: \(what)", sourceLocation: sourceLocation)
+}
