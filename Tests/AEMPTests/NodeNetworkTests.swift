@@ -41,3 +41,140 @@ struct NodeNetworkTests {
         #expect(try await next(&tagged) == ["default"])
     }
 }
+
+/// Collects callbacks into an async stream for tests.
+struct Events<T: Sendable>: Sendable {
+    let stream: AsyncStream<T>
+    let continuation: AsyncStream<T>.Continuation
+    init() { (stream, continuation) = AsyncStream<T>.makeStream() }
+    func yield(_ value: T) { continuation.yield(value) }
+}
+
+/// A seed, a public node and a private node on 127.0.0.1.
+struct ThreeNodes {
+    let seed: Node
+    let pub: Node
+    let priv: Node
+
+    static func start() async throws -> ThreeNodes {
+        let seed = try makeNode(id: "s3-seed-%u", binds: ["127.0.0.1:0"])
+        try await seed.start()
+        let address = try #require(await seed.listenAddresses().first)
+        let pub = try makeNode(id: "s3-pub-%u", binds: ["127.0.0.1:0"], seeds: [address])
+        let priv = try makeNode(id: "s3-priv-%u", seeds: [address], framings: [.cbor, .json])
+        try await pub.start()
+        try await priv.start()
+        #expect(await pub.waitForMaster(timeout: .seconds(10)) == seed.id)
+        #expect(await priv.waitForMaster(timeout: .seconds(10)) == seed.id)
+        return ThreeNodes(seed: seed, pub: pub, priv: priv)
+    }
+
+    func shutdown() async {
+        await priv.shutdown()
+        await pub.shutdown()
+        await seed.shutdown()
+    }
+}
+
+@Suite("Three Swift nodes")
+struct ThreeNodeTests {
+    @Test("private node reaches a public non-seed node through g_find; replies come back")
+    func connectOnDemand() async throws {
+        let net = try await ThreeNodes.start()
+        let (pubPort, pubInbox) = net.pub.mailbox()
+        var pubMessages = pubInbox.makeAsyncIterator()
+        let (privPort, privInbox) = net.priv.mailbox()
+        var privMessages = privInbox.makeAsyncIterator()
+
+        for i in 0..<20 { net.priv.snd(pubPort, ["n", .int(Int64(i)), .string(privPort.description)]) }
+        for i in 0..<20 {
+            let m = try await next(&pubMessages)
+            #expect(m == ["n", .int(Int64(i)), .string(privPort.description)], "in order, nothing lost")
+        }
+        net.pub.snd(privPort, ["reply", "from pub"])
+        #expect(try await next(&privMessages) == ["reply", "from pub"])
+        #expect(await net.priv.upNodes().contains(net.pub.id))
+        await net.shutdown()
+    }
+
+    @Test("kil with a reason fires local and remote monitors with that reason")
+    func killWithReason() async throws {
+        let net = try await ThreeNodes.start()
+        let port = net.pub.port { _ in }
+        let local = Events<[Value]>()
+        let remote = Events<[Value]>()
+        net.pub.mon(port) { local.yield($0) }
+        net.priv.mon(port) { remote.yield($0) }
+        var l = local.stream.makeAsyncIterator()
+        var r = remote.stream.makeAsyncIterator()
+        // Let the mon1 arrive before the kill: the kill travels the same connection, in order.
+        net.priv.kil(port, reason: ["custom_reason", 42, "detail"])
+        #expect(try await next(&r, "remote monitor") == ["custom_reason", 42, "detail"])
+        #expect(try await next(&l, "local monitor") == ["custom_reason", 42, "detail"])
+        await net.shutdown()
+    }
+
+    @Test("monitoring a nonexistent remote port reports no_such_port")
+    func monitorMissingPort() async throws {
+        let net = try await ThreeNodes.start()
+        let events = Events<[Value]>()
+        net.priv.mon(PortID(node: net.pub.id, name: "nonexistent")) { events.yield($0) }
+        var it = events.stream.makeAsyncIterator()
+        let reason = try await next(&it)
+        #expect(reason == ["no_such_port", "cannot monitor nonexistent port", .string("\(net.pub.id)#nonexistent")])
+        await net.shutdown()
+    }
+
+    @Test("a closed connection fires remote monitors with transport_error and node-down events")
+    func connectionLoss() async throws {
+        let net = try await ThreeNodes.start()
+        let nodeEvents = Events<String>()
+        net.priv.monNodes { node, up in nodeEvents.yield("\(up ? "up" : "down") \(node)") }
+        var ne = nodeEvents.stream.makeAsyncIterator()
+
+        let port = net.pub.port { _ in }
+        let portMon = Events<[Value]>()
+        let nodeMon = Events<[Value]>()
+        net.priv.mon(port) { portMon.yield($0) }
+        net.priv.mon(PortID(node: net.pub.id, name: "")) { nodeMon.yield($0) }
+        #expect(try await next(&ne, "node up") == "up \(net.pub.id)")
+
+        await net.pub.shutdown()
+        var pm = portMon.stream.makeAsyncIterator()
+        var nm = nodeMon.stream.makeAsyncIterator()
+        let r1 = try await next(&pm, "port monitor")
+        let r2 = try await next(&nm, "node monitor")
+        #expect(r1.first == "transport_error")
+        #expect(r1.dropFirst().first == .string(net.pub.id))
+        #expect(r2.first == "transport_error")
+        #expect(try await next(&ne, "node down") == "down \(net.pub.id)")
+        await net.shutdown()
+    }
+
+    @Test("messages to an unknown node are dropped with transport_error to monitors")
+    func unknownNode() async throws {
+        let net = try await ThreeNodes.start()
+        let events = Events<[Value]>()
+        let target = PortID(node: "no-such-node", name: "x")
+        net.priv.mon(target) { events.yield($0) }
+        net.priv.snd(target, ["lost"])
+        var it = events.stream.makeAsyncIterator()
+        let reason = try await next(&it)
+        #expect(reason == ["transport_error", "no-such-node", "no known address"])
+        await net.shutdown()
+    }
+
+    @Test("a message no handler takes kills the port with unhandled_message")
+    func unhandledMessage() async throws {
+        let net = try await ThreeNodes.start()
+        let port = net.pub.port()
+        net.pub.rcv(port, tag: "known") { _ in }
+        let events = Events<[Value]>()
+        net.priv.mon(port) { events.yield($0) }
+        net.priv.snd(port, ["unknown-tag", 1])
+        var it = events.stream.makeAsyncIterator()
+        let reason = try await next(&it)
+        #expect(reason.first == "unhandled_message")
+        await net.shutdown()
+    }
+}

@@ -82,6 +82,13 @@ extension Kernel: ConnectionDelegate {
         } else if let seedIndex = seeds.firstIndex(where: { $0.nodeID == peer.id }) {
             peer.addresses = [seeds[seedIndex].address]
             dialAddresses(of: peer)
+        } else if isGlobal {
+            peer.addresses = directory.addresses(of: peer.id) ?? []
+            if peer.addresses.isEmpty {
+                connectFailed(peer, reason: "no known address")
+            } else {
+                dialAddresses(of: peer)
+            }
         } else {
             lookup(peer.id)
         }
@@ -145,6 +152,7 @@ extension Kernel: ConnectionDelegate {
             if greeting.nodeID == nodeID {
                 seeds[i].isSelf = true
                 logger.info("seed is this node itself", metadata: ["seed": "\(address)"])
+                becomeGlobal()
             }
         }
         if greeting.nodeID == nodeID {
@@ -194,6 +202,7 @@ extension Kernel: ConnectionDelegate {
         for packet in queued { connection.send(packet) }
         // Re-send mon1 for ports monitored while disconnected... (monitors were fired on failure,
         // so only monitors added while connecting remain; their mon1 was queued above).
+        globalNodeUp(peer)
         notifyNodeWatchers(id, up: true)
         seedNodeUp(id)
     }
@@ -216,6 +225,7 @@ extension Kernel: ConnectionDelegate {
         logger.info("node down", metadata: ["peer": "\(id)", "reason": "\(reason)"])
         for name in watchers.keys { watchers[name]?.remote.remove(id) }
         globals.remove(id)
+        globalNodeDown(id)
         transportFailed(peer, reason: reason)
         notifyNodeWatchers(id, up: false)
         seedConnectionLost(id)

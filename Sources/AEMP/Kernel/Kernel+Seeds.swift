@@ -6,6 +6,12 @@ extension Kernel {
 
     /// Dials every seed that is neither connected, nor being dialed, nor this node.
     func connectSeeds() {
+        let own = Set(listenAddresses + configuration.binds)
+        for i in seeds.indices where own.contains(seeds[i].address) {
+            seeds[i].isSelf = true
+            seeds[i].nodeID = nodeID
+        }
+        if seeds.contains(where: \.isSelf) { becomeGlobal() }
         for i in seeds.indices { connectSeed(at: i) }
     }
 
@@ -58,7 +64,7 @@ extension Kernel {
             if let sid = seeds[i].nodeID, peers[sid]?.isUp == true { continue }
             scheduleSeedRetry(at: i)
         }
-        if let id, id == master {
+        if let id, id == master, !isGlobal {
             logger.warning("master lost", metadata: ["master": "\(id)"])
             master = nil
             notifyMasterWatchers()
@@ -68,7 +74,7 @@ extension Kernel {
 
     /// The first seed (in configuration order) that is up becomes the master (aemp-protocol §10.1 step 4).
     func selectMaster() {
-        guard master == nil else { return }
+        guard master == nil, !isGlobal else { return }
         guard let seed = seeds.first(where: { s in !s.isSelf && s.nodeID.map { peers[$0]?.isUp == true } == true }),
             let id = seed.nodeID
         else { return }

@@ -123,6 +123,10 @@ final class Kernel {
     var masterWatchers: [UInt64: @Sendable (String?) -> Void] = [:]
 
     var isShutDown = false
+    /// Whether this node runs the global role (aemp-protocol §10.3).
+    var isGlobal = false
+    /// What the global role knows about every node (only used when global).
+    var directory = GlobalDirectory()
     /// Channels we dialed that have not yet been handed to a peer (closed on shutdown).
     var dialing: [ObjectIdentifier: any Channel] = [:]
     /// Every live connection (established or in handshake).
@@ -274,6 +278,7 @@ final class Kernel {
         guard let tagValue = message.first else { return }  // [] / [""]: keepalive
         let tag = tagValue.stringValue ?? ""
         let args = Array(message.dropFirst())
+        if handleGlobalRequest(tag: tag, args, from: source) { return }
         switch tag {
         case "", "devnull":
             return
@@ -316,8 +321,14 @@ final class Kernel {
         case "g_reply", "g_chg1", "g_chg2":
             handleGlobalReply(tag: tag, args, from: source)
         case "g_slave":
-            // We are not a global node; a Perl node would load the global module here.
-            logger.debug("ignoring g_slave (not a global node)", metadata: ["from": "\(source)"])
+            // Perl loads the global module when asked to serve (aemp-protocol §7.3); a private
+            // node cannot be reached by others, so it declines.
+            if listenAddresses.isEmpty {
+                logger.debug("ignoring g_slave (private node)", metadata: ["from": "\(source)"])
+            } else {
+                becomeGlobal()
+                _ = handleGlobalRequest(tag: tag, args, from: source)
+            }
         case "eval":
             logger.warning("refusing remote eval request", metadata: ["from": "\(source)"])
         default:
