@@ -85,7 +85,7 @@ extension Kernel: ConnectionDelegate {
         } else if isGlobal {
             peer.addresses = directory.addresses(of: peer.id) ?? []
             if peer.addresses.isEmpty {
-                connectFailed(peer, reason: "no known address")
+                retryConnect(peer, after: "no known address")
             } else {
                 dialAddresses(of: peer)
             }
@@ -98,7 +98,7 @@ extension Kernel: ConnectionDelegate {
     func dialAddresses(of peer: Peer) {
         let addresses = peer.addresses
         guard !addresses.isEmpty else {
-            connectFailed(peer, reason: "no known address")
+            retryConnect(peer, after: "no known address")
             return
         }
         var remaining = addresses.count
@@ -108,7 +108,7 @@ extension Kernel: ConnectionDelegate {
                 self.dial(address) { [weak self, weak peer] reason in
                     remaining -= 1
                     guard let self, let peer, peer.connecting, remaining == 0 else { return }
-                    self.connectFailed(peer, reason: "cannot connect to \(addresses.joined(separator: ", ")): \(reason)")
+                    self.retryConnect(peer, after: "cannot connect to \(addresses.joined(separator: ", ")): \(reason)")
                 }
             }
             if i == 0 {
@@ -118,6 +118,19 @@ extension Kernel: ConnectionDelegate {
                 peer.dialTimers.append(loop.assumeIsolated().scheduleTask(in: delay, attempt))
             }
         }
+    }
+
+    /// One attempt failed: look the node up and dial again after `connectInterval`, until the
+    /// connect deadline gives up with the last reason (a node may register moments after we ask).
+    func retryConnect(_ peer: Peer, after reason: String) {
+        guard peer.connecting else { return }
+        peer.lastError = reason
+        peer.addresses.removeAll()
+        peer.dialTimers.append(
+            loop.assumeIsolated().scheduleTask(in: configuration.connectInterval) { [weak self, weak peer] in
+                guard let self, let peer, peer.connecting, !peer.isUp else { return }
+                self.startConnect(peer)
+            })
     }
 
     /// A connect attempt failed: queued messages are dropped and monitors fire (aemp-protocol §8).

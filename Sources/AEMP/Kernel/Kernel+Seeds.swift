@@ -122,7 +122,7 @@ extension Kernel {
         guard let peer = peers[node], peer.connecting else { return }
         let addresses = (args.dropFirst().first?.arrayValue ?? []).compactMap(\.stringValue)
         guard !addresses.isEmpty else {
-            connectFailed(peer, reason: "no known address")
+            retryConnect(peer, after: args.count > 1 && args[1].isNull ? "no known address" : "node is private (no listeners)")
             return
         }
         peer.addresses = addresses

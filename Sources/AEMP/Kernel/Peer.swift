@@ -16,6 +16,8 @@ final class Peer {
     var connectDeadline: Scheduled<Void>?
     /// Timers for staggered dials to further addresses.
     var dialTimers: [Scheduled<Void>] = []
+    /// Why the latest connect attempt failed (reported when the deadline passes).
+    var lastError: String?
     /// Monitor actions by port name (`""` = the node itself), each by token.
     var monitors: [String: [UInt64: MonitorAction]] = [:]
 
@@ -44,9 +46,10 @@ final class Peer {
     func ensureConnected(kernel: Kernel) {
         guard !isUp, !connecting, !kernel.isShutDown else { return }
         connecting = true
+        lastError = nil
         connectDeadline = kernel.loop.assumeIsolated().scheduleTask(in: kernel.configuration.connectTimeout) {
             [weak kernel, self] in
-            kernel?.connectFailed(self, reason: "connect timeout")
+            kernel?.connectFailed(self, reason: self.lastError ?? "connect timeout")
         }
         kernel.startConnect(self)
     }

@@ -1,9 +1,17 @@
 import AEMP
+import Foundation
+import Logging
 import NIOCore
 import Testing
 
 /// The secret used by every test network (the same as the captured Perl vectors).
 let testSecret = "aemp-test-secret"
+
+/// Log level of test nodes: `AEMP_TEST_LOG=debug swift test` shows what the nodes do.
+let testLogLevel: Logger.Level = {
+    guard let raw = getenv("AEMP_TEST_LOG") else { return .error }
+    return Logger.Level(rawValue: String(cString: raw)) ?? .error
+}()
 
 /// Builds a node on 127.0.0.1 with short timeouts for tests.
 func makeNode(
@@ -16,9 +24,10 @@ func makeNode(
     c.seeds = seeds
     c.framings = framings
     c.handshakeTimeout = .seconds(5)
-    c.connectTimeout = .seconds(5)
+    c.connectTimeout = .seconds(3)
+    c.connectInterval = .milliseconds(300)
     c.seedBackoffLimit = .seconds(2)
-    c.logger.logLevel = .debug
+    c.logger.logLevel = testLogLevel
     return try Node(configuration: c)
 }
 
