@@ -28,12 +28,19 @@ public struct Authenticator: Sendable {
             return Self.hex(secret)
         case .hmacSHA3_512:
             var mac = HMAC<SHA3_512>(key: SymmetricKey(data: secret))
-            for line in [first.0, first.1, second.0, second.1] {
-                mac.update(data: Array(line.utf8))
-                mac.update(data: [0x0A])
-            }
+            mac.update(data: Self.message(first: first, second: second))
             return Self.hex(Array(mac.finalize()))
         }
+    }
+
+    /// The bytes the HMAC covers: the four lines, each followed by LF (aemp-protocol §4.4).
+    static func message(first: (String, String), second: (String, String)) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for line in [first.0, first.1, second.0, second.1] {
+            bytes.append(contentsOf: line.utf8)
+            bytes.append(0x0A)
+        }
+        return bytes
     }
 
     /// The token we send: our two lines, then the peer's.

@@ -191,26 +191,28 @@ public struct JSONStreamDecoder: Sendable {
     }
 
     /// Returns the next complete packet and consumes it from `buffer`, or `nil` when more bytes are needed.
+    /// Whitespace between packets is consumed as it arrives.
     public mutating func next(from buffer: inout ByteBuffer) throws(JSONCodecError) -> Value? {
-        let result = buffer.withUnsafeReadableBytes { bytes -> Result<(Value, Int)?, JSONCodecError> in
-            Result { () throws(JSONCodecError) -> (Value, Int)? in try scan(bytes) }
+        let result = buffer.withUnsafeReadableBytes { bytes -> Result<(Value?, Int), JSONCodecError> in
+            Result { () throws(JSONCodecError) -> (Value?, Int) in try scan(bytes) }
         }
-        guard let (value, consumed) = try result.get() else { return nil }
+        let (value, consumed) = try result.get()
         buffer.moveReaderIndex(forwardBy: consumed)
         return value
     }
 
-    private mutating func scan(_ bytes: UnsafeRawBufferPointer) throws(JSONCodecError) -> (Value, Int)? {
+    /// The packet completed by `bytes` (if any) and how many bytes to consume.
+    private mutating func scan(_ bytes: UnsafeRawBufferPointer) throws(JSONCodecError) -> (Value?, Int) {
         var i = scanned
         let n = bytes.count
         if depth == 0 {
             // Skip whitespace between texts; the next text must be an array.
             while i < n, bytes[i] == 0x20 || bytes[i] == 0x0A || bytes[i] == 0x0D || bytes[i] == 0x09 { i += 1 }
             if i == n {
-                // Only whitespace so far: consume it by reporting nothing; the caller keeps the bytes,
-                // which is harmless (a few spaces).
+                // Only whitespace so far: consume it, so a peer sending nothing but whitespace cannot
+                // grow the buffer without bound.
                 scanned = 0
-                return nil
+                return (nil, n)
             }
             guard bytes[i] == UInt8(ascii: "[") else { throw .notAnArray(found: bytes[i], offset: i) }
             packetStart = i
@@ -235,6 +237,8 @@ public struct JSONStreamDecoder: Sendable {
                 depth -= 1
                 if depth == 0 {
                     scanned = 0
+                    // The limit holds however the packet arrived, whole or in pieces.
+                    if i - packetStart > maxPacketSize { throw .packetTooLarge(limit: maxPacketSize) }
                     let text = UnsafeRawBufferPointer(rebasing: bytes[packetStart..<i])
                     return (try JSONCodec.decode(text), i)
                 }
@@ -243,6 +247,6 @@ public struct JSONStreamDecoder: Sendable {
         }
         if i - packetStart > maxPacketSize { throw .packetTooLarge(limit: maxPacketSize) }
         scanned = i
-        return nil
+        return (nil, 0)
     }
 }
