@@ -1,27 +1,12 @@
 import Logging
 import NIOCore
 
-/// The data global nodes keep: every node's local database, by owner (aemp-protocol §10.3, §11).
-struct GlobalDirectory {
-    /// owner node → family → subkey → value.
-    var shards: [String: [String: [String: Value]]] = [:]
-
-    /// Listener addresses of `node` from family `'l`, or nil when no global knows the node.
-    func addresses(of node: String) -> [String]? {
-        for shard in shards.values {
-            if let entry = shard["'l"]?[node] {
-                return entry.arrayValue?.compactMap(\.stringValue) ?? []
-            }
-        }
-        return nil
-    }
-}
-
-/// The global role, as far as connection management needs it: answering `g_slave` and `g_find`,
-/// announcing `g_global`, dropping what a node owned when it goes down (aemp-protocol §10.3).
+/// The global role (aemp-protocol §10.3, §11.3-§11.6): the directory of every node's database,
+/// `g_slave`, `g_find`, `g_upd`, `g_set`, `g_db_*`, `g_mon1`/`g_mon0`, and cleanup when a node goes.
 extension Kernel {
 
-    /// Becomes a global node (a seed that finds itself in its seed list): its own master.
+    /// Becomes a global node (a seed that finds itself in its seed list, or a public node asked
+    /// to serve by `g_slave`): its own master.
     func becomeGlobal() {
         guard !isGlobal else { return }
         isGlobal = true
@@ -29,18 +14,24 @@ extension Kernel {
         var own = localDB
         own["'l", default: [:]][nodeID] = .array(listenAddresses.map { .string($0) })
         own["'g", default: [:]][nodeID] = .null
-        directory.shards[nodeID] = own
+        for (family, delta) in directory.replace(owner: nodeID, with: own) {
+            publish(family: family, delta)
+        }
         master = nodeID
         notifyMasterWatchers()
+        // Our own db_mon watchers are now fed by ourselves.
+        for family in families.keys {
+            applyChangeFeed(tag: "g_chg1", [.string(family), familyValue(family)])
+        }
         for peer in peers.values where peer.isUp {
             peer.sendIfConnected(["", "g_global"])
         }
     }
 
-    /// True when one of our seed addresses is one of our listen addresses.
-    func seedsIncludeSelf() -> Bool {
-        let own = Set(listenAddresses + configuration.binds)
-        return seeds.contains { own.contains($0.address) }
+    /// The merged family as sent in `g_chg1` (null when empty, as Perl does).
+    func familyValue(_ family: String) -> Value {
+        let f = directory.family(family)
+        return f.isEmpty ? .null : .object(f)
     }
 
     /// Node-port requests only a global node answers; returns false if `tag` is not one of them.
@@ -48,29 +39,93 @@ extension Kernel {
         guard isGlobal else { return false }
         switch tag {
         case "g_slave":
-            if case .object(let db)? = args.first {
-                var shard: [String: [String: Value]] = [:]
-                for (family, entries) in db {
-                    shard[family] = entries.objectValue ?? [:]
-                }
-                directory.shards[source] = shard
+            guard case .object(let db)? = args.first else { return true }  // empty g_slave: "run the global service"
+            var data: [String: [String: Value]] = [:]
+            for (family, entries) in db { data[family] = entries.objectValue ?? [:] }
+            for (family, delta) in directory.replace(owner: source, with: data) {
+                publish(family: family, delta, forward: !globals.contains(source))
             }
-            return true
+        case "g_set":
+            guard case .object(let db)? = args.first else { return true }
+            var data: [String: [String: Value]] = [:]
+            for (family, entries) in db { data[family] = entries.objectValue ?? [:] }
+            for (family, delta) in directory.replace(owner: source, with: data) {
+                publish(family: family, delta, forward: false)
+            }
+        case "g_upd":
+            guard let family = args.first?.stringValue else { return true }
+            let set = args.count > 1 ? (args[1].objectValue ?? [:]) : [:]
+            let del = args.count > 2 ? (args[2].arrayValue ?? []).compactMap(\.stringValue) : []
+            let delta = directory.apply(owner: source, family: family, set: set, delete: del)
+            publish(family: family, delta, forward: !globals.contains(source))
         case "g_find":
             guard let node = args.first?.stringValue else { return true }
             let addresses: [String]? = node == nodeID ? listenAddresses : directory.addresses(of: node)
             let found: Value = addresses.map { .array($0.map { .string($0) }) } ?? .null
             peers[source]?.sendIfConnected(["", "g_found", .string(node), found])
-            return true
+        case "g_db_family", "g_db_keys", "g_db_values":
+            guard args.count >= 2, let family = args[0].stringValue else { return true }
+            peers[source]?.sendIfConnected(["", "g_reply", args[1], answer(query: tag, family: family)])
+        case "g_mon1":
+            guard let family = args.first?.stringValue else { return true }
+            subscribers[family, default: []].insert(source)
+            peers[source]?.sendIfConnected(["", "g_chg1", .string(family), familyValue(family)])
+        case "g_mon0":
+            guard let family = args.first?.stringValue else { return true }
+            subscribers[family]?.remove(source)
+            if subscribers[family]?.isEmpty == true { subscribers[family] = nil }
+        case "g_global":
+            globals.insert(source)
+            let delta = directory.apply(owner: source, family: "'g", set: [source: .null], delete: [])
+            publish(family: "'g", delta, forward: false)
+            // Tell the new global what our slaves (and we) own.
+            let mine = [nodeID] + directory.shards.keys.filter { !globals.contains($0) && $0 != nodeID }
+            let db = directory.union(of: mine)
+            peers[source]?.sendIfConnected(["", "g_set", .object(db.mapValues { .object($0) })])
         default:
             return false
         }
+        return true
     }
 
-    /// A node went down: a global forgets everything it owned.
+    /// Answers a `g_db_*` query from the merged view.
+    func answer(query: String, family: String) -> Value {
+        let f = directory.family(family)
+        switch query {
+        case "g_db_keys": return .array(f.keys.sorted().map { .string($0) })
+        case "g_db_values": return .array(f.keys.sorted().map { f[$0]! })
+        default: return .object(f)
+        }
+    }
+
+    /// Sends a change to every subscriber of the family (and our own watchers), and forwards
+    /// writes of our slaves to the other globals (aemp-protocol §11.5).
+    func publish(family: String, _ delta: FamilyDelta, forward: Bool = true) {
+        guard !delta.isEmpty else { return }
+        let packet: [Value] = [
+            "", "g_chg2", .string(family), .object(delta.set), .array(delta.deleted.map { .string($0) }),
+        ]
+        for node in subscribers[family] ?? [] where node != nodeID {
+            peers[node]?.sendIfConnected(packet)
+        }
+        if families[family] != nil {
+            applyChangeFeed(tag: "g_chg2", Array(packet.dropFirst(2)))
+        }
+        if forward {
+            let update: [Value] = [
+                "", "g_upd", .string(family), .object(delta.set), .array(delta.deleted.map { .string($0) }),
+            ]
+            for g in globals where g != nodeID { peers[g]?.sendIfConnected(update) }
+        }
+    }
+
+    /// A node went down: a global forgets everything it owned and its subscriptions (aemp-protocol §11.6).
     func globalNodeDown(_ id: String) {
         guard isGlobal else { return }
-        directory.shards[id] = nil
+        for family in subscribers.keys { subscribers[family]?.remove(id) }
+        for (family, delta) in directory.drop(owner: id) {
+            publish(family: family, delta)
+        }
     }
 
     /// A connection came up: a global announces itself (aemp-protocol §10.1 step 5).

@@ -94,11 +94,8 @@ extension Kernel {
         for node in pendingLookups.sorted() {
             master.send(["", "g_find", .string(node)], kernel: self)
         }
-        resendGlobalRequests(to: master)
+        resendDatabaseRequests(to: master)
     }
-
-    /// Hook for the database layer: re-send queries and subscriptions to a new master.
-    func resendGlobalRequests(to master: Peer) {}
 
     func notifyMasterWatchers() {
         for (_, watcher) in masterWatchers.sorted(by: { $0.key < $1.key }) { watcher(master) }

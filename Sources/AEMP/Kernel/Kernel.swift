@@ -127,6 +127,13 @@ final class Kernel {
     var isGlobal = false
     /// What the global role knows about every node (only used when global).
     var directory = GlobalDirectory()
+    /// Nodes subscribed to each family with `g_mon1` (only used when global).
+    var subscribers: [String: Set<String>] = [:]
+    /// Families watched locally with `db_mon`.
+    var families: [String: FamilyWatch] = [:]
+    /// Database queries waiting for `g_reply`, by request ID.
+    var pendingQueries: [String: PendingQuery] = [:]
+    var queryCounter: UInt64 = 0
     /// Channels we dialed that have not yet been handed to a peer (closed on shutdown).
     var dialing: [ObjectIdentifier: any Channel] = [:]
     /// Every live connection (established or in handshake).
@@ -343,14 +350,6 @@ final class Kernel {
     private func reply(_ spec: [Value], with result: [Value]) {
         guard let target = spec.first?.stringValue.flatMap(PortID.init) else { return }
         send(to: target, Array(spec.dropFirst()) + result)
-    }
-
-    /// Database replies and change feeds; extended by the database layer.
-    func handleGlobalReply(tag: String, _ args: [Value], from source: String) {
-        guard source == master else {
-            logger.debug("ignoring \(tag) from a node that is not our master", metadata: ["from": "\(source)"])
-            return
-        }
     }
 
     // MARK: - Packets from connections

@@ -26,7 +26,7 @@ public final class Node: Sendable {
     public let eventLoop: any EventLoop
     let kernel: NIOLoopBoundBox<Kernel>
     private let configuration: NodeConfiguration
-    private let ids: IDGenerator
+    let ids: IDGenerator
     private let ports: PortTable
 
     /// Creates a node (not yet listening or connected; call `start()`).
@@ -223,3 +223,59 @@ public final class Node: Sendable {
     }
 }
 
+
+// MARK: - Distributed database (aemp-protocol §11)
+
+extension Node {
+    /// Sets `family/subkey` to `value`, owned by this node (`db_set`); re-sent after every reconnect.
+    public func dbSet(_ family: String, _ subkey: String, _ value: Value) {
+        onLoop { $0.dbSet(family, subkey, value) }
+    }
+
+    /// Deletes keys this node set (`db_del`).
+    public func dbDel(_ family: String, _ subkeys: [String]) {
+        onLoop { $0.dbDel(family, subkeys) }
+    }
+
+    /// Sets `family/<port id>` to `value` until the port dies (`db_reg`).
+    public func dbReg(_ family: String, port: PortID, _ value: Value = .null) {
+        let key = port.description
+        onLoop { $0.dbSet(family, key, value) }
+        mon(port) { [self] _ in self.dbDel(family, [key]) }
+    }
+
+    /// The whole family (`db_family`), answered by the master.
+    public func dbFamily(_ family: String) async -> [String: Value] {
+        await query("g_db_family", family).objectValue ?? [:]
+    }
+
+    /// The family's subkeys (`db_keys`).
+    public func dbKeys(_ family: String) async -> [String] {
+        (await query("g_db_keys", family).arrayValue ?? []).compactMap(\.stringValue)
+    }
+
+    /// The family's values (`db_values`).
+    public func dbValues(_ family: String) async -> [Value] {
+        await query("g_db_values", family).arrayValue ?? []
+    }
+
+    private func query(_ tag: String, _ family: String) async -> Value {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Value, Never>) in
+            onLoop { $0.dbQuery(tag, family) { continuation.resume(returning: $0) } }
+        }
+    }
+
+    /// Watches a family (`db_mon`): `handler` gets the current family first, then every change.
+    /// Watchers of one family share one subscription.
+    @discardableResult
+    public func dbMon(_ family: String, _ handler: @escaping @Sendable (FamilyChange) -> Void) -> FamilyWatchHandle {
+        let token = ids.nextToken()
+        onLoop { $0.dbMon(family, token: token, handler: handler) }
+        return FamilyWatchHandle(family: family, token: token)
+    }
+
+    /// Stops a `db_mon` watcher (`g_mon0` goes out with the last one).
+    public func dbUnmon(_ handle: FamilyWatchHandle) {
+        onLoop { $0.dbUnmon(handle.family, token: handle.token) }
+    }
+}

@@ -1,0 +1,72 @@
+import AEMP
+import Testing
+
+@Suite("Distributed database")
+struct DatabaseTests {
+    @Test("db_set on one node is seen by db_mon and db_family on another; db_del, db_reg+kil, node exit remove keys")
+    func setWatchDelete() async throws {
+        let net = try await ThreeNodes.start()
+        let feed = Events<FamilyChange>()
+        net.priv.dbMon("fam") { feed.yield($0) }
+        var changes = feed.stream.makeAsyncIterator()
+        let snapshot = try await next(&changes, "initial snapshot")
+        #expect(snapshot.values.isEmpty && snapshot.added.isEmpty)
+
+        net.pub.dbSet("fam", "k1", ["x": 1])
+        var c = try await next(&changes, "k1 added")
+        #expect(c.added == ["k1"] && c.values["k1"] == ["x": 1])
+        net.pub.dbSet("fam", "k1", "two")
+        c = try await next(&changes, "k1 changed")
+        #expect(c.changed == ["k1"] && c.values["k1"] == "two")
+
+        #expect(await net.priv.dbFamily("fam") == ["k1": "two"])
+        #expect(await net.priv.dbKeys("fam") == ["k1"])
+        #expect(await net.priv.dbValues("fam") == ["two"])
+
+        net.pub.dbDel("fam", ["k1"])
+        c = try await next(&changes, "k1 deleted")
+        #expect(c.deleted == ["k1"] && c.values.isEmpty)
+
+        let port = net.pub.port { _ in }
+        net.pub.dbReg("fam", port: port, "registered")
+        c = try await next(&changes, "port registered")
+        #expect(c.added == [port.description])
+        net.priv.kil(port)
+        c = try await next(&changes, "registration removed after kil")
+        #expect(c.deleted == [port.description])
+
+        net.pub.dbSet("fam", "owned-by-pub", 1)
+        c = try await next(&changes, "owned-by-pub")
+        #expect(c.added == ["owned-by-pub"])
+        await net.pub.shutdown()
+        c = try await next(&changes, "keys of a node that left are removed")
+        #expect(c.deleted == ["owned-by-pub"])
+        await net.shutdown()
+    }
+
+    @Test("a second watcher gets the current family at once; the seed's own watchers work too")
+    func sharedAndGlobalWatchers() async throws {
+        let net = try await ThreeNodes.start()
+        net.priv.dbSet("shared", "a", 1)
+        let first = Events<FamilyChange>()
+        net.pub.dbMon("shared") { first.yield($0) }
+        var f = first.stream.makeAsyncIterator()
+        var c = try await next(&f)
+        if c.values.isEmpty { c = try await next(&f) }
+        #expect(c.values == ["a": 1])
+        let second = Events<FamilyChange>()
+        net.pub.dbMon("shared") { second.yield($0) }
+        var s = second.stream.makeAsyncIterator()
+        #expect(try await next(&s).values == ["a": 1])
+
+        let onSeed = Events<FamilyChange>()
+        net.seed.dbMon("shared") { onSeed.yield($0) }
+        var g = onSeed.stream.makeAsyncIterator()
+        #expect(try await next(&g).values == ["a": 1])
+        net.priv.dbSet("shared", "b", 2)
+        #expect(try await next(&g).added == ["b"])
+        #expect(try await next(&f).added == ["b"])
+        #expect(try await next(&s).added == ["b"])
+        await net.shutdown()
+    }
+}
