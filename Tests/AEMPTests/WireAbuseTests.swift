@@ -138,8 +138,6 @@ struct WireAbuseTests {
         case wrongProtocol, version2, ownNodeID, alreadyConnectedID, tooFewFields, noCommonAuth, noCommonFraming
         /// Not valid node IDs (aemp-protocol §2.1); Perl's add_node croaks on "".
         case emptyNodeID, hashInNodeID
-
-        var isKnownIssue: Bool { self == .emptyNodeID || self == .hashInNodeID }
     }
 
     @Test("an unacceptable greeting closes the connection without an auth line", arguments: BadGreeting.allCases)
@@ -165,15 +163,7 @@ struct WireAbuseTests {
                 let closed = try await peer.waitForClose(within: 3)
                 Self.expectOnlyGreeting(closed.unread, node: net.pub)
             }
-            if bad.isKnownIssue {
-                // The node validates its own ID (NodeIDTemplate.problem) but not the peer's: it answers
-                // with its auth line and would go on to list "" / "evil#port" in upNodes().
-                await withKnownIssue("peer node IDs that are empty or contain '#' are not refused") {
-                    try await refused()
-                }
-            } else {
-                try await refused()
-            }
+            try await refused()
         }
     }
 

@@ -278,7 +278,11 @@ final class Kernel {
     /// Node-port requests this node understands (answers `can`).
     static let nodeRequests: Set<String> = [
         "mon1", "mon0", "kil0", "kil1", "snd", "can", "time", "devnull", "",
-        "g_global", "g_reply", "g_found", "g_chg1", "g_chg2",
+        "g_global", "g_reply", "g_found", "g_chg1", "g_chg2", "g_slave",
+    ]
+    /// Requests a global node answers in addition.
+    static let globalRequests: Set<String> = [
+        "g_find", "g_upd", "g_set", "g_db_family", "g_db_keys", "g_db_values", "g_mon1", "g_mon0",
     ]
 
     func handleNodeRequest(_ message: [Value], from source: String) {
@@ -290,7 +294,8 @@ final class Kernel {
         case "", "devnull":
             return
         case "mon1":
-            guard let name = args.first?.stringValue else { return }
+            // The node port always exists and never dies: Perl registers a monitor that never fires.
+            guard let name = args.first?.stringValue, !name.isEmpty else { return }
             if !name.isEmpty, ports.contains(name) {
                 watchers[name, default: PortWatchers()].remote.insert(source)
             } else {
@@ -316,7 +321,8 @@ final class Kernel {
             send(to: target, Array(args.dropFirst()))
         case "can":
             guard let asked = args.first?.stringValue else { return }
-            reply(Array(args.dropFirst()), with: [.string(Self.nodeRequests.contains(asked) ? "1" : "")])
+            let known = Self.nodeRequests.contains(asked) || (isGlobal && Self.globalRequests.contains(asked))
+            reply(Array(args.dropFirst()), with: [.string(known ? "1" : "")])
         case "time":
             var now = timespec()
             clock_gettime(CLOCK_REALTIME, &now)
