@@ -1,0 +1,59 @@
+import AEMP
+import Foundation
+import Testing
+
+/// A free TCP port on 127.0.0.1 (bound once and released; seeds must know their addresses up front).
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    let bound = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+@Suite("Two global seeds")
+struct GlobalMeshTests {
+    @Test("keys set through one global are seen through the other, and vanish there when their owner leaves")
+    func meshAndFailover() async throws {
+        let a = "127.0.0.1:\(try freePort())"
+        let b = "127.0.0.1:\(try freePort())"
+        let seedA = try makeNode(id: "gm-a-%u", binds: [a], seeds: [a, b])
+        let seedB = try makeNode(id: "gm-b-%u", binds: [b], seeds: [a, b])
+        try await seedA.start()
+        try await seedB.start()
+        await eventually("globals meshed") { await seedA.upNodes().contains(seedB.id) }
+
+        let setter = try makeNode(id: "gm-setter-%u", seeds: [a])
+        let watcher = try makeNode(id: "gm-watch-%u", seeds: [b])
+        try await setter.start()
+        try await watcher.start()
+        #expect(await setter.waitForMaster(timeout: .seconds(10)) == seedA.id)
+        #expect(await watcher.waitForMaster(timeout: .seconds(10)) == seedB.id)
+
+        let feed = Events<FamilyChange>()
+        watcher.dbMon("mesh") { feed.yield($0) }
+        var changes = feed.stream.makeAsyncIterator()
+        _ = try await next(&changes, "snapshot")
+        setter.dbSet("mesh", "k", "v")
+        let c = try await next(&changes, "key set via the other global")
+        #expect(c.added == ["k"] && c.values == ["k": "v"])
+        #expect(await watcher.dbFamily("mesh") == ["k": "v"])
+        await setter.shutdown()
+        let gone = try await next(&changes, "setter's key removed when it leaves")
+        #expect(gone.deleted == ["k"])
+
+        await watcher.shutdown()
+        await seedB.shutdown()
+        await seedA.shutdown()
+    }
+}
