@@ -22,7 +22,7 @@ struct WireAbuseTests {
     @Test("random bytes instead of a greeting close that connection only", arguments: [1, 2, 3] as [UInt64])
     func randomBytes(_ seed: UInt64) async throws {
         try await withNet { net, res in
-            var rng = AbuseRandom(seed: seed)
+            var rng = SeededGenerator(seed: seed)
             let garbage = (0..<8192).map { _ in UInt8.random(in: 0...255, using: &rng) }
             let peer = res.peer(try await ScriptedPeer.dial(net.address))
             try? await peer.write(garbage)  // may fail once the node has closed
@@ -311,18 +311,5 @@ struct WireAbuseTests {
         #expect(lines.count == 3 && lines.last?.isEmpty == true, "expected exactly two lines, got \(lines.count - 1)",
                 sourceLocation: sourceLocation)
         #expect(unread.starts(with: Array("aemp;1;\(node.id);".utf8)), sourceLocation: sourceLocation)
-    }
-}
-
-/// SplitMix64, so the random garbage is the same on every run.
-struct AbuseRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
