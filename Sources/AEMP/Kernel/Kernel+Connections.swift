@@ -217,8 +217,7 @@ extension Kernel: ConnectionDelegate {
         let queued = peer.queue
         peer.queue.removeAll()
         for packet in queued { connection.send(packet) }
-        // Re-send mon1 for ports monitored while disconnected... (monitors were fired on failure,
-        // so only monitors added while connecting remain; their mon1 was queued above).
+        // Monitors fired when the last connection failed; mon1 of newer ones was in the queue.
         globalNodeUp(peer)
         notifyNodeWatchers(id, up: true)
         seedNodeUp(id)

@@ -587,35 +587,10 @@ struct ReplayCapture: Sendable {
     var auth: [String: String]
     var packets: [Packet]
 
-    /// The captures' directory: `$AEMP_VECTORS`, else `shared/aemp-vectors` beside an ancestor of
-    /// this file or of the working directory.
-    static func directory() throws -> String {
-        let fm = FileManager.default
-        if let env = ProcessInfo.processInfo.environment["AEMP_VECTORS"], !env.isEmpty { return env }
-        var tried: [String] = []
-        for start in [URL(fileURLWithPath: #filePath).deletingLastPathComponent(),
-                      URL(fileURLWithPath: fm.currentDirectoryPath)] {
-            var dir = start.standardizedFileURL
-            while true {
-                let candidate = dir.appendingPathComponent("shared/aemp-vectors").path
-                tried.append(candidate)
-                if fm.fileExists(atPath: candidate + "/README.md") { return candidate }
-                let parent = dir.deletingLastPathComponent().standardizedFileURL
-                if parent.path == dir.path { break }
-                dir = parent
-            }
-        }
-        throw ScriptedPeerError.protocolViolation(
-            "aemp-vectors not found (set AEMP_VECTORS); looked in \(tried.joined(separator: ", "))")
-    }
-
     /// Connection `id` (e.g. `conn03`) of `scenario` (e.g. `json`).
     static func load(_ scenario: String, _ id: String) throws -> ReplayCapture {
-        let path = try directory() + "/\(scenario)/transcript.json"
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ScriptedPeerError.protocolViolation("cannot read \(path)")
-        }
-        let root = try JSONCodec.decode(Array(data))
+        let path = "\(scenario)/transcript.json"
+        let root = try Vectors.json(path)
         guard let conn = root.objectValue?["connections"]?.arrayValue?.first(where: { $0.objectValue?["id"] == .string(id) }),
             let c = conn.objectValue
         else { throw ScriptedPeerError.protocolViolation("\(scenario)/\(id) not in \(path)") }
