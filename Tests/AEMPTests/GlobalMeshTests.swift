@@ -56,4 +56,44 @@ struct GlobalMeshTests {
         await seedB.shutdown()
         await seedA.shutdown()
     }
+
+    @Test("globals that only know a common seed find each other through 'g and mesh; writes cross the mesh")
+    func meshThroughG() async throws {
+        let a = "127.0.0.1:\(try freePort())"
+        let b = "127.0.0.1:\(try freePort())"
+        let c = "127.0.0.1:\(try freePort())"
+        let seedA = try makeNode(id: "gg-a-%u", binds: [a], seeds: [a])
+        let seedB = try makeNode(id: "gg-b-%u", binds: [b], seeds: [b, a])
+        let seedC = try makeNode(id: "gg-c-%u", binds: [c], seeds: [c, a])
+        for n in [seedA, seedB, seedC] { try await n.start() }
+        await eventually("B and C connected although neither names the other") {
+            await seedB.upNodes().contains(seedC.id)
+        }
+        // Each global sees all three in 'g.
+        for n in [seedA, seedB, seedC] {
+            #expect(Set(await n.dbKeys("'g")) == [seedA.id, seedB.id, seedC.id])
+        }
+
+        let setter = try makeNode(id: "gg-set-%u", seeds: [b])
+        let watcher = try makeNode(id: "gg-watch-%u", seeds: [c])
+        try await setter.start()
+        try await watcher.start()
+        #expect(await setter.waitForMaster(timeout: .seconds(10)) == seedB.id)
+        #expect(await watcher.waitForMaster(timeout: .seconds(10)) == seedC.id)
+        let feed = Events<FamilyChange>()
+        watcher.dbMon("gg") { feed.yield($0) }
+        var changes = feed.stream.makeAsyncIterator()
+        _ = try await next(&changes, "snapshot")
+        setter.dbSet("gg", "k", 1)
+        #expect(try await next(&changes, "write through B seen through C").values == ["k": 1])
+
+        // If the B-C connection breaks, the keepalive brings it back.
+        await seedC.shutdown()
+        let seedC2 = try makeNode(id: "gg-c2-%u", binds: [c], seeds: [c, a])
+        try await seedC2.start()
+        await eventually("B reconnects to the restarted global it learnt from 'g") {
+            await seedB.upNodes().contains(seedC2.id)
+        }
+        for n in [setter, watcher, seedC2, seedB, seedA] { await n.shutdown() }
+    }
 }

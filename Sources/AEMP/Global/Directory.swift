@@ -29,42 +29,80 @@ struct GlobalDirectory {
         merged[name] ?? [:]
     }
 
+    /// Owners whose data is kept only until someone re-claims it: a global that went down keeps
+    /// carrying its slaves' keys for a grace period, so they do not vanish from every watcher's
+    /// view while those slaves re-register elsewhere (aemp-protocol §10.2 describes Perl's window).
+    private(set) var orphans: Set<String> = []
+
+    /// Marks `owner`'s data as orphaned: other owners' writes of the same keys take it over.
+    mutating func orphan(_ owner: String) {
+        if shards[owner] != nil { orphans.insert(owner) }
+    }
+
     /// Applies one owner's write; returns the effective change of the merged view.
-    mutating func apply(owner: String, family: String, set: [String: Value], delete: [String]) -> FamilyDelta {
+    /// With `reportUnchanged`, every key set is reported, as Perl does for a slave's write even when
+    /// the value is unchanged; otherwise only visible changes are.
+    mutating func apply(
+        owner: String, family: String, set: [String: Value], delete: [String], reportUnchanged: Bool = true
+    ) -> FamilyDelta {
         var delta = FamilyDelta()
+        var touched = Set(set.keys)
+        for key in delete where set[key] == nil { touched.insert(key) }
+        if !orphans.isEmpty, !orphans.contains(owner) {
+            // A live owner writing a key takes it over from every orphaned copy.
+            for key in touched {
+                for orphan in orphans { removeCopy(owner: orphan, family: family, key: key) }
+            }
+            orphans = orphans.filter { shards[$0] != nil }
+        }
         for (key, value) in set {
             shards[owner, default: [:]][family, default: [:]][key] = value
             var list = owners[family]?[key] ?? []
             list.removeAll { $0 == owner }
             list.append(owner)
             owners[family, default: [:]][key] = list
-            merged[family, default: [:]][key] = value
-            delta.set[key] = value
         }
         for key in delete where set[key] == nil {
-            guard shards[owner]?[family]?[key] != nil else { continue }
-            shards[owner]?[family]?[key] = nil
-            if shards[owner]?[family]?.isEmpty == true { shards[owner]?[family] = nil }
-            var list = owners[family]?[key] ?? []
-            list.removeAll { $0 == owner }
-            if let previous = list.last, let value = shards[previous]?[family]?[key] {
-                owners[family, default: [:]][key] = list
-                merged[family, default: [:]][key] = value
-                delta.set[key] = value
-            } else {
-                owners[family]?[key] = nil
-                merged[family]?[key] = nil
-                if merged[family]?.isEmpty == true { merged[family] = nil }
-                if owners[family]?.isEmpty == true { owners[family] = nil }
-                delta.deleted.append(key)
-            }
+            removeCopy(owner: owner, family: family, key: key)
+        }
+        for key in touched {
+            refresh(family: family, key: key, into: &delta)
+            if reportUnchanged, let value = set[key] { delta.set[key] = value }
         }
         delta.deleted.sort()
         return delta
     }
 
+    /// Removes one owner's copy of a key without touching the merged view.
+    private mutating func removeCopy(owner: String, family: String, key: String) {
+        guard shards[owner]?[family]?[key] != nil else { return }
+        shards[owner]?[family]?[key] = nil
+        if shards[owner]?[family]?.isEmpty == true { shards[owner]?[family] = nil }
+        if shards[owner]?.isEmpty == true { shards[owner] = nil }
+        owners[family]?[key]?.removeAll { $0 == owner }
+        if owners[family]?[key]?.isEmpty == true { owners[family]?[key] = nil }
+        if owners[family]?.isEmpty == true { owners[family] = nil }
+    }
+
+    /// Recomputes the merged value of a key from its latest owner; records a visible change in `delta`.
+    private mutating func refresh(family: String, key: String, into delta: inout FamilyDelta) {
+        let before = merged[family]?[key]
+        if let latest = owners[family]?[key]?.last, let value = shards[latest]?[family]?[key] {
+            merged[family, default: [:]][key] = value
+            if before != value { delta.set[key] = value }
+        } else if before != nil {
+            merged[family]?[key] = nil
+            if merged[family]?.isEmpty == true { merged[family] = nil }
+            delta.deleted.append(key)
+        }
+    }
+
     /// Replaces everything an owner had with `db` (a `g_slave` or `g_set`); returns changes by family.
     mutating func replace(owner: String, with db: [String: [String: Value]]) -> [String: FamilyDelta] {
+        // Fresh data from the owner itself is no longer orphaned (and may claim others' orphaned
+        // copies); a plain drop must not claim anything.
+        if !db.isEmpty { orphans.remove(owner) }
+        defer { orphans.remove(owner) }
         var changes: [String: FamilyDelta] = [:]
         let old = shards[owner] ?? [:]
         for (family, entries) in old {
@@ -74,9 +112,7 @@ struct GlobalDirectory {
         }
         for (family, entries) in db where !entries.isEmpty {
             // Only report keys whose visible value changes.
-            let before = merged[family] ?? [:]
-            var d = apply(owner: owner, family: family, set: entries, delete: [])
-            d.set = d.set.filter { before[$0.key] != $0.value }
+            let d = apply(owner: owner, family: family, set: entries, delete: [], reportUnchanged: false)
             if !d.isEmpty { changes[family, default: FamilyDelta()].merge(d) }
         }
         return changes

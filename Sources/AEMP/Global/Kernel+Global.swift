@@ -26,6 +26,25 @@ extension Kernel {
         for peer in peers.values where peer.isUp {
             peer.sendIfConnected(["", "g_global"])
         }
+        scheduleGlobalKeepalive()
+    }
+
+    private func scheduleGlobalKeepalive() {
+        globalKeepalive = loop.assumeIsolated().scheduleTask(in: configuration.connectInterval) { [weak self] in
+            guard let self, !self.isShutDown else { return }
+            self.connectGlobals()
+            self.scheduleGlobalKeepalive()
+        }
+    }
+
+    /// Globals keep a connection to every node in `'g`, including those no seed list names
+    /// (aemp-protocol §10.3): dial each one that is neither up nor being connected.
+    func connectGlobals() {
+        guard isGlobal, !isShutDown else { return }
+        for id in directory.family("'g").keys.sorted() where id != nodeID {
+            let p = peer(id)
+            if !p.isUp && !p.connecting { p.ensureConnected(kernel: self) }
+        }
     }
 
     /// The merged family as sent in `g_chg1` (null when empty, as Perl does).
@@ -42,8 +61,19 @@ extension Kernel {
             guard case .object(let db)? = args.first else { return true }  // empty g_slave: "run the global service"
             var data: [String: [String: Value]] = [:]
             for (family, entries) in db { data[family] = entries.objectValue ?? [:] }
-            for (family, delta) in directory.replace(owner: source, with: data) {
-                publish(family: family, delta, forward: !globals.contains(source))
+            let changes = directory.replace(owner: source, with: data)
+            for (family, delta) in changes { publish(family: family, delta, forward: false) }
+            if !globals.contains(source) {
+                // The other globals get the slave's whole database, not just what changed here: they
+                // may hold those keys only as orphaned copies of a lost global (see globalNodeDown).
+                for family in Set(data.keys).union(changes.keys).sorted() {
+                    let deleted = changes[family]?.deleted ?? []
+                    let update: [Value] = [
+                        "", "g_upd", .string(family), .object(data[family] ?? [:]),
+                        .array(deleted.map { .string($0) }),
+                    ]
+                    for g in globals where g != nodeID { peers[g]?.sendIfConnected(update) }
+                }
             }
         case "g_set":
             guard case .object(let db)? = args.first else { return true }
@@ -52,12 +82,19 @@ extension Kernel {
             for (family, delta) in directory.replace(owner: source, with: data) {
                 publish(family: family, delta, forward: false)
             }
+            // Mirror the sender's listeners into our own db, so every global we know learns them
+            // (aemp-protocol §10.3; [wire] failover-json: g_upd 'l right after g_set).
+            if let addresses = data["'l"]?[source] { dbSet("'l", source, addresses) }
         case "g_upd":
             guard let family = args.first?.stringValue else { return true }
             let set = args.count > 1 ? (args[1].objectValue ?? [:]) : [:]
             let del = args.count > 2 ? (args[2].arrayValue ?? []).compactMap(\.stringValue) : []
-            let delta = directory.apply(owner: source, family: family, set: set, delete: del)
-            publish(family: family, delta, forward: !globals.contains(source))
+            // A slave's write reports every key set (as Perl does); a write forwarded by another
+            // global reports only visible changes (it may re-state keys we already show).
+            let fromGlobal = globals.contains(source)
+            let delta = directory.apply(
+                owner: source, family: family, set: set, delete: del, reportUnchanged: !fromGlobal)
+            publish(family: family, delta, forward: !fromGlobal)
         case "g_find":
             guard let node = args.first?.stringValue else { return true }
             let addresses: [String]? = node == nodeID ? listenAddresses : directory.addresses(of: node)
@@ -76,10 +113,14 @@ extension Kernel {
             if subscribers[family]?.isEmpty == true { subscribers[family] = nil }
         case "g_global":
             globals.insert(source)
-            let delta = directory.apply(owner: source, family: "'g", set: [source: .null], delete: [])
-            publish(family: "'g", delta, forward: false)
+            // Our own db records the new global, and every global hears of it through g_upd
+            // (aemp-protocol §10.3; [wire] failover-json) — that is how globals that no seed list
+            // connects find each other.
+            dbSet("'g", source, .null)
             // Tell the new global what our slaves (and we) own.
-            let mine = [nodeID] + directory.shards.keys.filter { !globals.contains($0) && $0 != nodeID }
+            let mine = [nodeID] + directory.shards.keys.filter {
+                !globals.contains($0) && $0 != nodeID && !directory.orphans.contains($0)
+            }
             let db = directory.union(of: mine)
             peers[source]?.sendIfConnected(["", "g_set", .object(db.mapValues { .object($0) })])
         default:
@@ -102,6 +143,7 @@ extension Kernel {
     /// writes of our slaves to the other globals (aemp-protocol §11.5).
     func publish(family: String, _ delta: FamilyDelta, forward: Bool = true) {
         guard !delta.isEmpty else { return }
+        if family == "'g" || family == "'l", !delta.set.isEmpty { connectGlobals() }
         let packet: [Value] = [
             "", "g_chg2", .string(family), .object(delta.set), .array(delta.deleted.map { .string($0) }),
         ]
@@ -120,11 +162,24 @@ extension Kernel {
     }
 
     /// A node went down: a global forgets everything it owned and its subscriptions (aemp-protocol §11.6).
-    func globalNodeDown(_ id: String) {
+    /// What a dead *global* carried for its slaves is kept for `globalLossGrace`, unless its slaves
+    /// re-claim it sooner, so that a failover does not make their keys blink out everywhere.
+    func globalNodeDown(_ id: String, wasGlobal: Bool) {
         guard isGlobal else { return }
         for family in subscribers.keys { subscribers[family]?.remove(id) }
-        for (family, delta) in directory.drop(owner: id) {
-            publish(family: family, delta)
+        // What we recorded about the node ourselves (it was a global, aemp-protocol §11.6).
+        dbDel("'g", [id])
+        dbDel("'l", [id])
+        let grace = configuration.globalLossGrace
+        guard wasGlobal, grace.nanoseconds > 0 else {
+            for (family, delta) in directory.drop(owner: id) { publish(family: family, delta) }
+            return
+        }
+        directory.orphan(id)
+        logger.info("keeping a lost global's data until its slaves re-register", metadata: ["global": "\(id)"])
+        loop.assumeIsolated().scheduleTask(in: grace) { [weak self] in
+            guard let self, !self.isShutDown, self.directory.orphans.contains(id) else { return }
+            for (family, delta) in self.directory.drop(owner: id) { self.publish(family: family, delta) }
         }
     }
 

@@ -22,6 +22,10 @@ public struct NodeConfiguration: Sendable {
     public var connectInterval: TimeAmount = .seconds(2)
     /// Upper bound of the seed reconnect backoff.
     public var seedBackoffLimit: TimeAmount = .seconds(30)
+    /// How long a global node keeps the keys a dead global carried for its slaves, so that they
+    /// stay visible while those slaves re-register with another global (Perl drops them at once,
+    /// leaving a window, aemp-protocol §10.2). Zero restores Perl's behaviour.
+    public var globalLossGrace: TimeAmount = .seconds(5)
     /// Largest packet accepted from a peer.
     public var maxPacketSize: Int = 64 << 20
     /// Logger for the node; connections add their own metadata.

@@ -240,8 +240,8 @@ extension Kernel: ConnectionDelegate {
         peer.connection = nil
         logger.info("node down", metadata: ["peer": "\(id)", "reason": "\(reason)"])
         for name in watchers.keys { watchers[name]?.remote.remove(id) }
-        globals.remove(id)
-        globalNodeDown(id)
+        let wasGlobal = globals.remove(id) != nil
+        globalNodeDown(id, wasGlobal: wasGlobal)
         transportFailed(peer, reason: reason)
         notifyNodeWatchers(id, up: false)
         seedConnectionLost(id)

@@ -125,6 +125,8 @@ final class Kernel {
     var isShutDown = false
     /// Whether this node runs the global role (aemp-protocol §10.3).
     var isGlobal = false
+    /// Re-dials every global in `'g` we are not connected to (only used when global).
+    var globalKeepalive: Scheduled<Void>?
     /// What the global role knows about every node (only used when global).
     var directory = GlobalDirectory()
     /// Nodes subscribed to each family with `g_mon1` (only used when global).

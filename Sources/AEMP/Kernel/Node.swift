@@ -72,6 +72,7 @@ public final class Node: Sendable {
         let future: EventLoopFuture<Void> = eventLoop.flatSubmit { [kernel] in
             let k = kernel.value
             k.isShutDown = true
+            k.globalKeepalive?.cancel()
             for i in k.seeds.indices {
                 k.seeds[i].retryTimer?.cancel()
                 k.seeds[i].retryTimer = nil

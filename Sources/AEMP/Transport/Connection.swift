@@ -314,6 +314,9 @@ final class Connection: ChannelInboundHandler {
         handshakeTimer = nil
         if wasEstablished {
             logger.info("connection closed", metadata: ["reason": "\(reason)"])
+        } else if reason.hasPrefix("already connected") || reason.hasPrefix("I refuse to talk to myself") {
+            // Routine: crossing dials and a seed list naming ourselves (aemp-protocol §4.1, §9).
+            logger.info("handshake refused", metadata: ["reason": "\(reason)"])
         } else {
             logger.notice("handshake failed", metadata: ["reason": "\(reason)"])
         }

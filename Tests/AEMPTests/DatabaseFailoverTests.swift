@@ -1,0 +1,120 @@
+import AEMP
+import Foundation
+import Synchronization
+import Testing
+
+/// Every delivery of a `db_mon` watcher, kept for checks over the whole history.
+final class FeedLog: Sendable {
+    private let changes = Mutex<[FamilyChange]>([])
+
+    func append(_ change: FamilyChange) { changes.withLock { $0.append(change) } }
+
+    var all: [FamilyChange] { changes.withLock { $0 } }
+
+    /// The family as the watcher sees it now (nil before the first delivery).
+    var current: [String: Value]? { changes.withLock { $0.last?.values } }
+
+    /// How often `key` was reported deleted since delivery number `start`.
+    func deletions(of key: String, since start: Int = 0) -> Int {
+        changes.withLock { $0.dropFirst(start).filter { $0.deleted.contains(key) }.count }
+    }
+}
+
+/// Two `aemp seed` processes as globals, a public and a private node; one seed is killed for real.
+@Suite("Database across a global failover", .timeLimit(.minutes(2)))
+struct DatabaseFailoverTests {
+    @Test("killing one global seed: nodes re-attach and re-register, nothing is lost, the dead global's keys are deleted once")
+    func killGlobalSeed() async throws {
+        let a = "127.0.0.1:\(try freePort())"
+        let b = "127.0.0.1:\(try freePort())"
+        let seedA = try ChildProcess(
+            "aemp", ["seed", "--bind", a, "--seeds", b, "--secret", testSecret, "--node-id", "fdb-a-%u"])
+        defer { seedA.stop() }
+        let seedB = try ChildProcess(
+            "aemp", ["seed", "--bind", b, "--seeds", a, "--secret", testSecret, "--node-id", "fdb-b-%u"])
+        defer { seedB.stop() }
+        let idA = try bannerNodeID(try await seedA.readLine())
+        let idB = try bannerNodeID(try await seedB.readLine())
+
+        // The public node knows both seeds; whichever is its master is the one that dies.
+        let pub = try makeNode(id: "fdb-pub-%u", binds: ["127.0.0.1:0"], seeds: [a, b])
+        try await pub.start()
+        let dyingID = try #require(await pub.waitForMaster(timeout: .seconds(10)))
+        let (dying, survivorID, survivorAddress) = dyingID == idA ? (seedA, idB, b) : (seedB, idA, a)
+        await eventually("the two globals meshed and pub reaches both") {
+            let up = await pub.upNodes()
+            return up.contains(idA) && up.contains(idB)
+        }
+        // The private node is a slave of the survivor: it watches through a global that stays.
+        let priv = try makeNode(id: "fdb-priv-%u", seeds: [survivorAddress])
+        try await priv.start()
+        #expect(await priv.waitForMaster(timeout: .seconds(10)) == survivorID)
+
+        let pubFeed = FeedLog(), privFeed = FeedLog(), pubGlobals = FeedLog(), privGlobals = FeedLog()
+        pub.dbMon("fdb") { pubFeed.append($0) }
+        priv.dbMon("fdb") { privFeed.append($0) }
+        pub.dbMon("'g") { pubGlobals.append($0) }
+        priv.dbMon("'g") { privGlobals.append($0) }
+
+        pub.dbSet("fdb", "p1", "from pub")
+        priv.dbSet("fdb", "q1", ["n": 1])
+        let before: [String: Value] = ["p1": "from pub", "q1": ["n": 1]]
+        await eventually("both watchers see both keys") {
+            pubFeed.current == before && privFeed.current == before
+        }
+        await eventually("both watchers see both globals in 'g") {
+            pubGlobals.current?.keys.sorted() == [idA, idB].sorted()
+                && privGlobals.current?.keys.sorted() == [idA, idB].sorted()
+        }
+        let mark = (pub: pubFeed.all.count, priv: privFeed.all.count)
+
+        dying.signal(SIGKILL)
+        pub.dbSet("fdb", "p-gap", "set while the master was dying")
+        await eventually("pub re-attached to the surviving global") { await pub.master() == survivorID }
+        pub.dbSet("fdb", "p2", 2)
+        priv.dbSet("fdb", "q2", 2)
+
+        let after: [String: Value] = [
+            "p1": "from pub", "q1": ["n": 1], "p-gap": "set while the master was dying", "p2": 2, "q2": 2,
+        ]
+        await eventually("every key, old and new, is seen by both watchers") {
+            pubFeed.current == after && privFeed.current == after
+        }
+        // The dead global's own entry goes, once, after the survivor's grace period.
+        await eventually(within: 15, "the dead global leaves 'g on both watchers") {
+            pubGlobals.current?.keys.sorted() == [survivorID] && privGlobals.current?.keys.sorted() == [survivorID]
+        }
+        #expect(pubGlobals.deletions(of: dyingID) == 1)
+        #expect(privGlobals.deletions(of: dyingID) == 1)
+
+        // Nothing the living nodes set ever vanished, on either side of the failover.
+        for key in after.keys {
+            #expect(pubFeed.deletions(of: key, since: mark.pub) == 0, "pub saw \(key) deleted")
+            #expect(privFeed.deletions(of: key, since: mark.priv) == 0, "priv saw \(key) deleted")
+        }
+        #expect(await pub.dbFamily("fdb") == after)
+        #expect(await priv.dbFamily("fdb") == after)
+
+        // After the failover, a node that leaves still takes its keys with it, everywhere.
+        await pub.shutdown()
+        await eventually("pub's keys are removed from priv's view") {
+            privFeed.current == ["q1": ["n": 1], "q2": 2]
+        }
+        #expect(await priv.dbKeys("fdb") == ["q1", "q2"])
+        await priv.shutdown()
+    }
+}
+
+/// The node ID from `aemp seed`'s banner `node <id> listening on <addresses>`.
+func bannerNodeID(_ banner: String) throws -> String {
+    let words = banner.split(separator: " ")
+    guard words.count == 5, words[0] == "node", words[2] == "listening" else {
+        throw BannerError(line: banner)
+    }
+    return String(words[1])
+}
+
+struct BannerError: Error, CustomStringConvertible {
+    let line: String
+    var description: String { "unexpected banner line: \(line)" }
+}
