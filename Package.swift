@@ -6,7 +6,9 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .library(name: "AEMP", targets: ["AEMP"]),
+        .library(name: "AEMPGateway", targets: ["AEMPGateway"]),
         .executable(name: "aemp", targets: ["aemp"]),
+        .executable(name: "aemp-gateway", targets: ["aemp-gateway"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -40,6 +42,35 @@ let package = Package(
             dependencies: [
                 "AEMP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "AEMPGateway",
+            dependencies: [
+                "AEMP",
+                "CMicroHTTPD",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "aemp-gateway",
+            dependencies: [
+                "AEMP",
+                "AEMPGateway",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "AEMPGatewayTests",
+            dependencies: [
+                "AEMP",
+                "AEMPGateway",
+                "aemp",
+                "aemp-gateway",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

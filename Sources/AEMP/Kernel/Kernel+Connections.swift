@@ -139,6 +139,7 @@ extension Kernel: ConnectionDelegate {
         peer.stopConnecting()
         pendingLookups.remove(peer.id)
         transportFailed(peer, reason: reason)
+        keptNodeLost(peer.id)
     }
 
     /// Drops a peer's queue and fires every monitor on it with `transport_error`.
@@ -219,6 +220,7 @@ extension Kernel: ConnectionDelegate {
         for packet in queued { connection.send(packet) }
         // Monitors fired when the last connection failed; mon1 of newer ones was in the queue.
         globalNodeUp(peer)
+        keptNodeUp(id)
         notifyNodeWatchers(id, up: true)
         seedNodeUp(id)
     }
@@ -243,6 +245,7 @@ extension Kernel: ConnectionDelegate {
         let wasGlobal = globals.remove(id) != nil
         globalNodeDown(id, wasGlobal: wasGlobal)
         transportFailed(peer, reason: reason)
+        keptNodeLost(id)
         notifyNodeWatchers(id, up: false)
         seedConnectionLost(id)
     }

@@ -54,6 +54,15 @@ final class PortTable: Sendable {
         table.withLock { $0[name] = handlers }
     }
 
+    /// Inserts unless the name is taken; returns whether it did.
+    func insertIfAbsent(_ name: String, _ handlers: PortHandlers) -> Bool {
+        table.withLock { t in
+            guard t[name] == nil else { return false }
+            t[name] = handlers
+            return true
+        }
+    }
+
     func handlers(_ name: String) -> PortHandlers? {
         table.withLock { $0[name] }
     }
@@ -125,6 +134,8 @@ final class Kernel {
     var isShutDown = false
     /// Whether this node runs the global role (aemp-protocol §10.3).
     var isGlobal = false
+    /// Nodes we keep a connection to, reconnecting with backoff (`Node.keepConnected`).
+    var keptNodes: [String: KeptNode] = [:]
     /// Re-dials every global in `'g` we are not connected to (only used when global).
     var globalKeepalive: Scheduled<Void>?
     /// What the global role knows about every node (only used when global).

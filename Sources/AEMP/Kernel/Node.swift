@@ -73,6 +73,7 @@ public final class Node: Sendable {
             let k = kernel.value
             k.isShutDown = true
             k.globalKeepalive?.cancel()
+            for node in k.keptNodes.keys { k.stopKeepingConnected(node) }
             for i in k.seeds.indices {
                 k.seeds[i].retryTimer?.cancel()
                 k.seeds[i].retryTimer = nil
@@ -108,6 +109,14 @@ public final class Node: Sendable {
     public func port(_ handler: MessageHandler? = nil) -> PortID {
         let name = ids.nextPortName()
         ports.insert(name, PortHandlers(defaultHandler: handler))
+        return PortID(node: id, name: name)
+    }
+
+    /// Creates a port with a chosen name (e.g. an unguessable one); nil if the name is taken or
+    /// not usable as a port name (empty, or containing `#`, aemp-protocol §2.2).
+    public func port(named name: String, _ handler: MessageHandler? = nil) -> PortID? {
+        guard !name.isEmpty, !name.contains("#"), ports.insertIfAbsent(name, PortHandlers(defaultHandler: handler))
+        else { return nil }
         return PortID(node: id, name: name)
     }
 
@@ -187,7 +196,35 @@ public final class Node: Sendable {
 
     /// Stops a node watcher.
     public func cancel(_ watch: NodeWatch) {
-        onLoop { $0.nodeWatchers[watch.token] = nil }
+        onLoop {
+            $0.nodeWatchers[watch.token] = nil
+            $0.masterWatchers[watch.token] = nil
+        }
+    }
+
+    /// Keeps a connection to `node` open, reconnecting with backoff whenever it drops. A private
+    /// node must do this for every node that has to reach it (nobody can dial a private node).
+    public func keepConnected(to node: String) {
+        onLoop { $0.keepConnected(node) }
+    }
+
+    /// Stops keeping a connection to `node` (an open one stays until it drops).
+    public func stopKeepingConnected(to node: String) {
+        onLoop { $0.stopKeepingConnected(node) }
+    }
+
+    /// Keeps a connection to every public node of the network, as family `'l` lists them
+    /// (nodes with at least one listener), following joins and leaves; cancel with `dbUnmon`.
+    /// This is how a private node such as the gateway stays reachable from every public node.
+    @discardableResult
+    public func keepConnectedToPublicNodes() -> FamilyWatchHandle {
+        dbMon("'l") { [self] change in
+            for key in change.added + change.changed {
+                let addresses = change.values[key]?.arrayValue ?? []
+                if addresses.isEmpty { self.stopKeepingConnected(to: key) } else { self.keepConnected(to: key) }
+            }
+            for key in change.deleted { self.stopKeepingConnected(to: key) }
+        }
     }
 
     /// Node IDs with a live connection (`up_nodes`).
@@ -203,6 +240,18 @@ public final class Node: Sendable {
     /// The addresses this node listens on (with real port numbers), as published in `'l`.
     public func listenAddresses() async -> [String] {
         await withKernel { $0.listenAddresses }
+    }
+
+    /// Calls `handler` on the node's loop with the current master (nil = none) now and on every
+    /// change; returns a watch to pass to `cancel(_:)`.
+    @discardableResult
+    public func monMaster(_ handler: @escaping @Sendable (String?) -> Void) -> NodeWatch {
+        let token = ids.nextToken()
+        onLoop { k in
+            k.masterWatchers[token] = handler
+            handler(k.master)
+        }
+        return NodeWatch(token: token)
     }
 
     /// Waits until the node is attached to a master, up to `timeout`. Returns the master's ID.

@@ -19,6 +19,21 @@ public enum JSONCodecError: Error, Equatable, Sendable {
     case unencodable(String)
 }
 
+extension JSONCodecError: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .syntax(let message, let line, let column, let position):
+            return "\(message) (line \(line), column \(column), byte \(position))"
+        case .notAnArray(let found, let offset):
+            return "a packet must be a JSON array, found byte 0x\(String(found, radix: 16)) at offset \(offset)"
+        case .packetTooLarge(let limit):
+            return "packet larger than \(limit) bytes"
+        case .unencodable(let why):
+            return why
+        }
+    }
+}
+
 /// JSON for AEMP values, built on jansson (aemp-protocol §5.1).
 public enum JSONCodec {
     /// Decodes one complete JSON text (any value at top level).
@@ -68,6 +83,19 @@ public enum JSONCodec {
         let length = strlen(text)
         text.withMemoryRebound(to: UInt8.self, capacity: length) { p in
             _ = buffer.writeBytes(UnsafeRawBufferPointer(start: p, count: length))
+        }
+    }
+
+    /// Encodes a value as compact UTF-8 JSON bytes.
+    public static func encodeBytes(_ value: Value) throws(JSONCodecError) -> [UInt8] {
+        let root = try makeJSON(value)
+        defer { json_decref(root) }
+        guard let text = json_dumps(root, Int(JSON_COMPACT | JSON_ENCODE_ANY)) else {
+            throw .unencodable("jansson could not serialise the value")
+        }
+        defer { free(text) }
+        return text.withMemoryRebound(to: UInt8.self, capacity: strlen(text)) {
+            Array(UnsafeBufferPointer(start: $0, count: strlen(text)))
         }
     }
 

@@ -1,0 +1,79 @@
+import AEMP
+
+/// Turns a port ID given by an HTTP client into a destination, refusing node ports whatever the
+/// spelling: a Perl node runs `eval` and function-call requests that arrive at its node port.
+enum Destination {
+    /// Parses `node#name`. Node ports (`node`, `node#`, blanks, percent-encoded `#`) are refused
+    /// unless the message's tag is one the operator allowed.
+    static func parse(_ raw: Value, message: [Value]? = nil, allowedTags: Set<String> = []) throws(Problem) -> PortID {
+        guard case .string(let given) = raw else {
+            throw .invalidPort("\"port\" must be a string \"node#name\"")
+        }
+        var text = trimmed(given)
+        // Undo percent-encoding (repeatedly: %2523 is a '#' encoded twice) so that no spelling of
+        // a node port slips through.
+        for _ in 0..<4 where text.contains("%") {
+            guard let decoded = percentDecoded(text) else { break }
+            text = trimmed(decoded)
+        }
+        guard !text.isEmpty else { throw .invalidPort("\"port\" is empty") }
+        if text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
+            throw .invalidPort("\(given.debugDescription) contains control characters")
+        }
+        let node: Substring, name: Substring
+        if let hash = text.firstIndex(of: "#") {
+            node = text[..<hash]
+            name = text[text.index(after: hash)...]
+        } else {
+            node = Substring(text)
+            name = ""
+        }
+        let portName = trimmed(String(name))
+        let nodeID = trimmed(String(node))
+        guard !nodeID.isEmpty else { throw .invalidPort("\(given.debugDescription) has no node ID before '#'") }
+        if portName.isEmpty {
+            if let tag = message?.first?.stringValue, allowedTags.contains(tag) {
+                return PortID(node: nodeID, name: "")
+            }
+            throw .nodePortForbidden(given)
+        }
+        guard !portName.contains("#") else {
+            throw .invalidPort("\(given.debugDescription) has more than one '#'")
+        }
+        return PortID(node: nodeID, name: portName)
+    }
+
+    static func trimmed(_ s: String) -> String {
+        var v = Substring(s)
+        while let c = v.first, c.isWhitespace { v.removeFirst() }
+        while let c = v.last, c.isWhitespace { v.removeLast() }
+        return String(v)
+    }
+
+    /// Decodes `%XX` sequences; nil if they are malformed or not UTF-8.
+    static func percentDecoded(_ s: String) -> String? {
+        var out: [UInt8] = []
+        var bytes = Array(s.utf8)[...]
+        while let b = bytes.popFirst() {
+            if b == UInt8(ascii: "%") {
+                guard bytes.count >= 2, let hi = hexValue(bytes[bytes.startIndex]),
+                    let lo = hexValue(bytes[bytes.startIndex + 1])
+                else { return nil }
+                out.append(hi << 4 | lo)
+                bytes.removeFirst(2)
+            } else {
+                out.append(b)
+            }
+        }
+        return String(validating: out, as: UTF8.self)
+    }
+
+    private static func hexValue(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+}

@@ -1,0 +1,98 @@
+import AEMP
+
+/// An RFC 9457 problem: every error the gateway answers, with a stable machine-readable `code`.
+public struct Problem: Error, Sendable, Equatable {
+    public let status: Int
+    /// Stable identifier clients can branch on (also the last part of `type`).
+    public let code: String
+    public let title: String
+    public let detail: String
+    /// Additional members (e.g. `reason` of a dead port, `limit`).
+    public var extra: [String: Value] = [:]
+    /// Extra response headers (e.g. `Retry-After`).
+    public var headers: [String: String] = [:]
+
+    public init(_ status: Int, _ code: String, _ title: String, _ detail: String, extra: [String: Value] = [:]) {
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.extra = extra
+    }
+
+    public static func == (a: Problem, b: Problem) -> Bool {
+        a.status == b.status && a.code == b.code && a.detail == b.detail && a.extra == b.extra
+    }
+
+    /// The `application/problem+json` response for a request.
+    func response(requestID: String) -> HTTPResponse {
+        var body = extra
+        body["type"] = .string("urn:aemp-gateway:problem:\(code)")
+        body["title"] = .string(title)
+        body["status"] = .int(Int64(status))
+        body["detail"] = .string(detail)
+        body["code"] = .string(code)
+        body["request_id"] = .string(requestID)
+        var headers = [("Content-Type", "application/problem+json")]
+        for (k, v) in self.headers.sorted(by: { $0.key < $1.key }) { headers.append((k, v)) }
+        return HTTPResponse(status: status, headers: headers, body: JSONBody.encode(.object(body)))
+    }
+}
+
+extension Problem {
+    static func malformedJSON(_ why: String) -> Problem {
+        Problem(400, "malformed_json", "Malformed JSON", "The request body is not valid JSON: \(why)")
+    }
+    static func invalidRequest(_ detail: String) -> Problem {
+        Problem(422, "invalid_request", "Invalid request", detail)
+    }
+    static func invalidPort(_ detail: String) -> Problem {
+        Problem(422, "invalid_port", "Invalid port ID", detail)
+    }
+    static func nodePortForbidden(_ port: String) -> Problem {
+        Problem(
+            403, "node_port_forbidden", "Node ports cannot be addressed",
+            "\(port.debugDescription) names a node port (empty port name); node ports run requests such as eval, so the gateway never sends to them")
+    }
+    static func unknownMailbox(_ name: String) -> Problem {
+        Problem(404, "unknown_mailbox", "Unknown mailbox", "No mailbox named \(name.debugDescription) exists on this gateway")
+    }
+    static func mailboxGone(_ name: String, _ why: String, reason: Value? = nil) -> Problem {
+        var p = Problem(410, "mailbox_gone", "Mailbox gone", "Mailbox \(name.debugDescription) \(why)")
+        if let reason { p.extra["reason"] = reason }
+        return p
+    }
+    static func notFound(_ path: String) -> Problem {
+        Problem(404, "route_not_found", "Not found", "No route matches \(path.debugDescription)")
+    }
+    static func methodNotAllowed(_ method: String, allowed: [String]) -> Problem {
+        var p = Problem(
+            405, "method_not_allowed", "Method not allowed",
+            "\(method) is not allowed here; use \(allowed.joined(separator: ", "))")
+        p.headers["Allow"] = allowed.joined(separator: ", ")
+        return p
+    }
+    static func tooLarge(limit: Int) -> Problem {
+        Problem(
+            413, "body_too_large", "Request body too large", "The request body exceeds the limit of \(limit) bytes",
+            extra: ["limit": .int(Int64(limit))])
+    }
+    static func overloaded(_ what: String, retryAfter: Int = 1) -> Problem {
+        var p = Problem(503, "over_capacity", "Over capacity", what)
+        p.headers["Retry-After"] = String(retryAfter)
+        return p
+    }
+    static func meshUnavailable(_ detail: String = "The gateway is not attached to a master node of the AEMP network") -> Problem {
+        var p = Problem(503, "mesh_unavailable", "AEMP network not reachable", detail)
+        p.headers["Retry-After"] = "1"
+        return p
+    }
+    static func timeout(_ detail: String) -> Problem {
+        Problem(504, "timeout", "Timed out", detail)
+    }
+    static func shuttingDown() -> Problem {
+        var p = Problem(503, "shutting_down", "Shutting down", "The gateway is shutting down")
+        p.headers["Retry-After"] = "1"
+        return p
+    }
+}

@@ -1,0 +1,187 @@
+import AEMP
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// The HTTP/JSON gateway: an AEMP node (private, or standalone seed) plus a libmicrohttpd server.
+///
+/// Threads: libmicrohttpd calls `handle` on its polling thread; the node runs on its event loop;
+/// timers (long-poll deadlines, heartbeats, expiry) run on `timers`. State shared between them
+/// lives in small lock-protected objects (`Mailbox`, `FamilyFeed`, `Exchange`), and every
+/// hand-off is a message: nothing here blocks libmicrohttpd's thread on the network.
+public final class Gateway: HTTPHandler, Sendable {
+    public let configuration: GatewayConfiguration
+    public let node: Node
+    let logger: Logger
+    let timers: any EventLoop
+    let mailboxes: MailboxRegistry
+    let feeds = Mutex<[String: FamilyFeed]>([:])
+    let nodeStreams = Mutex<[UInt64: EventStream]>([:])
+    let masterState = Mutex<String?>(nil)
+    /// Keys this gateway set (family → subkeys): only those can be deleted through it.
+    let ownedKeys = Mutex<[String: Set<String>]>([:])
+    let pendingCalls = Atomic<Int>(0)
+    let tokens = Atomic<UInt64>(0)
+    let server = Mutex<HTTPServer?>(nil)
+    let isStopping = Atomic<Bool>(false)
+    let openAPI: [UInt8]
+
+    /// Creates the gateway (nothing runs until `start`).
+    public init(configuration: GatewayConfiguration, openAPIDocument: [UInt8] = []) throws {
+        var c = configuration
+        if c.isStandalone {
+            c.node.binds = [c.standaloneBind]
+            c.node.seeds = [c.standaloneBind]
+        }
+        self.configuration = c
+        self.logger = c.logger
+        self.node = try Node(configuration: c.node)
+        self.timers = MultiThreadedEventLoopGroup.singleton.next()
+        self.mailboxes = MailboxRegistry(limit: c.maxMailboxes)
+        self.openAPI = openAPIDocument
+    }
+
+    /// Starts the node, then the HTTP server. Returns the HTTP address (with the real port).
+    @discardableResult
+    public func start() async throws -> String {
+        try await node.start()
+        node.monMaster { [self] master in
+            let previous = masterState.withLock { m in
+                defer { m = master }
+                return m
+            }
+            if previous != master {
+                logger.notice("master changed", metadata: ["master": "\(master ?? "none")"])
+            }
+        }
+        node.monNodes { [self] id, up in
+            let event = ServerSentEvent.encode(
+                id: nil, event: up ? "up" : "down", data: ["node": .string(id), "up": .bool(up)])
+            for (token, stream) in nodeStreams.withLock({ $0 }) where !stream.send(event) {
+                nodeStreams.withLock { _ = $0.removeValue(forKey: token) }
+            }
+        }
+        if !configuration.isStandalone {
+            // A private node is reachable only over connections it opened (aemp-protocol §9).
+            node.keepConnectedToPublicNodes()
+        }
+        var http = configuration.http
+        http.logger = logger
+        let s = try HTTPServer(settings: http, handler: self)
+        server.withLock { $0 = s }
+        scheduleHousekeeping()
+        logger.notice(
+            "gateway ready",
+            metadata: [
+                "node": "\(node.id)", "http": "\(s.boundAddress)",
+                "mode": "\(configuration.isStandalone ? "standalone seed on \(configuration.standaloneBind)" : "private node")",
+            ])
+        return s.boundAddress
+    }
+
+    /// The HTTP address, once started.
+    public var httpAddress: String? { server.withLock { $0?.boundAddress } }
+
+    /// Stops accepting, answers parked requests, ends streams with a final event, leaves the mesh.
+    public func shutdown() async {
+        guard !isStopping.exchange(true, ordering: .relaxed) else { return }
+        let final = ServerSentEvent.encode(id: nil, event: "shutdown", data: ["detail": "the gateway is shutting down"])
+        let gone = Problem.shuttingDown()
+        for feed in feeds.withLock({ Array($0.values) }) {
+            feed.close(final: final, gone: gone.response(requestID: "shutdown"))
+        }
+        for (_, stream) in nodeStreams.withLock({ $0 }) { stream.finish(with: final) }
+        if let s = server.withLock({ $0 }) {
+            s.stop(finalEvent: final)
+        }
+        await node.shutdown()
+    }
+
+    func nextToken() -> UInt64 { tokens.wrappingAdd(1, ordering: .relaxed).newValue }
+
+    var master: String? { masterState.withLock { $0 } }
+
+    // MARK: - HTTPHandler
+
+    public func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
+        logger.notice(
+            "request body too large", metadata: ["request": "\(request.requestID)", "path": "\(request.path)"])
+        return Problem.tooLarge(limit: limit).response(requestID: request.requestID)
+    }
+
+    public func shuttingDown(_ request: HTTPRequest) -> HTTPResponse {
+        Problem.shuttingDown().response(requestID: request.requestID)
+    }
+
+    public func commonHeaders(for request: HTTPRequest) -> [(String, String)] {
+        guard !configuration.corsOrigins.isEmpty, let origin = request.header("origin") else { return [] }
+        let any = configuration.corsOrigins.contains("*")
+        guard any || configuration.corsOrigins.contains(origin) else { return [] }
+        return [
+            ("Access-Control-Allow-Origin", any ? "*" : origin),
+            ("Access-Control-Expose-Headers", "X-Request-ID, X-AEMP-Index, X-AEMP-Last, Retry-After"),
+            ("Vary", "Origin"),
+        ]
+    }
+
+    public func handle(_ request: HTTPRequest, _ exchange: Exchange) {
+        do {
+            if let response = try route(request, exchange) { exchange.respond(response) }
+        } catch {
+            fail(exchange, error)
+        }
+    }
+
+    /// Answers with a problem and logs it.
+    func fail(_ exchange: Exchange, _ problem: Problem) {
+        log(exchange.request, problem)
+        exchange.respond(problem.response(requestID: exchange.request.requestID))
+    }
+
+    /// One log line per refused request (never the body, which may hold secrets).
+    func log(_ request: HTTPRequest, _ problem: Problem) {
+        let level: Logger.Level = problem.status >= 500 ? .warning : .info
+        logger.log(
+            level: level, "request refused",
+            metadata: [
+                "request": "\(request.requestID)", "method": "\(request.method)", "path": "\(request.path)",
+                "status": "\(problem.status)", "code": "\(problem.code)", "detail": "\(problem.detail)",
+            ])
+    }
+
+    // MARK: - Timers
+
+    /// Mailbox expiry and idle feeds, once a second; SSE heartbeats.
+    private func scheduleHousekeeping() {
+        timers.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] task in
+            if isStopping.load(ordering: .relaxed) { return task.cancel() }
+            expireMailboxes()
+            dropIdleFeeds()
+        }
+        let beat = TimeAmount.nanoseconds(Int64(configuration.heartbeatInterval * 1e9))
+        timers.scheduleRepeatedTask(initialDelay: beat, delay: beat) { [self] task in
+            if isStopping.load(ordering: .relaxed) { return task.cancel() }
+            server.withLock { $0 }?.streams.withLock { Array($0.values) }.forEach {
+                $0.send(ServerSentEvent.heartbeat)
+            }
+        }
+    }
+
+    private func dropIdleFeeds() {
+        let cutoff = NIODeadline.now() - .seconds(60)
+        let idle = feeds.withLock { f -> [FamilyFeed] in
+            let idle = f.values.filter { $0.isIdle(since: cutoff) }
+            for feed in idle { f[feed.family] = nil }
+            return idle
+        }
+        for feed in idle {
+            if let watch = feed.state.withLock({ $0.watch }) { node.dbUnmon(watch) }
+        }
+    }
+
+    /// Schedules `body` on the timer loop after `seconds`.
+    func after(_ seconds: Double, _ body: @escaping @Sendable () -> Void) -> Scheduled<Void> {
+        timers.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9)), body)
+    }
+}

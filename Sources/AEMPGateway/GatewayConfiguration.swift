@@ -1,0 +1,66 @@
+import AEMP
+import Logging
+
+/// Everything the gateway is configured with (the executable fills it from flags, environment
+/// and files; tests build it directly).
+public struct GatewayConfiguration: Sendable {
+    /// The gateway's own node: ID template, secret, seeds. With no seeds the gateway runs
+    /// standalone: it binds `standaloneBind` and is its own seed and global node.
+    public var node: NodeConfiguration
+    /// Where a standalone gateway's node listens.
+    public var standaloneBind: String = "127.0.0.1:4040"
+    /// The HTTP listener and its limits.
+    public var http = HTTPServerSettings()
+
+    /// Mailboxes one gateway holds at most.
+    public var maxMailboxes: Int = 100_000
+    /// Messages a mailbox keeps undelivered before it drops the oldest (default, and upper bound
+    /// of `max_queue`).
+    public var mailboxQueue: Int = 1_000
+    public var maxMailboxQueue: Int = 100_000
+    /// Idle time after which a mailbox expires (default, and upper bound of `ttl`), seconds.
+    public var mailboxTTL: Int = 300
+    public var maxMailboxTTL: Int = 86_400
+    /// SSE and long-poll subscribers per family (and per mailbox).
+    public var maxSubscribersPerFamily: Int = 20_000
+    /// Change events a family feed keeps for resuming clients.
+    public var feedHistory: Int = 1_000
+    /// Long-poll wait: default and cap, seconds.
+    public var defaultWait: Int = 30
+    public var maxWait: Int = 120
+    /// `call` timeout: default and cap, seconds.
+    public var defaultCallTimeout: Double = 10
+    public var maxCallTimeout: Double = 120
+    /// Calls in flight at once.
+    public var maxPendingCalls: Int = 10_000
+    /// How long a database query may wait for the master, seconds.
+    public var queryTimeout: Double = 10
+    /// Seconds between SSE heartbeat comments.
+    public var heartbeatInterval: Double = 15
+    /// Bytes an SSE client may fall behind before it is cut off with a final event.
+    public var streamBacklog: Int = 1 << 20
+    /// Messages in one batch `send`.
+    public var maxBatch: Int = 10_000
+    /// Node-port tags HTTP clients may send (e.g. `time`, `devnull`); none by default.
+    public var allowedNodePortTags: Set<String> = []
+    /// Bearer tokens; empty = no authentication.
+    public var tokens: [String: TokenScope] = [:]
+    /// Origins allowed by CORS (`*` = any); empty = no CORS headers.
+    public var corsOrigins: Set<String> = []
+    public var logger = Logger(label: "aemp-gateway")
+
+    public init(node: NodeConfiguration) {
+        self.node = node
+    }
+
+    /// Whether the gateway runs its own seed/global node (no seeds configured).
+    public var isStandalone: Bool { node.seeds.isEmpty || node.seeds == [standaloneBind] && node.binds == [standaloneBind] }
+}
+
+/// What a bearer token may do.
+public enum TokenScope: String, Sendable {
+    /// Read routes only (GET, and long-poll/SSE).
+    case readOnly = "ro"
+    /// Everything.
+    case readWrite = "rw"
+}

@@ -1,0 +1,63 @@
+import AEMP
+
+/// An HTTP request as the router sees it: read on libmicrohttpd's thread, body complete.
+public struct HTTPRequest: Sendable {
+    /// `GET`, `POST`, …
+    public var method: String
+    /// The path, percent-decoded by libmicrohttpd, without the query.
+    public var path: String
+    /// Query arguments (decoded); repeated names keep the first value.
+    public var query: [String: String]
+    /// Header fields with lower-cased names; repeated fields keep the first value.
+    public var headers: [String: String]
+    /// The request body.
+    public var body: [UInt8]
+    /// A short ID for log lines and problem details.
+    public var requestID: String
+
+    /// The value of a header (name in any case).
+    public func header(_ name: String) -> String? { headers[name.lowercased()] }
+}
+
+/// An HTTP response: a complete body, or an event stream (SSE) fed later from any thread.
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+    /// When set, the body is this stream (chunked, until the stream ends).
+    public var stream: EventStream?
+
+    public init(status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.stream = nil
+    }
+
+    /// A JSON response (encoded with jansson).
+    public static func json(_ status: Int, _ value: Value, headers: [(String, String)] = []) -> HTTPResponse {
+        HTTPResponse(
+            status: status, headers: [("Content-Type", "application/json")] + headers,
+            body: JSONBody.encode(value))
+    }
+
+    /// A `text/event-stream` response whose body is `stream`.
+    public static func eventStream(_ stream: EventStream, headers: [(String, String)] = []) -> HTTPResponse {
+        var r = HTTPResponse(
+            status: 200,
+            headers: [
+                ("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
+                ("X-Accel-Buffering", "no"),
+            ] + headers)
+        r.stream = stream
+        return r
+    }
+}
+
+/// JSON bodies through jansson (the AEMP codec), with the gateway's conventions.
+enum JSONBody {
+    /// Encodes a value; values jansson cannot encode (never produced by the gateway) become `null`.
+    static func encode(_ value: Value) -> [UInt8] {
+        (try? JSONCodec.encodeBytes(value)) ?? Array("null".utf8)
+    }
+}

@@ -1,0 +1,419 @@
+import CMicroHTTPD
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the server needs from the application: request handling and the answers it gives
+/// on its own (body too large, shutting down).
+public protocol HTTPHandler: Sendable {
+    /// Handles a complete request on libmicrohttpd's thread. Must not block: answer through
+    /// `exchange.respond` now, or later from any thread.
+    func handle(_ request: HTTPRequest, _ exchange: Exchange)
+    /// The answer to a request whose body exceeds the limit.
+    func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse
+    /// The answer to requests still waiting at shutdown.
+    func shuttingDown(_ request: HTTPRequest) -> HTTPResponse
+    /// Headers added to every response of this request (e.g. CORS), however it is answered.
+    func commonHeaders(for request: HTTPRequest) -> [(String, String)]
+}
+
+/// Limits and socket of one HTTP server.
+public struct HTTPServerSettings: Sendable {
+    /// `host:port` (`[v6]:port`); port 0 picks a free one.
+    public var address: String = "127.0.0.1:8080"
+    public var maxConnections: Int = 16_000
+    public var maxBodySize: Int = 1 << 20
+    /// Idle keep-alive connections are closed after this many seconds (suspended ones never time out).
+    public var connectionTimeout: Int = 60
+    /// libmicrohttpd's per-connection memory pool (8 KiB measured best, conventions).
+    public var connectionMemory: Int = 8 * 1024
+    public var logger = Logger(label: "aemp-gateway.http")
+
+    public init() {}
+}
+
+/// Why the server did not start.
+public enum HTTPServerError: Error, CustomStringConvertible, Sendable {
+    case invalidAddress(String)
+    case listenFailed(address: String, reason: String)
+    case daemonFailed(address: String)
+
+    public var description: String {
+        switch self {
+        case .invalidAddress(let a): return "invalid HTTP listen address \(a.debugDescription): expected host:port"
+        case .listenFailed(let a, let r): return "cannot listen on \(a): \(r)"
+        case .daemonFailed(let a): return "libmicrohttpd refused to start on \(a)"
+        }
+    }
+}
+
+/// One HTTP exchange: its answer may come from any thread, once. libmicrohttpd's connection is
+/// suspended until then and resumed by `respond` (suspend and resume under one lock).
+public final class Exchange: Sendable {
+    struct State {
+        var response: HTTPResponse?
+        var suspended = false
+        var queued = false
+        var completed = false
+    }
+
+    let connection: ConnectionRef
+    let request: HTTPRequest
+    let commonHeaders: [(String, String)]
+    private let state = Mutex(State())
+    private unowned let server: HTTPServer
+
+    init(connection: ConnectionRef, request: HTTPRequest, server: HTTPServer) {
+        self.connection = connection
+        self.request = request
+        self.server = server
+        self.commonHeaders = server.handler.commonHeaders(for: request)
+    }
+
+    /// Answers the request (later calls are ignored).
+    public func respond(_ response: HTTPResponse) {
+        let first = state.withLock { s -> Bool in
+            guard s.response == nil, !s.completed else { return false }
+            s.response = response
+            if s.suspended {
+                s.suspended = false
+                MHD_resume_connection(connection.pointer)
+            }
+            return true
+        }
+        if first { server.pending.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) } }
+    }
+
+    /// Whether an answer was given.
+    public var isAnswered: Bool { state.withLock { $0.response != nil } }
+
+    /// On libmicrohttpd's thread: the answer if there is one (once), else suspends the connection.
+    func takeOrSuspend() -> HTTPResponse? {
+        state.withLock { s in
+            if s.queued { return nil }
+            if let r = s.response {
+                s.queued = true
+                return r
+            }
+            if !s.suspended {
+                s.suspended = true
+                MHD_suspend_connection(connection.pointer)
+            }
+            return nil
+        }
+    }
+
+    func complete() {
+        state.withLock { $0.completed = true }
+        server.pending.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
+    }
+}
+
+/// Per-request state on libmicrohttpd's thread (stored in its `req_cls`).
+final class RequestContext {
+    var body: [UInt8] = []
+    var tooLarge = false
+    var exchange: Exchange?
+}
+
+/// An HTTP server on libmicrohttpd: epoll with one internal polling thread, suspend/resume for
+/// long-polls and event streams (conventions: libmicrohttpd notes).
+public final class HTTPServer: Sendable {
+    /// Exchanges not yet answered (answered with `shuttingDown` at stop).
+    let pending = Mutex<[ObjectIdentifier: Exchange]>([:])
+    /// Event streams still open (ended at stop).
+    let streams = Mutex<[ObjectIdentifier: EventStream]>([:])
+    let handler: any HTTPHandler
+    let settings: HTTPServerSettings
+    private let daemon = Mutex<DaemonRef?>(nil)
+    private let counter = Atomic<UInt64>(0)
+    /// The bound address, with the real port.
+    public let boundAddress: String
+    private let listenFD: Int32
+
+    /// Binds the listening socket and starts libmicrohttpd's thread.
+    public init(settings: HTTPServerSettings, handler: any HTTPHandler) throws {
+        self.settings = settings
+        self.handler = handler
+        let (fd, bound) = try Self.listen(settings.address)
+        self.listenFD = fd
+        self.boundAddress = bound
+        try start()
+    }
+
+    private func start() throws {
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        var options: [MHD_OptionItem] = [
+            MHD_OptionItem(option: .EXTERNAL_LOGGER, value: unsafeBitCast(mhdLog, to: Int.self), ptr_value: me),
+            MHD_OptionItem(option: .LISTEN_SOCKET, value: Int(listenFD), ptr_value: nil),
+            // Keep the URL and query raw: the router decodes each path segment itself, so that an
+            // encoded '/' (%2F) in a subkey stays inside its segment.
+            MHD_OptionItem(option: .UNESCAPE_CALLBACK, value: unsafeBitCast(mhdNoUnescape, to: Int.self), ptr_value: nil),
+            MHD_OptionItem(option: .CONNECTION_LIMIT, value: settings.maxConnections, ptr_value: nil),
+            MHD_OptionItem(option: .CONNECTION_TIMEOUT, value: settings.connectionTimeout, ptr_value: nil),
+            MHD_OptionItem(option: .CONNECTION_MEMORY_LIMIT, value: settings.connectionMemory, ptr_value: nil),
+            MHD_OptionItem(
+                option: .NOTIFY_COMPLETED, value: unsafeBitCast(mhdCompleted, to: Int.self), ptr_value: me),
+            MHD_OptionItem(option: .END, value: 0, ptr_value: nil),
+        ]
+        // MHD_USE_EPOLL | MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME (incl. MHD_USE_ITC)
+        // | MHD_USE_ERROR_LOG | MHD_USE_TURBO; a closed flag enum in Swift, so by value (microhttpd.h).
+        let flags: UInt32 = 512 | 8 | (8192 | 1024) | 1 | 4096
+        let d = options.withUnsafeMutableBufferPointer { items -> OpaquePointer? in
+            withVaList([Int32(MHD_OPTION.ARRAY.rawValue), items.baseAddress!, Int32(MHD_OPTION.END.rawValue)]) {
+                MHD_start_daemon_va(flags, 0, nil, nil, mhdAccess, me, $0)
+            }
+        }
+        guard let d else {
+            close(listenFD)
+            throw HTTPServerError.daemonFailed(address: settings.address)
+        }
+        daemon.withLock { $0 = DaemonRef(pointer: d) }
+        settings.logger.info("HTTP listening", metadata: ["address": "\(boundAddress)"])
+    }
+
+    /// Stops accepting, answers every waiting request, ends every event stream (with
+    /// `finalEvent`), waits up to `grace` seconds for them to drain, then stops the daemon.
+    public func stop(finalEvent: [UInt8]? = nil, grace: Double = 2) {
+        guard let d = daemon.withLock({ $0 }) else { return }
+        _ = MHD_quiesce_daemon(d.pointer)
+        for exchange in pending.withLock({ Array($0.values) }) {
+            exchange.respond(handler.shuttingDown(exchange.request))
+        }
+        for stream in streams.withLock({ Array($0.values) }) { stream.finish(with: finalEvent) }
+        var waited = 0.0
+        while waited < grace, !(streams.withLock { $0.isEmpty } && pending.withLock { $0.isEmpty }) {
+            usleep(10_000)
+            waited += 0.01
+        }
+        daemon.withLock { $0 = nil }
+        MHD_stop_daemon(d.pointer)
+        close(listenFD)
+    }
+
+    func nextRequestID() -> String {
+        let n = counter.wrappingAdd(1, ordering: .relaxed).newValue
+        return String(n, radix: 36)
+    }
+
+    // MARK: - Socket
+
+    private static func listen(_ address: String) throws -> (Int32, String) {
+        guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
+            throw HTTPServerError.invalidAddress(address)
+        }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        var hints = addrinfo()
+        hints.ai_flags = AI_NUMERICHOST | AI_PASSIVE
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var info: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &info) == 0, let ai = info else {
+            throw HTTPServerError.invalidAddress(address)
+        }
+        defer { freeaddrinfo(info) }
+        let fd = socket(ai.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw HTTPServerError.listenFailed(address: address, reason: String(cString: strerror(errno))) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        guard bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0, Glibc.listen(fd, 4096) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw HTTPServerError.listenFailed(address: address, reason: reason)
+        }
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        let family = Int32(storage.ss_family)
+        let boundPort = withUnsafePointer(to: &storage) { p -> UInt16 in
+            if family == AF_INET6 {
+                return p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+            }
+            return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+        }
+        let shown = host.contains(":") ? "[\(host)]" : host
+        return (fd, "\(shown):\(boundPort)")
+    }
+}
+
+/// The daemon pointer; `@unchecked Sendable` because libmicrohttpd's daemon calls used here
+/// (`MHD_quiesce_daemon`, `MHD_stop_daemon`) are made once, from the owner, under `daemon`'s lock.
+struct DaemonRef: @unchecked Sendable {
+    let pointer: OpaquePointer
+}
+
+// MARK: - libmicrohttpd callbacks (its thread)
+
+private let mhdAccess: MHD_AccessHandlerCallback = {
+    cls, connection, url, method, _, uploadData, uploadSize, reqCls in
+    guard let cls, let connection, let reqCls, let uploadSize else { return .NO }
+    let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
+    let connectionRef = ConnectionRef(pointer: connection)
+
+    guard let raw = reqCls.pointee else {
+        // First call: headers only. Answer on a later call (keep-alive stays on, conventions).
+        let context = RequestContext()
+        if let length = lookup(connection, .HEADER_KIND, "Content-Length").flatMap({ Int($0) }),
+            length > server.settings.maxBodySize
+        {
+            context.tooLarge = true
+        }
+        reqCls.pointee = Unmanaged.passRetained(context).toOpaque()
+        return .YES
+    }
+    let context = Unmanaged<RequestContext>.fromOpaque(raw).takeUnretainedValue()
+
+    if uploadSize.pointee > 0 && !context.tooLarge {
+        let n = uploadSize.pointee
+        if context.body.count + n > server.settings.maxBodySize {
+            context.tooLarge = true
+            context.body = []
+        } else if let uploadData {
+            uploadData.withMemoryRebound(to: UInt8.self, capacity: n) {
+                context.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: n))
+            }
+            uploadSize.pointee = 0
+            return .YES
+        }
+    }
+
+    if context.exchange == nil {
+        let request = HTTPRequest(
+            method: method.map { String(cString: $0) } ?? "GET",
+            path: url.map { String(cString: $0) } ?? "/",
+            query: values(connection, .GET_ARGUMENT_KIND, lowercased: false).reduce(into: [:]) { out, kv in
+                // Raw (see UNESCAPE_CALLBACK): decode as a form value; undecodable stays raw.
+                let key = Destination.percentDecoded(kv.key.replacingPlus()) ?? kv.key
+                if out[key] == nil { out[key] = Destination.percentDecoded(kv.value.replacingPlus()) ?? kv.value }
+            },
+            headers: values(connection, .HEADER_KIND, lowercased: true),
+            body: context.body,
+            requestID: server.nextRequestID())
+        context.body = []
+        let exchange = Exchange(connection: connectionRef, request: request, server: server)
+        context.exchange = exchange
+        server.pending.withLock { $0[ObjectIdentifier(exchange)] = exchange }
+        if context.tooLarge {
+            // Answer at once; libmicrohttpd closes the connection instead of reading the rest.
+            exchange.respond(server.handler.bodyTooLarge(request, limit: server.settings.maxBodySize))
+        } else {
+            server.handler.handle(request, exchange)
+        }
+    }
+    if uploadSize.pointee > 0 && !context.tooLarge { return .YES }
+    guard let exchange = context.exchange, let response = exchange.takeOrSuspend() else { return .YES }
+    return queue(response, on: connectionRef, exchange: exchange, server: server)
+}
+
+private func queue(_ response: HTTPResponse, on connection: ConnectionRef, exchange: Exchange, server: HTTPServer)
+    -> MHD_Result
+{
+    let r: OpaquePointer?
+    if let stream = response.stream {
+        stream.attach(connection)
+        server.streams.withLock { $0[ObjectIdentifier(stream)] = stream }
+        let box = Unmanaged.passRetained(StreamBox(stream: stream, server: server)).toOpaque()
+        r = MHD_create_response_from_callback(UInt64.max, 4096, mhdRead, box, mhdFreeStream)
+    } else {
+        r = response.body.withUnsafeBytes { body in
+            MHD_create_response_from_buffer(
+                body.count, UnsafeMutableRawPointer(mutating: body.baseAddress), .RESPMEM_MUST_COPY)
+        }
+    }
+    guard let r else { return .NO }
+    defer { MHD_destroy_response(r) }
+    for (name, value) in response.headers { _ = MHD_add_response_header(r, name, value) }
+    for (name, value) in exchange.commonHeaders { _ = MHD_add_response_header(r, name, value) }
+    _ = MHD_add_response_header(r, "X-Request-ID", exchange.request.requestID)
+    return MHD_queue_response(connection.pointer, UInt32(response.status), r)
+}
+
+/// What the stream reader callbacks get as `cls`.
+private final class StreamBox {
+    let stream: EventStream
+    unowned let server: HTTPServer
+    init(stream: EventStream, server: HTTPServer) {
+        self.stream = stream
+        self.server = server
+    }
+}
+
+private let mhdRead: MHD_ContentReaderCallback = { cls, _, buffer, max in
+    guard let cls, let buffer else { return -2 }
+    let box = Unmanaged<StreamBox>.fromOpaque(cls).takeUnretainedValue()
+    return box.stream.read(into: buffer, max: max)
+}
+
+private let mhdFreeStream: MHD_ContentReaderFreeCallback = { cls in
+    guard let cls else { return }
+    let box = Unmanaged<StreamBox>.fromOpaque(cls).takeRetainedValue()
+    box.server.streams.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(box.stream)) }
+    box.stream.closed()
+}
+
+private let mhdCompleted: MHD_RequestCompletedCallback = { _, _, reqCls, _ in
+    guard let reqCls, let raw = reqCls.pointee else { return }
+    let context = Unmanaged<RequestContext>.fromOpaque(raw).takeRetainedValue()
+    context.exchange?.complete()
+    reqCls.pointee = nil
+}
+
+private let mhdLog: MHD_LogCallback = {
+    cls, format, args in
+    guard let cls, let format, let args else { return }
+    let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
+    var buffer = [CChar](repeating: 0, count: 512)
+    _ = vsnprintf(&buffer, buffer.count, format, args)
+    let message = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        .trimmingTrailingNewlines()
+    server.settings.logger.notice("libmicrohttpd: \(message)")
+}
+
+private let mhdNoUnescape: @convention(c) (UnsafeMutableRawPointer?, OpaquePointer?, UnsafeMutablePointer<CChar>?) -> Int = {
+    _, _, s in
+    s.map { strlen($0) } ?? 0
+}
+
+private func lookup(_ connection: OpaquePointer, _ kind: MHD_ValueKind, _ key: String) -> String? {
+    MHD_lookup_connection_value(connection, kind, key).map { String(cString: $0) }
+}
+
+/// Collects header fields or query arguments (first value of each name wins).
+private func values(_ connection: OpaquePointer, _ kind: MHD_ValueKind, lowercased: Bool) -> [String: String] {
+    final class Collector {
+        var values: [String: String] = [:]
+        let lowercased: Bool
+        init(lowercased: Bool) { self.lowercased = lowercased }
+    }
+    let collector = Collector(lowercased: lowercased)
+    withExtendedLifetime(collector) {
+        _ = MHD_get_connection_values(
+            connection, kind,
+            { cls, _, key, value in
+                guard let cls, let key else { return .YES }
+                let c = Unmanaged<Collector>.fromOpaque(cls).takeUnretainedValue()
+                var name = String(cString: key)
+                if c.lowercased { name = name.lowercased() }
+                if c.values[name] == nil { c.values[name] = value.map { String(cString: $0) } ?? "" }
+                return .YES
+            }, Unmanaged.passUnretained(collector).toOpaque())
+    }
+    return collector.values
+}
+
+extension String {
+    fileprivate func replacingPlus() -> String {
+        String(decoding: utf8.map { $0 == UInt8(ascii: "+") ? UInt8(ascii: " ") : $0 }, as: UTF8.self)
+    }
+
+    fileprivate func trimmingTrailingNewlines() -> String {
+        var s = Substring(self)
+        while s.last == "\n" || s.last == "\r" { s.removeLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,101 @@
+import AEMP
+import NIOCore
+import Synchronization
+
+/// The gateway's mailboxes by name, and the names that are gone (so clients get 410, not 404).
+///
+/// A name is `<instance>.<random>`: `instance` is fixed for the life of the process, so a name
+/// from an earlier gateway process is recognised as gone; the random part carries 132 bits.
+final class MailboxRegistry: Sendable {
+    let instance: String
+    private let mailboxes = Mutex<[String: Mailbox]>([:])
+    private let tombstones = Mutex(Tombstones())
+    let limit: Int
+
+    struct Tombstones {
+        var reasons: [String: String] = [:]
+        var order: [String] = []
+        var head = 0
+        static let capacity = 100_000
+
+        mutating func add(_ name: String, _ reason: String) {
+            if reasons[name] == nil { order.append(name) }
+            reasons[name] = reason
+            if order.count - head > Self.capacity {
+                reasons[order[head]] = nil
+                head += 1
+                if head > Self.capacity {
+                    order.removeFirst(head)
+                    head = 0
+                }
+            }
+        }
+    }
+
+    init(limit: Int) {
+        self.limit = limit
+        self.instance = randomToken(bytes: 6)
+    }
+
+    var count: Int { mailboxes.withLock { $0.count } }
+
+    /// A fresh unguessable mailbox name.
+    func newName() -> String {
+        "\(instance).\(randomToken(bytes: 17))"
+    }
+
+    /// Registers a mailbox; false when the gateway holds its maximum.
+    func add(_ mailbox: Mailbox) -> Bool {
+        mailboxes.withLock { m in
+            guard m.count < limit else { return false }
+            m[mailbox.name] = mailbox
+            return true
+        }
+    }
+
+    /// The live mailbox of that name, or the problem to answer (422 / 404 / 410).
+    func lookup(_ name: String) throws(Problem) -> Mailbox {
+        guard Self.isWellFormed(name) else {
+            throw Problem(
+                422, "invalid_mailbox_name", "Invalid mailbox name",
+                "\(name.debugDescription) is not a mailbox name (letters, digits, '.', '_', '-')")
+        }
+        if let mailbox = mailboxes.withLock({ $0[name] }) { return mailbox }
+        if let reason = tombstones.withLock({ $0.reasons[name] }) { throw .mailboxGone(name, reason) }
+        if let dot = name.firstIndex(of: "."), name[..<dot] != instance {
+            throw .mailboxGone(name, "belonged to an earlier gateway process (this one is \(instance))")
+        }
+        throw .unknownMailbox(name)
+    }
+
+    /// Removes a mailbox and remembers why it is gone.
+    func remove(_ name: String, reason: String) -> Mailbox? {
+        let m = mailboxes.withLock { $0.removeValue(forKey: name) }
+        if m != nil { tombstones.withLock { $0.add(name, reason) } }
+        return m
+    }
+
+    var all: [Mailbox] { mailboxes.withLock { Array($0.values) } }
+
+    static func isWellFormed(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 128
+            && name.utf8.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
+                    || c == UInt8(ascii: ".") || c == UInt8(ascii: "_") || c == UInt8(ascii: "-")
+            }
+    }
+}
+
+/// URL-safe base64 of `bytes` random bytes (no padding).
+func randomToken(bytes count: Int) -> String {
+    let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+    var rng = SystemRandomNumberGenerator()
+    var bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &rng) }
+    while bytes.count % 3 != 0 { bytes.append(0) }
+    var out: [UInt8] = []
+    for i in stride(from: 0, to: bytes.count, by: 3) {
+        let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+        for shift in [18, 12, 6, 0] { out.append(alphabet[Int((n >> UInt32(shift)) & 63)]) }
+    }
+    return String(decoding: out.prefix((count * 8 + 5) / 6), as: UTF8.self)
+}

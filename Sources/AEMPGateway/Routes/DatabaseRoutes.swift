@@ -1,0 +1,123 @@
+import AEMP
+import NIOCore
+
+/// `/v1/db`: the distributed database (aemp-protocol §11) and its change feeds.
+extension Gateway {
+
+    func checkFamily(_ family: String) throws(Problem) {
+        guard !family.isEmpty, family.utf8.count <= 1024,
+            !family.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
+        else {
+            throw Problem(422, "invalid_family", "Invalid family", "\(family.debugDescription) is not a usable family name")
+        }
+    }
+
+    /// `GET /v1/db/{family}[/keys|/values]`: answered by the master (`g_db_*`).
+    func query(_ tag: String, family: String, _ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
+        try checkFamily(family)
+        guard master != nil else { throw .meshUnavailable() }
+        let timer = after(configuration.queryTimeout) { [self] in
+            fail(exchange, .timeout("the master did not answer within \(configuration.queryTimeout) s"))
+        }
+        let node = self.node
+        Task {
+            let answer: Value
+            switch tag {
+            case "g_db_keys": answer = ["family": .string(family), "keys": .array(await node.dbKeys(family).map { .string($0) })]
+            case "g_db_values": answer = ["family": .string(family), "values": .array(await node.dbValues(family))]
+            default: answer = ["family": .string(family), "values": .object(await node.dbFamily(family))]
+            }
+            timer.cancel()
+            exchange.respond(.json(200, answer))
+        }
+        return nil
+    }
+
+    /// `PUT /v1/db/{family}/{subkey}` (body: any JSON value): `db_set`, owned by the gateway.
+    func put(family: String, subkey: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
+        try checkFamily(family)
+        guard !subkey.isEmpty else { throw .invalidRequest("the subkey is empty") }
+        let value = try jsonBody(request)
+        ownedKeys.withLock { _ = $0[family, default: []].insert(subkey) }
+        node.dbSet(family, subkey, value)
+        return .json(200, ["family": .string(family), "subkey": .string(subkey), "value": value])
+    }
+
+    /// `DELETE /v1/db/{family}/{subkey}`: `db_del` of a key this gateway set.
+    func delete(family: String, subkey: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
+        try checkFamily(family)
+        let owned = ownedKeys.withLock { keys -> Bool in
+            guard keys[family]?.remove(subkey) != nil else { return false }
+            if keys[family]?.isEmpty == true { keys[family] = nil }
+            return true
+        }
+        guard owned else {
+            throw Problem(
+                404, "key_not_owned", "Key not set by this gateway",
+                "\(family)/\(subkey) was not set through this gateway; only the node that set a key can delete it (db_del)")
+        }
+        node.dbDel(family, [subkey])
+        return .json(200, ["family": .string(family), "subkey": .string(subkey), "deleted": true])
+    }
+
+    /// `POST /v1/db/{family}/reg {"port": <mailbox name>, "value": …}`: `db_reg`, removed when the
+    /// mailbox dies.
+    func register(family: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
+        try checkFamily(family)
+        guard case .object(let o) = try jsonBody(request), case .string(let name)? = o["port"] else {
+            throw .invalidRequest("the body must be {\"port\": \"<mailbox name>\", \"value\": ...}")
+        }
+        let mailbox = try mailboxes.lookup(name)
+        let value = o["value"] ?? .null
+        node.dbReg(family, port: mailbox.port, value)
+        ownedKeys.withLock { _ = $0[family, default: []].insert(mailbox.port.description) }
+        return .json(201, ["family": .string(family), "subkey": .string(mailbox.port.description), "value": value])
+    }
+
+    /// The shared feed of a family (one `db_mon` for every client of the gateway).
+    func feed(_ family: String) -> FamilyFeed {
+        let (feed, created) = feeds.withLock { f -> (FamilyFeed, Bool) in
+            if let existing = f[family] { return (existing, false) }
+            let feed = FamilyFeed(family: family, historyLimit: configuration.feedHistory)
+            f[family] = feed
+            return (feed, true)
+        }
+        if created {
+            let watch = node.dbMon(family) { feed.apply($0) }
+            feed.state.withLock { $0.watch = watch }
+        }
+        return feed
+    }
+
+    /// `GET /v1/db/{family}/watch`: SSE (`Accept: text/event-stream`) or long-poll (`index`, `wait`).
+    func watch(family: String, _ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
+        try checkFamily(family)
+        let lastEventID = request.header("last-event-id") ?? request.query["last_event_id"]
+        let feed = self.feed(family)
+        guard feed.subscriberCount < configuration.maxSubscribersPerFamily else {
+            throw .overloaded("family \(family.debugDescription) has its maximum of \(configuration.maxSubscribersPerFamily) subscribers")
+        }
+        let token = nextToken()
+        if wantsEventStream(request) {
+            let stream = EventStream(limit: configuration.streamBacklog)
+            stream.onClose { feed.unsubscribe(token) }
+            feed.whenSynced(token) { feed.subscribe(token, stream: stream, lastEventID: lastEventID) }
+            return .eventStream(stream)
+        }
+        let wait = try intArgument(request, "wait", default: configuration.defaultWait, range: 0...configuration.maxWait)
+        let index = request.query["index"] ?? lastEventID
+        // Until the first snapshot arrives (the master answers g_mon1), the request waits, bounded.
+        let syncTimer = after(configuration.queryTimeout) { [self] in
+            feed.unsubscribe(token)
+            fail(exchange, .meshUnavailable("no snapshot of \(family.debugDescription) from the master within \(configuration.queryTimeout) s"))
+        }
+        feed.whenSynced(token) { [self] in
+            syncTimer.cancel()
+            let response = feed.poll(token, exchange: exchange, indexID: index, park: wait > 0) {
+                self.after(Double(wait)) { feed.expire(token) }
+            }
+            if let response { exchange.respond(response) }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,71 @@
+import AEMP
+
+/// `/v1/node`, `/v1/nodes`, `/v1/nodes/events`.
+extension Gateway {
+
+    /// The gateway's own node: ID, master, seeds, connections.
+    func nodeInfo(_ request: HTTPRequest, _ exchange: Exchange) -> HTTPResponse? {
+        let node = self.node
+        let configuration = self.configuration
+        let master = self.master
+        let mailboxCount = mailboxes.count
+        Task {
+            let up = await node.upNodes()
+            let listen = await node.listenAddresses()
+            exchange.respond(
+                .json(
+                    200,
+                    [
+                        "node": .string(node.id), "master": master.map { .string($0) } ?? .null,
+                        "standalone": .bool(configuration.isStandalone),
+                        "seeds": .array(configuration.node.seeds.map { .string($0) }),
+                        "listen": .array(listen.map { .string($0) }),
+                        "up_nodes": .array(up.map { .string($0) }),
+                        "mailboxes": .int(Int64(mailboxCount)),
+                    ]))
+        }
+        return nil
+    }
+
+    /// Every node the network knows (family `'l`), with its addresses and whether we are connected.
+    func nodeList(_ request: HTTPRequest, _ exchange: Exchange) -> HTTPResponse? {
+        guard master != nil else {
+            fail(exchange, .meshUnavailable())
+            return nil
+        }
+        let node = self.node
+        let timer = after(configuration.queryTimeout) { [self] in
+            fail(exchange, .timeout("the master did not answer within \(configuration.queryTimeout) s"))
+        }
+        Task {
+            let known = await node.dbFamily("'l")
+            let up = Set(await node.upNodes())
+            timer.cancel()
+            var list: [Value] = []
+            for id in Set(known.keys).union(up).union([node.id]).sorted() {
+                let addresses = known[id]?.arrayValue ?? []
+                list.append([
+                    "node": .string(id), "addresses": .array(addresses), "public": .bool(!addresses.isEmpty),
+                    "connected": .bool(up.contains(id)), "self": .bool(id == node.id),
+                ])
+            }
+            exchange.respond(.json(200, ["nodes": .array(list)]))
+        }
+        return nil
+    }
+
+    /// SSE: the nodes connected now (`snapshot`), then `up` / `down` events.
+    func nodeEvents(_ request: HTTPRequest) -> HTTPResponse {
+        let stream = EventStream(limit: configuration.streamBacklog)
+        let token = nextToken()
+        let node = self.node
+        Task {
+            let up = await node.upNodes()
+            stream.send(ServerSentEvent.retry(1000) + ServerSentEvent.encode(
+                id: nil, event: "snapshot", data: ["node": .string(node.id), "up_nodes": .array(up.map { .string($0) })]))
+            nodeStreams.withLock { $0[token] = stream }
+        }
+        stream.onClose { [self] in nodeStreams.withLock { _ = $0.removeValue(forKey: token) } }
+        return .eventStream(stream)
+    }
+}

@@ -1,0 +1,145 @@
+import AEMP
+
+/// Maps method and path onto the route handlers (openapi/openapi.yaml is the contract).
+extension Gateway {
+
+    /// Routes a request; returns the response, or nil when the answer comes later.
+    func route(_ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
+        let segments = try pathSegments(request.path)
+        let method = request.method
+
+        if method == "OPTIONS" { return preflight(request) }
+        if segments == ["healthz"] || segments == ["openapi.json"] {
+            try allow(method, ["GET"])
+            if segments == ["healthz"] { return .json(200, ["status": "ok"]) }
+            return openAPIResponse()
+        }
+        try authorize(request)
+
+        switch segments.first == "v1" ? Array(segments.dropFirst()) : nil {
+        case ["send"]?:
+            try allow(method, ["POST"])
+            return try send(request)
+        case ["call"]?:
+            try allow(method, ["POST"])
+            return try call(request, exchange)
+        case ["ports"]?:
+            try allow(method, ["POST"])
+            return try createMailbox(request)
+        case let s? where s.count == 2 && s[0] == "ports":
+            try allow(method, ["DELETE"])
+            return try deleteMailbox(s[1], request)
+        case let s? where s.count == 3 && s[0] == "ports" && s[2] == "messages":
+            try allow(method, ["GET"])
+            return try readMailbox(s[1], request, exchange)
+        case let s? where s.count == 3 && s[0] == "ports" && s[2] == "monitor":
+            try allow(method, ["POST"])
+            return try monitorFromMailbox(s[1], request)
+        case let s? where s.count == 2 && s[0] == "db":
+            try allow(method, ["GET"])
+            return try query("g_db_family", family: s[1], request, exchange)
+        case let s? where s.count == 3 && s[0] == "db" && (s[2] == "keys" || s[2] == "values") && method == "GET":
+            return try query(s[2] == "keys" ? "g_db_keys" : "g_db_values", family: s[1], request, exchange)
+        case let s? where s.count == 3 && s[0] == "db" && s[2] == "watch" && method == "GET":
+            return try watch(family: s[1], request, exchange)
+        case let s? where s.count == 3 && s[0] == "db" && s[2] == "reg" && method == "POST":
+            return try register(family: s[1], request)
+        case let s? where s.count == 3 && s[0] == "db":
+            try allow(method, ["PUT", "DELETE"])
+            return method == "PUT" ? try put(family: s[1], subkey: s[2], request) : try delete(family: s[1], subkey: s[2], request)
+        case ["node"]?:
+            try allow(method, ["GET"])
+            return nodeInfo(request, exchange)
+        case ["nodes"]?:
+            try allow(method, ["GET"])
+            return nodeList(request, exchange)
+        case ["nodes", "events"]?:
+            try allow(method, ["GET"])
+            return nodeEvents(request)
+        default:
+            throw .notFound(request.path)
+        }
+    }
+
+    /// Splits the raw path and percent-decodes each segment (so `%2F` stays inside a subkey).
+    func pathSegments(_ raw: String) throws(Problem) -> [String] {
+        var out: [String] = []
+        for part in raw.split(separator: "/", omittingEmptySubsequences: true) {
+            guard let decoded = Destination.percentDecoded(String(part)) else {
+                throw Problem(400, "invalid_path", "Invalid path", "The path segment \(String(part).debugDescription) is not valid percent-encoded UTF-8")
+            }
+            out.append(decoded)
+        }
+        return out
+    }
+
+    func allow(_ method: String, _ allowed: [String]) throws(Problem) {
+        guard allowed.contains(method) else { throw .methodNotAllowed(method, allowed: allowed) }
+    }
+
+    /// Bearer tokens, when configured: every route but health checks needs one; read-only
+    /// tokens may only read.
+    func authorize(_ request: HTTPRequest) throws(Problem) {
+        guard !configuration.tokens.isEmpty else { return }
+        guard let header = request.header("authorization"), header.lowercased().hasPrefix("bearer "),
+            let scope = lookupToken(String(header.dropFirst(7)))
+        else {
+            var p = Problem(401, "unauthorized", "Unauthorized", "A valid bearer token is required (Authorization: Bearer <token>)")
+            p.headers["WWW-Authenticate"] = "Bearer realm=\"aemp-gateway\""
+            throw p
+        }
+        if scope == .readOnly && !(request.method == "GET" || request.method == "HEAD") {
+            throw Problem(403, "read_only_token", "Read-only token", "This token may only read (GET)")
+        }
+    }
+
+    /// Compares the presented token with every configured one in constant time.
+    private func lookupToken(_ presented: String) -> TokenScope? {
+        let given = Array(Destination.trimmed(presented).utf8)
+        var found: TokenScope?
+        for (token, scope) in configuration.tokens {
+            let t = Array(token.utf8)
+            var diff = UInt8(t.count == given.count ? 0 : 1)
+            for i in 0..<t.count { diff |= t[i] ^ (i < given.count ? given[i] : 0) }
+            if diff == 0 { found = scope }
+        }
+        return found
+    }
+
+    private func preflight(_ request: HTTPRequest) -> HTTPResponse {
+        var headers = [("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")]
+        headers.append(("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID"))
+        headers.append(("Access-Control-Max-Age", "600"))
+        return HTTPResponse(status: 204, headers: headers)
+    }
+
+    private func openAPIResponse() -> HTTPResponse {
+        HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: openAPI)
+    }
+
+    // MARK: - Request helpers
+
+    /// Parses the body as JSON (jansson).
+    func jsonBody(_ request: HTTPRequest) throws(Problem) -> Value {
+        guard !request.body.isEmpty else { throw .malformedJSON("the body is empty") }
+        do {
+            return try JSONCodec.decode(request.body)
+        } catch {
+            throw .malformedJSON("\(error)")
+        }
+    }
+
+    /// An integer query argument within bounds (absent = `default`).
+    func intArgument(_ request: HTTPRequest, _ name: String, default value: Int, range: ClosedRange<Int>) throws(Problem) -> Int {
+        guard let raw = request.query[name] else { return value }
+        guard let n = Int(raw), range.contains(n) else {
+            throw .invalidRequest("query argument \(name) must be an integer in \(range.lowerBound)...\(range.upperBound), got \(raw.debugDescription)")
+        }
+        return n
+    }
+
+    /// Whether the client asked for an event stream.
+    func wantsEventStream(_ request: HTTPRequest) -> Bool {
+        request.header("accept")?.contains("text/event-stream") == true
+    }
+}

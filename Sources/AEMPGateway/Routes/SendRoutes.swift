@@ -1,0 +1,154 @@
+import AEMP
+import NIOCore
+import Synchronization
+
+/// `POST /v1/send` and `POST /v1/call`.
+extension Gateway {
+
+    /// `snd` of one message or a batch; everything is validated before anything is sent.
+    func send(_ request: HTTPRequest) throws(Problem) -> HTTPResponse {
+        let body = try jsonBody(request)
+        let items: [Value]
+        let batch: Bool
+        switch body {
+        case .array(let list):
+            guard !list.isEmpty else { throw .invalidRequest("the batch is empty") }
+            guard list.count <= configuration.maxBatch else {
+                throw .invalidRequest("a batch holds at most \(configuration.maxBatch) messages, got \(list.count)")
+            }
+            items = list
+            batch = true
+        case .object:
+            items = [body]
+            batch = false
+        default:
+            throw .invalidRequest("the body must be {\"port\": \"node#name\", \"message\": [...]} or an array of them")
+        }
+        var sends: [(PortID, [Value])] = []
+        sends.reserveCapacity(items.count)
+        for (i, item) in items.enumerated() {
+            do {
+                sends.append(try envelope(item))
+            } catch {
+                throw batch ? error.at(index: i) : error
+            }
+        }
+        try requireMesh(for: sends.map(\.0))
+        for (port, message) in sends { node.snd(port, message) }
+        return .json(202, ["accepted": .int(Int64(sends.count))])
+    }
+
+    /// `{"port": …, "message": […]}` → destination and message.
+    func envelope(_ item: Value) throws(Problem) -> (PortID, [Value]) {
+        guard case .object(let o) = item else {
+            throw .invalidRequest("each message must be an object {\"port\": \"node#name\", \"message\": [...]}")
+        }
+        guard let port = o["port"] else { throw .invalidRequest("\"port\" is missing") }
+        guard case .array(let message)? = o["message"] else {
+            throw .invalidRequest("\"message\" must be a JSON array (an AEMP message is a list)")
+        }
+        let destination = try Destination.parse(port, message: message, allowedTags: configuration.allowedNodePortTags)
+        return (destination, message)
+    }
+
+    /// Messages to other nodes need the network: without a master they would be lost.
+    func requireMesh(for ports: [PortID]) throws(Problem) {
+        guard master == nil, ports.contains(where: { $0.node != node.id }) else { return }
+        throw .meshUnavailable()
+    }
+
+    /// `cal`: a temporary reply port appended to the message; the first reply answers, a death
+    /// of the target port (monitor) or the timeout ends the call.
+    func call(_ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
+        let body = try jsonBody(request)
+        let (target, message) = try envelope(body)
+        var timeout = configuration.defaultCallTimeout
+        if let t = body.objectValue?["timeout"] {
+            guard let seconds = t.numberValue, seconds > 0, seconds <= configuration.maxCallTimeout else {
+                throw .invalidRequest("\"timeout\" must be a number of seconds in (0, \(configuration.maxCallTimeout)]")
+            }
+            timeout = seconds
+        }
+        try requireMesh(for: [target])
+        let seconds = timeout
+        guard pendingCalls.wrappingAdd(1, ordering: .relaxed).newValue <= configuration.maxPendingCalls else {
+            pendingCalls.wrappingSubtract(1, ordering: .relaxed)
+            throw .overloaded("too many calls in flight (\(configuration.maxPendingCalls))")
+        }
+        let call = PendingCall()
+        let finish: @Sendable (HTTPResponse) -> Void = { [self] response in
+            guard let (reply, monitor, timer) = call.finish() else { return }
+            timer?.cancel()
+            if let monitor { node.unmon(monitor) }
+            if let reply { node.kil(reply) }
+            pendingCalls.wrappingSubtract(1, ordering: .relaxed)
+            exchange.respond(response)
+        }
+        let reply = node.port { message in
+            finish(.json(200, ["reply": .array(message)]))
+        }
+        let monitor = node.mon(target) { [self] reason in
+            var p = Problem(
+                502, "port_died", "Target port died",
+                "\(target) died before it replied: \(reason.map(\.description).joined(separator: " "))",
+                extra: ["reason": .array(reason)])
+            if reason.first == "transport_error" { p = Problem(502, "node_unreachable", "Target node unreachable", p.detail, extra: p.extra) }
+            log(request, p)
+            finish(p.response(requestID: request.requestID))
+        }
+        let timer = after(seconds) { [self] in
+            let p = Problem.timeout("no reply from \(target) within \(seconds) s")
+            log(request, p)
+            finish(p.response(requestID: request.requestID))
+        }
+        if call.start(reply: reply, monitor: monitor, timer: timer) {
+            // Ended before it started (the monitor fired at once): release what start handed over.
+            timer.cancel()
+            node.unmon(monitor)
+            node.kil(reply)
+            return nil
+        }
+        node.snd(target, message + [.string(reply.description)])
+        return nil
+    }
+}
+
+/// The resources of one call, released exactly once by whichever ending comes first.
+final class PendingCall: Sendable {
+    private struct State {
+        var reply: PortID?
+        var monitor: Monitor?
+        var timer: Scheduled<Void>?
+        var finished = false
+    }
+    private let state = Mutex(State())
+
+    /// Hands over the resources; returns true if the call already finished (the caller releases them).
+    func start(reply: PortID, monitor: Monitor, timer: Scheduled<Void>) -> Bool {
+        state.withLock { s -> Bool in
+            s.reply = reply
+            s.monitor = monitor
+            s.timer = timer
+            return s.finished
+        }
+    }
+
+    /// Marks the call finished; returns its resources the first time only.
+    func finish() -> (PortID?, Monitor?, Scheduled<Void>?)? {
+        state.withLock { s in
+            guard !s.finished else { return nil }
+            s.finished = true
+            return (s.reply, s.monitor, s.timer)
+        }
+    }
+}
+
+extension Problem {
+    /// The same problem, naming the batch item it is about.
+    func at(index: Int) -> Problem {
+        var p = Problem(status, code, title, "message \(index): \(detail)", extra: extra)
+        p.extra["index"] = .int(Int64(index))
+        p.headers = headers
+        return p
+    }
+}
