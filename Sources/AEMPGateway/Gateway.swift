@@ -28,7 +28,7 @@ public final class Gateway: HTTPHandler, Sendable {
     let openAPI: [UInt8]
 
     /// Creates the gateway (nothing runs until `start`).
-    public init(configuration: GatewayConfiguration, openAPIDocument: [UInt8] = []) throws {
+    public init(configuration: GatewayConfiguration, openAPIDocument: [UInt8] = Array(OpenAPIDocument.json.utf8)) throws {
         var c = configuration
         if c.isStandalone {
             c.node.binds = [c.standaloneBind]

@@ -84,7 +84,7 @@ struct GatewayCommand: AsyncParsableCommand {
         c.allowedNodePortTags = Set(allowNodePortTag)
         if let tokenFile = tokenFile ?? env("AEMP_GATEWAY_TOKEN_FILE") { c.tokens = try readTokens(tokenFile) }
 
-        let gateway = try Gateway(configuration: c, openAPIDocument: Array(openAPIDocumentJSON.utf8))
+        let gateway = try Gateway(configuration: c)
         let address = try await gateway.start()
         writeLine("aemp-gateway \(gateway.node.id) serving http://\(address)\(c.isStandalone ? " (standalone seed on \(c.standaloneBind))" : "")")
         await waitForTermination()
@@ -178,5 +178,3 @@ func waitForTermination() async {
     }
 }
 
-/// Placeholder until the OpenAPI document is embedded at build time.
-let openAPIDocumentJSON = "{}"
