@@ -104,7 +104,7 @@ extension Gateway {
             feed.whenSynced(token) { feed.subscribe(token, stream: stream, lastEventID: lastEventID) }
             return .eventStream(stream)
         }
-        let wait = try intArgument(request, "wait", default: configuration.defaultWait, range: 0...configuration.maxWait)
+        let wait = try waitArgument(request)
         let index = request.query["index"] ?? lastEventID
         // Until the first snapshot arrives (the master answers g_mon1), the request waits, bounded.
         let syncTimer = after(configuration.queryTimeout) { [self] in

@@ -94,7 +94,7 @@ extension Gateway {
             return .eventStream(stream)
         }
         let max = try intArgument(request, "max", default: 100, range: 1...1000)
-        let wait = try intArgument(request, "wait", default: configuration.defaultWait, range: 0...configuration.maxWait)
+        let wait = try waitArgument(request)
         if let (events, last) = mailbox.poll(after: after, max: max) {
             return Mailbox.pollResponse(events: events, last: last, dropped: mailbox.state.withLock { $0.droppedTotal })
         }

@@ -138,6 +138,13 @@ extension Gateway {
         return n
     }
 
+    /// The long-poll `wait` in seconds: default `defaultWait`, capped at `maxWait` (larger values
+    /// are lowered, not refused).
+    func waitArgument(_ request: HTTPRequest) throws(Problem) -> Int {
+        let wait = try intArgument(request, "wait", default: configuration.defaultWait, range: 0...Int(Int32.max))
+        return min(wait, configuration.maxWait)
+    }
+
     /// Whether the client asked for an event stream.
     func wantsEventStream(_ request: HTTPRequest) -> Bool {
         request.header("accept")?.contains("text/event-stream") == true
