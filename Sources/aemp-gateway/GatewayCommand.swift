@@ -54,6 +54,12 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = env("AEMP_GATEWAY_LOG_LEVEL") ?? "notice"
 
+    // Limits that tests (and curious operators) shrink to reach their edges quickly.
+    @Option(help: .hidden) var feedHistory: Int?
+    @Option(help: .hidden) var maxMailboxes: Int?
+    @Option(help: .hidden) var maxSubscribersPerFamily: Int?
+    @Option(help: .hidden) var heartbeatInterval: Double?
+
     func run() async throws {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("unknown log level \(logLevel)")
@@ -65,9 +71,9 @@ struct GatewayCommand: AsyncParsableCommand {
         if let s = try readSecret() {
             secretText = s
         } else if seedList.isEmpty {
-            // Standalone and no secret: make one up so the network is never open (issue 5 stores it).
-            secretText = randomSecret()
-            writeLine("aemp-gateway: no secret given; generated one for this run: \(secretText)")
+            // Standalone and no secret: never run an open network. Generate one once and keep it
+            // where the next run finds it.
+            secretText = try storedOrGeneratedSecret()
         } else {
             throw ValidationError("a shared secret is required to join a network: --secret, --secret-file or AEMP_SECRET")
         }
@@ -82,11 +88,16 @@ struct GatewayCommand: AsyncParsableCommand {
         c.logger = logger
         c.corsOrigins = Set(corsOrigin)
         c.allowedNodePortTags = Set(allowNodePortTag)
+        if let feedHistory { c.feedHistory = max(1, feedHistory) }
+        if let maxMailboxes { c.maxMailboxes = max(0, maxMailboxes) }
+        if let maxSubscribersPerFamily { c.maxSubscribersPerFamily = max(0, maxSubscribersPerFamily) }
+        if let heartbeatInterval { c.heartbeatInterval = max(0.05, heartbeatInterval) }
         if let tokenFile = tokenFile ?? env("AEMP_GATEWAY_TOKEN_FILE") { c.tokens = try readTokens(tokenFile) }
 
         let gateway = try Gateway(configuration: c)
         let address = try await gateway.start()
-        writeLine("aemp-gateway \(gateway.node.id) serving http://\(address)\(c.isStandalone ? " (standalone seed on \(c.standaloneBind))" : "")")
+        let seedAddress = (await gateway.node.listenAddresses()).joined(separator: ",")
+        writeLine("aemp-gateway \(gateway.node.id) serving http://\(address)\(c.isStandalone ? " (standalone seed on \(seedAddress))" : "")")
         await waitForTermination()
         await gateway.shutdown()
     }
@@ -139,6 +150,38 @@ func readFile(_ path: String) -> String? {
         bytes += buffer[0..<n]
     }
     return String(decoding: bytes, as: UTF8.self)
+}
+
+/// `$AEMP_GATEWAY_STATE_DIR` (or `$XDG_STATE_HOME/aemp-gateway`, or `~/.local/state/aemp-gateway`):
+/// where a standalone gateway keeps its generated secret.
+func stateDirectory() -> String {
+    if let dir = env("AEMP_GATEWAY_STATE_DIR") { return dir }
+    if let xdg = env("XDG_STATE_HOME") { return xdg + "/aemp-gateway" }
+    return (env("HOME") ?? ".") + "/.local/state/aemp-gateway"
+}
+
+/// The secret stored by an earlier standalone run, or a new one (printed once, stored 0600).
+func storedOrGeneratedSecret() throws -> String {
+    let dir = stateDirectory()
+    let path = dir + "/secret"
+    if let text = readFile(path) {
+        let s = trimmed(text)
+        if !s.isEmpty { return s }
+    }
+    let secret = randomSecret()
+    var prefix = dir.hasPrefix("/") ? "" : "."
+    for part in dir.split(separator: "/") {
+        prefix += "/" + part
+        mkdir(prefix, 0o700)  // EEXIST is fine; open() reports real failures
+    }
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    guard fd >= 0 else { throw ValidationError("cannot store the generated secret in \(path): \(String(cString: strerror(errno)))") }
+    let bytes = Array((secret + "\n").utf8)
+    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+    guard written == bytes.count else { throw ValidationError("cannot write \(path)") }
+    writeLine("aemp-gateway: generated the network secret \(secret) (stored in \(path); other nodes need it to join)")
+    return secret
 }
 
 func randomSecret() -> String {
