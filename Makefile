@@ -1,11 +1,17 @@
 # Entry points for people and CI. `make test` is what .ci/run calls.
-.PHONY: deps build test
+.PHONY: deps build run test
 
 deps:
 	@scripts/deps
 
 build: deps
 	swift build
+
+# Runs the gateway on its embedded default: standalone seed/global node on 127.0.0.1:4040,
+# HTTP on 127.0.0.1:8080. Extra flags: make run ARGS="--log-level info".
+run: deps
+	swift build -c release --product aemp-gateway
+	.build/release/aemp-gateway $(ARGS)
 
 test: deps
 	swift test
