@@ -42,6 +42,29 @@ struct NodeNetworkTests {
     }
 }
 
+@Suite("Shutdown")
+struct ShutdownTests {
+    @Test("messages sent just before shutdown are flushed, not lost")
+    func flushOnShutdown() async throws {
+        let seed = try makeNode(id: "sd-seed-%u", binds: ["127.0.0.1:0"])
+        try await seed.start()
+        let address = try #require(await seed.listenAddresses().first)
+        let (port, inbox) = seed.mailbox()
+        var messages = inbox.makeAsyncIterator()
+        for round in 0..<5 {
+            let client = try makeNode(id: "sd-client-%u", seeds: [address])
+            try await client.start()
+            #expect(await client.waitForMaster(timeout: .seconds(10)) == seed.id)
+            for i in 0..<20 { client.snd(port, ["last words", .int(Int64(round)), .int(Int64(i))]) }
+            await client.shutdown()
+            for i in 0..<20 {
+                #expect(try await next(&messages, "message \(i) of round \(round)") == ["last words", .int(Int64(round)), .int(Int64(i))])
+            }
+        }
+        await seed.shutdown()
+    }
+}
+
 /// Collects callbacks into an async stream for tests.
 struct Events<T: Sendable>: Sendable {
     let stream: AsyncStream<T>

@@ -299,7 +299,19 @@ final class Connection: ChannelInboundHandler {
         guard state != .closed, !closing else { return }
         closing = true
         closeReason = reason
-        if let context {
+        if let context, state == .established {
+            // Packets written this tick are not flushed yet: flush them and close once they are
+            // out (a node shutting down must not lose what it just sent), but do not wait on a
+            // peer that stopped reading for more than a moment.
+            let written = context.eventLoop.makePromise(of: Void.self)
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
+            let loop = context.eventLoop.assumeIsolated()
+            let deadline = loop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
+            written.futureResult.assumeIsolated().whenComplete { _ in
+                deadline.cancel()
+                context.close(promise: nil)
+            }
+        } else if let context {
             context.close(promise: nil)
         } else {
             finish(reason: reason)

@@ -1,0 +1,51 @@
+import AEMP
+
+/// How `aemp` reads ports, message elements and values from its command line.
+///
+/// Perl's `aemp` decodes an argument as JSON when it starts with `[`, `{` or `"` and passes every
+/// other argument as a string. `aemp` does the same, and in addition reads the JSON scalars
+/// (`42`, `-1.5`, `true`, `false`, `null`) as what they are, so a Swift receiver gets a number and
+/// not the string `"42"` (Perl receivers cannot tell the difference). Write `'"42"'` for the string.
+enum ArgumentValue {
+    /// One argument as a value. `what` names it in errors ("message element 2").
+    static func parse(_ text: String, what: String) throws -> Value {
+        let mustBeJSON = text.first.map { "[{\"".contains($0) } ?? false
+        do {
+            return try JSONCodec.decode(text)
+        } catch {
+            guard mustBeJSON else { return .string(text) }
+            throw ToolError.badArgument("\(what) \(quoted(text)) is not valid JSON: \(explain(error))")
+        }
+    }
+
+    /// The message elements, one per argument.
+    static func message(_ arguments: [String]) throws -> [Value] {
+        try arguments.enumerated().map { i, text in try parse(text, what: "message element \(i + 1)") }
+    }
+
+    /// A port ID `node#name`; a node ID alone (or `node#`) is that node's node port.
+    static func port(_ text: String) throws -> PortID {
+        guard let port = PortID(text) else {
+            throw ToolError.badArgument("invalid port ID \(quoted(text)): the node part before '#' is empty")
+        }
+        if let problem = NodeIDTemplate.problem(with: port.node) {
+            throw ToolError.badArgument("invalid port ID \(quoted(text)): \(problem)")
+        }
+        return port
+    }
+
+    private static func explain(_ error: JSONCodecError) -> String {
+        switch error {
+        case .syntax(let message, let line, let column, _):
+            return line > 1 ? "\(message) (line \(line), column \(column))" : "\(message) (column \(column))"
+        default:
+            return "\(error)"
+        }
+    }
+
+    /// The argument as the user typed it, shortened if long.
+    static func quoted(_ text: String) -> String {
+        let short = text.count > 60 ? String(text.prefix(57)) + "..." : text
+        return "'\(short)'"
+    }
+}

@@ -1,0 +1,173 @@
+import AEMP
+import ArgumentParser
+import Logging
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Options every subcommand shares: who the node is and how it finds the network.
+struct NodeOptions: ParsableArguments {
+    @Option(help: "Shared secret (or use --secret-file or AEMP_SECRET).")
+    var secret: String?
+
+    @Option(help: "File holding the shared secret (trailing newline ignored).")
+    var secretFile: String?
+
+    @Option(help: "Comma-separated seed addresses host:port.")
+    var seeds: String?
+
+    @Option(help: "Node ID (%n = host name, %u or trailing / = random suffix; default: anon/ except for seed).")
+    var nodeID: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: notice for seed, error otherwise).")
+    var logLevel: String?
+
+    /// The node configuration these options describe; `diagnostics` (if given) sees the node's log.
+    func configuration(
+        defaultNodeID: String? = nil, defaultLogLevel: Logger.Level, diagnostics: JoinDiagnostics? = nil
+    ) throws -> NodeConfiguration {
+        var c = NodeConfiguration(secret: try readSecret())
+        if let id = nodeID ?? defaultNodeID { c.nodeID = id }
+        c.seeds = seedList
+        var level = defaultLogLevel
+        if let logLevel {
+            guard let l = Logger.Level(rawValue: logLevel) else {
+                throw ToolError.configuration("unknown log level '\(logLevel)' (use trace, debug, info, notice, warning, error or critical)")
+            }
+            level = l
+        }
+        if let diagnostics {
+            c.logger = Logger(label: "aemp") { label in
+                DiagnosingLogHandler(label: label, printLevel: level, diagnostics: diagnostics)
+            }
+        } else {
+            var logger = Logger(label: "aemp")
+            logger.logLevel = level
+            c.logger = logger
+        }
+        return c
+    }
+
+    /// The seed addresses given with --seeds.
+    var seedList: [String] {
+        (seeds ?? "").split(separator: ",").map { String($0).trimmingCharacters(in: " ") }.filter { !$0.isEmpty }
+    }
+
+    private func readSecret() throws -> String {
+        let secretText: String
+        if let secret {
+            secretText = secret
+        } else if let secretFile {
+            guard let f = fopen(secretFile, "r") else {
+                throw ToolError.configuration("cannot read secret file \(secretFile): \(String(cString: strerror(errno)))")
+            }
+            defer { fclose(f) }
+            var bytes: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = fread(&buffer, 1, buffer.count, f)
+                if n <= 0 { break }
+                bytes += buffer[0..<n]
+            }
+            while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
+            secretText = String(decoding: bytes, as: UTF8.self)
+        } else if let env = getenv("AEMP_SECRET") {
+            secretText = String(cString: env)
+        } else {
+            throw ToolError.configuration("no shared secret: pass --secret, --secret-file or set AEMP_SECRET")
+        }
+        guard !secretText.isEmpty else { throw ToolError.configuration("the shared secret is empty") }
+        return secretText
+    }
+}
+
+/// Options of the commands that join, do one job and leave.
+struct ClientOptions: ParsableArguments {
+    @Option(help: "Seconds to wait for a master after starting.")
+    var connectTimeout: Double = 10
+
+    @Option(help: "Seconds to wait for the answer once a master is found: the reply (cal), the delivery receipt (snd), the query result (db, nodes), the deletion (db del).")
+    var timeout: Double = 10
+
+    func validate() throws {
+        guard connectTimeout > 0, connectTimeout.isFinite else { throw ValidationError("--connect-timeout must be a positive number of seconds") }
+        guard timeout > 0, timeout.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") }
+    }
+}
+
+/// A private node that joined the network through the seeds and is attached to a master.
+struct Session: Sendable {
+    let node: Node
+    let master: String
+    let timeout: Double
+
+    /// Starts a private node and waits for a master; fails with the best reason the log gave.
+    static func join(_ options: NodeOptions, _ client: ClientOptions) async throws -> Session {
+        let seedCount = options.seedList.count
+        guard seedCount > 0 else {
+            throw ToolError.configuration("no seeds: pass --seeds host:port[,host:port...]")
+        }
+        let diagnostics = JoinDiagnostics(seedCount: seedCount)
+        var c = try options.configuration(defaultNodeID: "anon/", defaultLogLevel: .error, diagnostics: diagnostics)
+        c.binds = []
+        // Messages queued for a node that cannot be reached fail (monitors fire) within the timeout.
+        c.connectTimeout = .nanoseconds(Int64(client.timeout * 1e9))
+        let node: Node
+        do {
+            node = try Node(configuration: c)
+        } catch let error as NodeError {
+            throw ToolError.configuration("\(error)")
+        }
+        try await node.start()
+        let attached = OneShot<String?>()
+        Task { attached.resolve(await node.waitForMaster(timeout: .nanoseconds(Int64(client.connectTimeout * 1e9)))) }
+        Task {
+            await diagnostics.refusedEverywhere.value()
+            attached.resolve(nil)
+        }
+        guard let master = await attached.value() else {
+            await node.shutdown()
+            if diagnostics.refusedEverywhere.isResolved {
+                throw ToolError.joinRefused(seeds: c.seeds, problem: diagnostics.problem ?? "authentication failure")
+            }
+            throw ToolError.noMaster(seconds: client.connectTimeout, seeds: c.seeds, problem: diagnostics.problem)
+        }
+        return Session(node: node, master: master, timeout: client.timeout)
+    }
+
+    /// Like `join`, but gives up (returns nil) when `stop` fires first: a long-running command
+    /// interrupted while it is still looking for a master exits quietly.
+    static func join(
+        _ options: NodeOptions, _ client: ClientOptions, unlessStopped stop: OneShot<Int32>
+    ) async throws -> Session? {
+        let joined = OneShot<Result<Session, any Error>?>()
+        Task {
+            do {
+                joined.resolve(.success(try await join(options, client)))
+            } catch {
+                joined.resolve(.failure(error))
+            }
+        }
+        Task {
+            _ = await stop.value()
+            joined.resolve(nil)
+        }
+        return try await joined.value()?.get()
+    }
+
+    /// Closes every connection.
+    func leave() async {
+        await node.shutdown()
+    }
+}
+
+extension String {
+    fileprivate func trimmingCharacters(in set: Character) -> String {
+        var s = Substring(self)
+        while s.first == set { s.removeFirst() }
+        while s.last == set { s.removeLast() }
+        return String(s)
+    }
+}
