@@ -77,3 +77,23 @@ enum Destination {
         }
     }
 }
+
+extension Value {
+    /// An integer given as a JSON number (an integral float counts); strings and booleans do not.
+    var strictInteger: Int64? {
+        switch self {
+        case .int(let n): return n
+        case .double(let d) where d.rounded() == d && abs(d) < 9.0e15: return Int64(d)
+        default: return nil
+        }
+    }
+
+    /// A JSON number; strings and booleans do not count.
+    var strictNumber: Double? {
+        switch self {
+        case .int(let n): return Double(n)
+        case .double(let d): return d
+        default: return nil
+        }
+    }
+}

@@ -58,7 +58,7 @@ public final class Gateway: HTTPHandler, Sendable {
         node.monNodes { [self] id, up in
             let event = ServerSentEvent.encode(
                 id: nil, event: up ? "up" : "down", data: ["node": .string(id), "up": .bool(up)])
-            for (token, stream) in nodeStreams.withLock({ $0 }) where !stream.send(event) {
+            for (token, stream) in nodeStreams.withLock({ $0 }) where !stream.send(event, orEndWith: FamilyFeed.overflowEvent) {
                 nodeStreams.withLock { _ = $0.removeValue(forKey: token) }
             }
         }
@@ -89,7 +89,7 @@ public final class Gateway: HTTPHandler, Sendable {
         let final = ServerSentEvent.encode(id: nil, event: "shutdown", data: ["detail": "the gateway is shutting down"])
         let gone = Problem.shuttingDown()
         for feed in feeds.withLock({ Array($0.values) }) {
-            feed.close(final: final, gone: gone.response(requestID: "shutdown"))
+            feed.close(final: final, gone: { gone.response(requestID: $0) })
         }
         for (_, stream) in nodeStreams.withLock({ $0 }) { stream.finish(with: final) }
         if let s = server.withLock({ $0 }) {

@@ -185,13 +185,13 @@ final class FamilyFeed: Sendable {
     }
 
     /// Ends every stream and answers every waiter (shutdown).
-    func close(final: [UInt8]?, gone: HTTPResponse) {
+    func close(final: [UInt8]?, gone: (_ requestID: String) -> HTTPResponse) {
         state.withLock { s in
             for (_, stream) in s.streams { stream.finish(with: final) }
             s.streams.removeAll()
             for (_, w) in s.waiters {
                 w.timer?.cancel()
-                w.exchange.respond(gone)
+                w.exchange.respond(gone(w.exchange.request.requestID))
             }
             s.waiters.removeAll()
         }

@@ -258,56 +258,70 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
     guard let raw = reqCls.pointee else {
         // First call: headers only. Answer on a later call (keep-alive stays on, conventions).
         let context = RequestContext()
+        reqCls.pointee = Unmanaged.passRetained(context).toOpaque()
         if let length = lookup(connection, .HEADER_KIND, "Content-Length").flatMap({ Int($0) }),
             length > server.settings.maxBodySize
         {
+            // Refuse now, without reading the body: libmicrohttpd (0.9.75) takes a response only
+            // before the upload starts or after it ended, and closes the connection after this one.
             context.tooLarge = true
+            let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
+            guard let response = exchange.takeOrSuspend() else { return .YES }
+            return queue(response, on: connectionRef, exchange: exchange, server: server)
         }
-        reqCls.pointee = Unmanaged.passRetained(context).toOpaque()
         return .YES
     }
     let context = Unmanaged<RequestContext>.fromOpaque(raw).takeUnretainedValue()
 
-    if uploadSize.pointee > 0 && !context.tooLarge {
+    if uploadSize.pointee > 0 {
         let n = uploadSize.pointee
-        if context.body.count + n > server.settings.maxBodySize {
-            context.tooLarge = true
-            context.body = []
-        } else if let uploadData {
-            uploadData.withMemoryRebound(to: UInt8.self, capacity: n) {
-                context.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: n))
+        if !context.tooLarge {
+            if context.body.count + n > server.settings.maxBodySize {
+                context.tooLarge = true
+                context.body = []
+            } else if let uploadData {
+                uploadData.withMemoryRebound(to: UInt8.self, capacity: n) {
+                    context.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: n))
+                }
             }
-            uploadSize.pointee = 0
-            return .YES
         }
+        // Consumed, or dropped once the body outgrew the limit (a chunked body has no length to
+        // refuse up front): the 413 can only be queued when the upload is complete.
+        uploadSize.pointee = 0
+        return .YES
     }
 
-    if context.exchange == nil {
-        let request = HTTPRequest(
-            method: method.map { String(cString: $0) } ?? "GET",
-            path: url.map { String(cString: $0) } ?? "/",
-            query: values(connection, .GET_ARGUMENT_KIND, lowercased: false).reduce(into: [:]) { out, kv in
-                // Raw (see UNESCAPE_CALLBACK): decode as a form value; undecodable stays raw.
-                let key = Destination.percentDecoded(kv.key.replacingPlus()) ?? kv.key
-                if out[key] == nil { out[key] = Destination.percentDecoded(kv.value.replacingPlus()) ?? kv.value }
-            },
-            headers: values(connection, .HEADER_KIND, lowercased: true),
-            body: context.body,
-            requestID: server.nextRequestID())
-        context.body = []
-        let exchange = Exchange(connection: connectionRef, request: request, server: server)
-        context.exchange = exchange
-        server.pending.withLock { $0[ObjectIdentifier(exchange)] = exchange }
-        if context.tooLarge {
-            // Answer at once; libmicrohttpd closes the connection instead of reading the rest.
-            exchange.respond(server.handler.bodyTooLarge(request, limit: server.settings.maxBodySize))
-        } else {
-            server.handler.handle(request, exchange)
-        }
-    }
-    if uploadSize.pointee > 0 && !context.tooLarge { return .YES }
-    guard let exchange = context.exchange, let response = exchange.takeOrSuspend() else { return .YES }
+    let exchange = context.exchange ?? makeExchange(connectionRef, url: url, method: method, context: context, server: server)
+    guard let response = exchange.takeOrSuspend() else { return .YES }
     return queue(response, on: connectionRef, exchange: exchange, server: server)
+}
+
+/// Builds the request once its body is complete (or refused) and hands it to the handler.
+private func makeExchange(
+    _ connection: ConnectionRef, url: UnsafePointer<CChar>?, method: UnsafePointer<CChar>?, context: RequestContext,
+    server: HTTPServer
+) -> Exchange {
+    let request = HTTPRequest(
+        method: method.map { String(cString: $0) } ?? "GET",
+        path: url.map { String(cString: $0) } ?? "/",
+        query: values(connection.pointer, .GET_ARGUMENT_KIND, lowercased: false).reduce(into: [:]) { out, kv in
+            // Raw (see UNESCAPE_CALLBACK): decode as a form value; undecodable stays raw.
+            let key = Destination.percentDecoded(kv.key.replacingPlus()) ?? kv.key
+            if out[key] == nil { out[key] = Destination.percentDecoded(kv.value.replacingPlus()) ?? kv.value }
+        },
+        headers: values(connection.pointer, .HEADER_KIND, lowercased: true),
+        body: context.body,
+        requestID: server.nextRequestID())
+    context.body = []
+    let exchange = Exchange(connection: connection, request: request, server: server)
+    context.exchange = exchange
+    server.pending.withLock { $0[ObjectIdentifier(exchange)] = exchange }
+    if context.tooLarge {
+        exchange.respond(server.handler.bodyTooLarge(request, limit: server.settings.maxBodySize))
+    } else {
+        server.handler.handle(request, exchange)
+    }
+    return exchange
 }
 
 private func queue(_ response: HTTPResponse, on connection: ConnectionRef, exchange: Exchange, server: HTTPServer)

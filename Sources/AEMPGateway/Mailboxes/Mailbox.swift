@@ -122,9 +122,11 @@ final class Mailbox: Sendable {
         }
     }
 
+    /// Drops entries up to `after`; a client can only acknowledge what it was given, so the
+    /// acknowledgement stops at the highest entry handed out.
     private func acknowledge(_ s: inout State, through after: UInt64?) {
         guard let after, after > s.acked else { return }
-        s.acked = min(after, s.nextSeq - 1)
+        s.acked = min(after, s.delivered)
         s.entries.removeAll { $0.seq <= s.acked }
     }
 
@@ -232,14 +234,14 @@ final class Mailbox: Sendable {
     }
 
     /// Closes the mailbox: waiting clients get `gone`, streams end with a final event.
-    func close(reason: String, killReason: Value?, gone: HTTPResponse) -> [Monitor] {
+    func close(reason: String, killReason: Value?, gone: (_ requestID: String) -> HTTPResponse) -> [Monitor] {
         state.withLock { s in
             guard s.closedReason == nil else { return [] }
             s.closedReason = reason
             s.killReason = killReason
             for (_, w) in s.waiters {
                 w.timer?.cancel()
-                w.exchange.respond(gone)
+                w.exchange.respond(gone(w.exchange.request.requestID))
             }
             s.waiters.removeAll()
             var data: [String: Value] = ["detail": .string("mailbox \(reason)")]
@@ -258,6 +260,18 @@ final class Mailbox: Sendable {
             guard s.closedReason == nil else { return false }
             s.monitors.append(monitor)
             return true
+        }
+    }
+
+    /// What a client sees of the mailbox: settings and queue state.
+    var info: Value {
+        state.withLock { s in
+            [
+                "name": .string(name), "port": .string(port.description),
+                "ttl": .int(ttl.nanoseconds / 1_000_000_000), "max_queue": .int(Int64(maxQueue)),
+                "queued": .int(Int64(s.entries.count)), "last": .int(Int64(s.nextSeq - 1)),
+                "acknowledged": .int(Int64(s.acked)), "dropped": .int(Int64(s.droppedTotal)),
+            ]
         }
     }
 

@@ -13,14 +13,14 @@ final class MailboxRegistry: Sendable {
     let limit: Int
 
     struct Tombstones {
-        var reasons: [String: String] = [:]
+        var reasons: [String: (why: String, reason: Value?)] = [:]
         var order: [String] = []
         var head = 0
         static let capacity = 100_000
 
-        mutating func add(_ name: String, _ reason: String) {
+        mutating func add(_ name: String, _ why: String, _ reason: Value?) {
             if reasons[name] == nil { order.append(name) }
-            reasons[name] = reason
+            reasons[name] = (why, reason)
             if order.count - head > Self.capacity {
                 reasons[order[head]] = nil
                 head += 1
@@ -61,7 +61,7 @@ final class MailboxRegistry: Sendable {
                 "\(name.debugDescription) is not a mailbox name (letters, digits, '.', '_', '-')")
         }
         if let mailbox = mailboxes.withLock({ $0[name] }) { return mailbox }
-        if let reason = tombstones.withLock({ $0.reasons[name] }) { throw .mailboxGone(name, reason) }
+        if let gone = tombstones.withLock({ $0.reasons[name] }) { throw .mailboxGone(name, gone.why, reason: gone.reason) }
         if let dot = name.firstIndex(of: "."), name[..<dot] != instance {
             throw .mailboxGone(name, "belonged to an earlier gateway process (this one is \(instance))")
         }
@@ -69,9 +69,9 @@ final class MailboxRegistry: Sendable {
     }
 
     /// Removes a mailbox and remembers why it is gone.
-    func remove(_ name: String, reason: String) -> Mailbox? {
+    func remove(_ name: String, reason: String, killReason: Value? = nil) -> Mailbox? {
         let m = mailboxes.withLock { $0.removeValue(forKey: name) }
-        if m != nil { tombstones.withLock { $0.add(name, reason) } }
+        if m != nil { tombstones.withLock { $0.add(name, reason, killReason) } }
         return m
     }
 

@@ -12,6 +12,17 @@ extension Gateway {
         }
     }
 
+    /// Families starting with `'` belong to AnyEvent::MP itself (`'l` = node addresses, `'g` =
+    /// global nodes): HTTP clients may read them, never write them.
+    func checkWritable(_ family: String) throws(Problem) {
+        try checkFamily(family)
+        if family.hasPrefix("'") {
+            throw Problem(
+                403, "reserved_family", "Reserved family",
+                "\(family.debugDescription) is reserved for AnyEvent::MP itself (families starting with ')")
+        }
+    }
+
     /// `GET /v1/db/{family}[/keys|/values]`: answered by the master (`g_db_*`).
     func query(_ tag: String, family: String, _ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
         try checkFamily(family)
@@ -35,7 +46,7 @@ extension Gateway {
 
     /// `PUT /v1/db/{family}/{subkey}` (body: any JSON value): `db_set`, owned by the gateway.
     func put(family: String, subkey: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
-        try checkFamily(family)
+        try checkWritable(family)
         guard !subkey.isEmpty else { throw .invalidRequest("the subkey is empty") }
         let value = try jsonBody(request)
         ownedKeys.withLock { _ = $0[family, default: []].insert(subkey) }
@@ -45,7 +56,7 @@ extension Gateway {
 
     /// `DELETE /v1/db/{family}/{subkey}`: `db_del` of a key this gateway set.
     func delete(family: String, subkey: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
-        try checkFamily(family)
+        try checkWritable(family)
         let owned = ownedKeys.withLock { keys -> Bool in
             guard keys[family]?.remove(subkey) != nil else { return false }
             if keys[family]?.isEmpty == true { keys[family] = nil }
@@ -63,7 +74,7 @@ extension Gateway {
     /// `POST /v1/db/{family}/reg {"port": <mailbox name>, "value": …}`: `db_reg`, removed when the
     /// mailbox dies.
     func register(family: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
-        try checkFamily(family)
+        try checkWritable(family)
         guard case .object(let o) = try jsonBody(request), case .string(let name)? = o["port"] else {
             throw .invalidRequest("the body must be {\"port\": \"<mailbox name>\", \"value\": ...}")
         }

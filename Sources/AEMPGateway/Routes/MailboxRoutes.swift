@@ -13,13 +13,13 @@ extension Gateway {
                 throw .invalidRequest("the body must be an object {\"ttl\": seconds, \"max_queue\": n} (or empty)")
             }
             if let t = o["ttl"] {
-                guard let n = t.integerValue, n >= 1, n <= configuration.maxMailboxTTL else {
+                guard let n = t.strictInteger, n >= 1, n <= configuration.maxMailboxTTL else {
                     throw .invalidRequest("\"ttl\" must be an integer number of seconds in 1...\(configuration.maxMailboxTTL)")
                 }
                 ttl = Int(n)
             }
             if let q = o["max_queue"] {
-                guard let n = q.integerValue, n >= 1, n <= configuration.maxMailboxQueue else {
+                guard let n = q.strictInteger, n >= 1, n <= configuration.maxMailboxQueue else {
                     throw .invalidRequest("\"max_queue\" must be an integer in 1...\(configuration.maxMailboxQueue)")
                 }
                 maxQueue = Int(n)
@@ -50,6 +50,11 @@ extension Gateway {
             ], headers: [("Location", "/v1/ports/\(name)")])
     }
 
+    /// `GET /v1/ports/{name}`: the mailbox's settings and queue state.
+    func mailboxInfo(_ name: String) throws(Problem) -> HTTPResponse {
+        .json(200, try mailboxes.lookup(name).info)
+    }
+
     /// `DELETE /v1/ports/{name}`: `kil` of the mailbox's port.
     func deleteMailbox(_ name: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
         let mailbox = try mailboxes.lookup(name)
@@ -60,9 +65,11 @@ extension Gateway {
 
     /// Removes a mailbox (deleted, expired or killed): clients get 410 from now on.
     func closeMailbox(_ name: String, _ why: String, killReason: Value?) {
-        guard let mailbox = mailboxes.remove(name, reason: why) else { return }
-        let gone = Problem.mailboxGone(name, why, reason: killReason).response(requestID: "-")
-        for monitor in mailbox.close(reason: why, killReason: killReason, gone: gone) { node.unmon(monitor) }
+        guard let mailbox = mailboxes.remove(name, reason: why, killReason: killReason) else { return }
+        let problem = Problem.mailboxGone(name, why, reason: killReason)
+        for monitor in mailbox.close(reason: why, killReason: killReason, gone: { problem.response(requestID: $0) }) {
+            node.unmon(monitor)
+        }
         logger.info("mailbox closed", metadata: ["mailbox": "\(name)", "why": "\(why)"])
     }
 
@@ -100,7 +107,8 @@ extension Gateway {
         }
         let empty: @Sendable () -> HTTPResponse = {
             let s = mailbox.state.withLock { ($0.acked, $0.droppedTotal) }
-            return Mailbox.pollResponse(events: [], last: after ?? s.0, dropped: s.1)
+            // `last` is what the client may acknowledge next: never beyond what it was given.
+            return Mailbox.pollResponse(events: [], last: s.0, dropped: s.1)
         }
         guard wait > 0 else { return empty() }
         let timer = self.after(Double(wait)) {

@@ -59,13 +59,19 @@ extension Gateway {
         let stream = EventStream(limit: configuration.streamBacklog)
         let token = nextToken()
         let node = self.node
+        // Registered before the snapshot is taken: an event may repeat what the snapshot says,
+        // none is lost.
+        nodeStreams.withLock { $0[token] = stream }
+        stream.onClose { [self] in nodeStreams.withLock { _ = $0.removeValue(forKey: token) } }
         Task {
             let up = await node.upNodes()
-            stream.send(ServerSentEvent.retry(1000) + ServerSentEvent.encode(
-                id: nil, event: "snapshot", data: ["node": .string(node.id), "up_nodes": .array(up.map { .string($0) })]))
-            nodeStreams.withLock { $0[token] = stream }
+            stream.send(
+                ServerSentEvent.retry(1000)
+                    + ServerSentEvent.encode(
+                        id: nil, event: "snapshot",
+                        data: ["node": .string(node.id), "up_nodes": .array(up.map { .string($0) })]),
+                orEndWith: FamilyFeed.overflowEvent)
         }
-        stream.onClose { [self] in nodeStreams.withLock { _ = $0.removeValue(forKey: token) } }
         return .eventStream(stream)
     }
 }

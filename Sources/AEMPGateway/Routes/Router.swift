@@ -27,8 +27,8 @@ extension Gateway {
             try allow(method, ["POST"])
             return try createMailbox(request)
         case let s? where s.count == 2 && s[0] == "ports":
-            try allow(method, ["DELETE"])
-            return try deleteMailbox(s[1], request)
+            try allow(method, ["GET", "DELETE"])
+            return method == "GET" ? try mailboxInfo(s[1]) : try deleteMailbox(s[1], request)
         case let s? where s.count == 3 && s[0] == "ports" && s[2] == "messages":
             try allow(method, ["GET"])
             return try readMailbox(s[1], request, exchange)
@@ -45,7 +45,9 @@ extension Gateway {
         case let s? where s.count == 3 && s[0] == "db" && s[2] == "reg" && method == "POST":
             return try register(family: s[1], request)
         case let s? where s.count == 3 && s[0] == "db":
-            try allow(method, ["PUT", "DELETE"])
+            // keys/values/watch also answer GET, reg also POST (matched above): Allow says so.
+            let also = ["keys", "values", "watch"].contains(s[2]) ? ["GET"] : s[2] == "reg" ? ["POST"] : []
+            try allow(method, also + ["PUT", "DELETE"])
             return method == "PUT" ? try put(family: s[1], subkey: s[2], request) : try delete(family: s[1], subkey: s[2], request)
         case ["node"]?:
             try allow(method, ["GET"])
@@ -88,7 +90,7 @@ extension Gateway {
             p.headers["WWW-Authenticate"] = "Bearer realm=\"aemp-gateway\""
             throw p
         }
-        if scope == .readOnly && !(request.method == "GET" || request.method == "HEAD") {
+        if scope == .readOnly && request.method != "GET" {
             throw Problem(403, "read_only_token", "Read-only token", "This token may only read (GET)")
         }
     }

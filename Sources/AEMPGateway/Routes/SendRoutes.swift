@@ -64,7 +64,7 @@ extension Gateway {
         let (target, message) = try envelope(body)
         var timeout = configuration.defaultCallTimeout
         if let t = body.objectValue?["timeout"] {
-            guard let seconds = t.numberValue, seconds > 0, seconds <= configuration.maxCallTimeout else {
+            guard let seconds = t.strictNumber, seconds > 0, seconds <= configuration.maxCallTimeout else {
                 throw .invalidRequest("\"timeout\" must be a number of seconds in (0, \(configuration.maxCallTimeout)]")
             }
             timeout = seconds
