@@ -385,7 +385,9 @@ private let mhdLog: MHD_LogCallback = {
     _ = vsnprintf(&buffer, buffer.count, format, args)
     let message = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         .trimmingTrailingNewlines()
-    server.settings.logger.notice("libmicrohttpd: \(message)")
+    // A client that hangs up (routine for SSE) is not worth a notice.
+    let routine = message.contains("no longer available") || message.contains("closed by remote")
+    server.settings.logger.log(level: routine ? .debug : .notice, "libmicrohttpd: \(message)")
 }
 
 private let mhdNoUnescape: @convention(c) (UnsafeMutableRawPointer?, OpaquePointer?, UnsafeMutablePointer<CChar>?) -> Int = {
