@@ -10,7 +10,9 @@ public struct FamilyChange: Sendable, Equatable {
     public let values: [String: Value]
     /// Keys that are new.
     public let added: [String]
-    /// Keys whose value was set again (possibly to the same value, as in Perl).
+    /// Keys whose value was set again: a `g_chg2` set reports its keys even when the value is
+    /// unchanged, as Perl does; after a re-attach, the new master's full `g_chg1` reports only keys
+    /// whose value differs (Perl's `db_mon` would list every key it already had).
     public let changed: [String]
     /// Keys that are gone.
     public let deleted: [String]

@@ -1,8 +1,23 @@
-/// One family's effective change: keys set (new or changed) and keys deleted (aemp-protocol §11.4 `g_chg2`).
+/// One family's effective change: keys set (new or changed) and keys deleted (aemp-protocol §11.4 `g_chg2`),
+/// plus what the other globals must hear beyond that (aemp-protocol §11.5).
 struct FamilyDelta: Equatable {
     var set: [String: Value] = [:]
     var deleted: [String] = []
-    var isEmpty: Bool { self.set.isEmpty && self.deleted.isEmpty }
+    /// Keys the writer deleted that stay visible only through other globals' copies: the other
+    /// globals drop the writer's copy (`g_upd` deletion) and keep their own (Perl's `@del_global`
+    /// in `g_upd`, G 73-142).
+    var forwardDeleted: [String] = []
+    /// Keys in `set` that show another global's copy again: watchers hear them, other globals do not
+    /// (Perl's `%local_set` in `g_upd`).
+    var notForwarded: Set<String> = []
+    /// Nothing for watchers (`g_chg2`).
+    var isUnchanged: Bool { self.set.isEmpty && self.deleted.isEmpty }
+    /// Nothing for watchers nor for the other globals.
+    var isEmpty: Bool { isUnchanged && forwardDeleted.isEmpty }
+    /// The `g_upd` set and delete lists a slave's write is forwarded with.
+    var forwarded: (set: [String: Value], deleted: [String]) {
+        (self.set.filter { !notForwarded.contains($0.key) }, (deleted + forwardDeleted).sorted())
+    }
 }
 
 /// What a global node knows: every owner's keys and the merged view (aemp-protocol §10.3, §11.5).
@@ -39,6 +54,14 @@ struct GlobalDirectory {
         if shards[owner] != nil { orphans.insert(owner) }
     }
 
+    /// Owners that are global nodes (their data is their slaves', merged: `g_set`). A slave's
+    /// delete of a key only they still hold leaves their copies in place (aemp-protocol §11.5).
+    var globalOwners: Set<String> = []
+
+    private func isGlobalCopy(_ owner: String) -> Bool {
+        globalOwners.contains(owner) || orphans.contains(owner)
+    }
+
     /// Applies one owner's write; returns the effective change of the merged view.
     /// With `reportUnchanged`, every key set is reported, as Perl does for a slave's write even when
     /// the value is unchanged; otherwise only visible changes are.
@@ -66,10 +89,11 @@ struct GlobalDirectory {
             removeCopy(owner: owner, family: family, key: key)
         }
         for key in touched {
-            refresh(family: family, key: key, into: &delta)
+            refresh(family: family, key: key, wasSet: set[key] != nil, into: &delta)
             if reportUnchanged, let value = set[key] { delta.set[key] = value }
         }
         delta.deleted.sort()
+        delta.forwardDeleted.sort()
         return delta
     }
 
@@ -84,12 +108,20 @@ struct GlobalDirectory {
         if owners[family]?.isEmpty == true { owners[family] = nil }
     }
 
-    /// Recomputes the merged value of a key from its latest owner; records a visible change in `delta`.
-    private mutating func refresh(family: String, key: String, into delta: inout FamilyDelta) {
+    /// Recomputes the merged value of a key: the latest write shows; after a delete, a slave's copy
+    /// is preferred to another global's (Perl's `g_upd`, G 73-142). Records the change in `delta`.
+    private mutating func refresh(family: String, key: String, wasSet: Bool, into delta: inout FamilyDelta) {
         let before = merged[family]?[key]
-        if let latest = owners[family]?[key]?.last, let value = shards[latest]?[family]?[key] {
+        let list = owners[family]?[key] ?? []
+        let shown = wasSet ? list.last : (list.last { !isGlobalCopy($0) } ?? list.last)
+        if let shown, let value = shards[shown]?[family]?[key] {
             merged[family, default: [:]][key] = value
             if before != value { delta.set[key] = value }
+            if !wasSet, isGlobalCopy(shown) {
+                // Only other globals hold it now: they keep their copies and drop the writer's.
+                delta.forwardDeleted.append(key)
+                delta.notForwarded.insert(key)
+            }
         } else if before != nil {
             merged[family]?[key] = nil
             if merged[family]?.isEmpty == true { merged[family] = nil }
@@ -140,11 +172,14 @@ extension FamilyDelta {
         for (k, v) in other.set {
             set[k] = v
             deleted.removeAll { $0 == k }
+            if !other.notForwarded.contains(k) { notForwarded.remove(k) }
         }
         for k in other.deleted where !deleted.contains(k) {
             set[k] = nil
             deleted.append(k)
         }
+        notForwarded.formUnion(other.notForwarded)
+        forwardDeleted = Array(Set(forwardDeleted + other.forwardDeleted).subtracting(other.set.keys)).sorted()
         deleted.sort()
     }
 }

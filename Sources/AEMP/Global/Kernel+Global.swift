@@ -11,6 +11,7 @@ extension Kernel {
         guard !isGlobal else { return }
         isGlobal = true
         logger.info("running as a global node")
+        directory.globalOwners.formUnion(globals)
         var own = localDB
         own["'l", default: [:]][nodeID] = .array(listenAddresses.map { .string($0) })
         own["'g", default: [:]][nodeID] = .null
@@ -23,8 +24,11 @@ extension Kernel {
         for family in families.keys {
             applyChangeFeed(tag: "g_chg1", [.string(family), familyValue(family)])
         }
-        for peer in peers.values where peer.isUp {
+        // Tell every node we are global; the globals we already know get our data at once, as
+        // if they had just announced themselves (Perl's post_configure, G 308-334).
+        for peer in peers.values.sorted(by: { $0.id < $1.id }) where peer.isUp {
             peer.sendIfConnected(["", "g_global"])
+            if globals.contains(peer.id) { connectGlobal(peer.id) }
         }
         scheduleGlobalKeepalive()
     }
@@ -67,7 +71,7 @@ extension Kernel {
                 // The other globals get the slave's whole database, not just what changed here: they
                 // may hold those keys only as orphaned copies of a lost global (see globalNodeDown).
                 for family in Set(data.keys).union(changes.keys).sorted() {
-                    let deleted = changes[family]?.deleted ?? []
+                    let deleted = changes[family]?.forwarded.deleted ?? []
                     let update: [Value] = [
                         "", "g_upd", .string(family), .object(data[family] ?? [:]),
                         .array(deleted.map { .string($0) }),
@@ -113,20 +117,28 @@ extension Kernel {
             if subscribers[family]?.isEmpty == true { subscribers[family] = nil }
         case "g_global":
             globals.insert(source)
-            // Our own db records the new global, and every global hears of it through g_upd
-            // (aemp-protocol §10.3; [wire] failover-json) — that is how globals that no seed list
-            // connects find each other.
-            dbSet("'g", source, .null)
-            // Tell the new global what our slaves (and we) own.
-            let mine = [nodeID] + directory.shards.keys.filter {
-                !globals.contains($0) && $0 != nodeID && !directory.orphans.contains($0)
-            }
-            let db = directory.union(of: mine)
-            peers[source]?.sendIfConnected(["", "g_set", .object(db.mapValues { .object($0) })])
+            directory.globalOwners.insert(source)
+            // A global is its own master: its g_mon1 subscriptions with us are over (Perl's
+            // g_disconnect on g_global, G 223-242, 292-297).
+            for family in subscribers.keys { subscribers[family]?.remove(source) }
+            subscribers = subscribers.filter { !$0.value.isEmpty }
+            connectGlobal(source)
         default:
             return false
         }
         return true
+    }
+
+    /// Meets another global (Perl's `g_global_connect`, G 263-290): our own db records it in `'g`,
+    /// which every global hears through `g_upd` ([wire] failover-json: that is how globals no seed
+    /// list connects find each other), and it gets what our slaves (and we) own in `g_set`.
+    func connectGlobal(_ id: String) {
+        dbSet("'g", id, .null)
+        let mine = [nodeID] + directory.shards.keys.filter {
+            !globals.contains($0) && $0 != nodeID && !directory.orphans.contains($0)
+        }
+        let db = directory.union(of: mine)
+        peers[id]?.sendIfConnected(["", "g_set", .object(db.mapValues { .object($0) })])
     }
 
     /// Answers a `g_db_*` query from the merged view.
@@ -144,19 +156,20 @@ extension Kernel {
     func publish(family: String, _ delta: FamilyDelta, forward: Bool = true) {
         guard !delta.isEmpty else { return }
         if family == "'g" || family == "'l", !delta.set.isEmpty { connectGlobals() }
-        let packet: [Value] = [
-            "", "g_chg2", .string(family), .object(delta.set), .array(delta.deleted.map { .string($0) }),
-        ]
-        for node in subscribers[family] ?? [] where node != nodeID {
-            peers[node]?.sendIfConnected(packet)
-        }
-        if families[family] != nil {
-            applyChangeFeed(tag: "g_chg2", Array(packet.dropFirst(2)))
-        }
-        if forward {
-            let update: [Value] = [
-                "", "g_upd", .string(family), .object(delta.set), .array(delta.deleted.map { .string($0) }),
+        if !delta.isUnchanged {
+            let packet: [Value] = [
+                "", "g_chg2", .string(family), .object(delta.set), .array(delta.deleted.map { .string($0) }),
             ]
+            for node in subscribers[family] ?? [] where node != nodeID {
+                peers[node]?.sendIfConnected(packet)
+            }
+            if families[family] != nil {
+                applyChangeFeed(tag: "g_chg2", Array(packet.dropFirst(2)))
+            }
+        }
+        let (set, deleted) = delta.forwarded
+        if forward, !set.isEmpty || !deleted.isEmpty {
+            let update: [Value] = ["", "g_upd", .string(family), .object(set), .array(deleted.map { .string($0) })]
             for g in globals where g != nodeID { peers[g]?.sendIfConnected(update) }
         }
     }
@@ -170,16 +183,25 @@ extension Kernel {
         // What we recorded about the node ourselves (it was a global, aemp-protocol §11.6).
         dbDel("'g", [id])
         dbDel("'l", [id])
+        // A slave's keys vanish everywhere (the other globals hear it); a global's are its
+        // slaves', which the other globals hold themselves: no g_upd for them (Perl's g_clr goes
+        // through g_upd, which broadcasts only a slave's writes, G 73-142, 223-242).
         let grace = configuration.globalLossGrace
         guard wasGlobal, grace.nanoseconds > 0 else {
-            for (family, delta) in directory.drop(owner: id) { publish(family: family, delta) }
+            for (family, delta) in directory.drop(owner: id) {
+                publish(family: family, delta, forward: !wasGlobal)
+            }
+            directory.globalOwners.remove(id)
             return
         }
         directory.orphan(id)
         logger.info("keeping a lost global's data until its slaves re-register", metadata: ["global": "\(id)"])
         loop.assumeIsolated().scheduleTask(in: grace) { [weak self] in
             guard let self, !self.isShutDown, self.directory.orphans.contains(id) else { return }
-            for (family, delta) in self.directory.drop(owner: id) { self.publish(family: family, delta) }
+            for (family, delta) in self.directory.drop(owner: id) {
+                self.publish(family: family, delta, forward: false)
+            }
+            if !self.globals.contains(id) { self.directory.globalOwners.remove(id) }
         }
     }
 

@@ -52,8 +52,11 @@ extension Kernel {
             seeds[i].retryTimer?.cancel()
             seeds[i].retryTimer = nil
         }
-        if master == nil, seeds.contains(where: { $0.nodeID == id && !$0.isSelf }) {
-            selectMaster()
+        if seeds.contains(where: { $0.nodeID == id && !$0.isSelf }) {
+            // "Run the global service": Perl asks every seed so, master or not (aemp-protocol
+            // §10.1 step 3), so that every seed is a global its slaves can fail over to.
+            peers[id]?.sendIfConnected(["", "g_slave"])
+            if master == nil { selectMaster() }
         }
     }
 

@@ -353,3 +353,86 @@ struct SeededGenerator: RandomNumberGenerator, Sendable {
         return z ^ (z >> 31)
     }
 }
+
+// MARK: - A scenario as one timeline
+
+/// Every data packet and every connection end of a scenario, in capture time order across all its
+/// connections (`packets[].t` and `closed[]` of `transcript.json`), for replays that play several
+/// connections at once and must keep their cross-connection order (e.g. a `g_upd` on one connection
+/// before the `g_chg2` it causes on another).
+struct CaptureTimeline: Sendable {
+    /// What happened at one moment.
+    enum Event: Sendable {
+        /// A packet travelled in `direction`; `decoded` is the whole packet, `raw` its bytes.
+        case packet(direction: Transcript.Direction, framing: String, raw: [UInt8], decoded: Value)
+        /// One direction of the connection ended (`how`: `FIN` or `RST`).
+        case closed(direction: Transcript.Direction, how: String)
+    }
+
+    /// One event of one connection.
+    struct Entry: Sendable {
+        var t: Double
+        var connection: String
+        var event: Event
+    }
+
+    /// Node IDs of one connection's ends and the handshake lines of each direction.
+    struct Ends: Sendable {
+        var clientNode: String?
+        var serverNode: String?
+        var handshake: [Transcript.Direction: Transcript.Handshake]
+
+        /// The side that sends in `direction`.
+        func node(sending direction: Transcript.Direction) -> String? {
+            direction == .c2s ? clientNode : serverNode
+        }
+    }
+
+    var scenario: String
+    var entries: [Entry]
+    var connections: [String: Ends]
+
+    /// The timeline of `scenario` (e.g. `json`, `failover-json`).
+    static func load(_ scenario: String) throws -> CaptureTimeline {
+        let transcript = try Vectors.transcript(scenario)
+        let where_ = "\(scenario)/transcript.json"
+        let root = try Vectors.json(where_)
+        var entries: [Entry] = []
+        var ends: [String: Ends] = [:]
+        for (c, raw) in zip(transcript.connections, try root.field("connections", in: where_).array(in: where_)) {
+            let ctx = "\(where_) \(c.id)"
+            ends[c.id] = Ends(clientNode: c.clientNode, serverNode: c.serverNode, handshake: c.handshake)
+            let times = try raw.field("packets", in: ctx).array(in: ctx).map { p -> Double in
+                try p.field("t", in: ctx).number(in: ctx)
+            }
+            for (t, p) in zip(times, c.packets) {
+                entries.append(Entry(t: t, connection: c.id, event: .packet(
+                    direction: p.direction, framing: p.framing, raw: p.raw, decoded: p.decoded)))
+            }
+            for end in raw.objectValue?["closed"]?.arrayValue ?? [] {
+                let dir = try end.field("dir", in: ctx).string(in: ctx)
+                guard let direction = Transcript.Direction(rawValue: dir) else {
+                    throw Vectors.Failure(description: "\(ctx): bad closed dir \(dir)")
+                }
+                entries.append(Entry(
+                    t: try end.field("t", in: ctx).number(in: ctx), connection: c.id,
+                    event: .closed(direction: direction, how: try end.field("how", in: ctx).string(in: ctx))))
+            }
+        }
+        // Stable: events with the same time stay in file order (a burst written in one go).
+        let sorted = entries.enumerated().sorted { a, b in
+            a.element.t != b.element.t ? a.element.t < b.element.t : a.offset < b.offset
+        }.map(\.element)
+        return CaptureTimeline(scenario: scenario, entries: sorted, connections: ends)
+    }
+}
+
+extension Value {
+    fileprivate func number(in context: String) throws -> Double {
+        switch self {
+        case .int(let i): return Double(i)
+        case .double(let d): return d
+        default: throw Vectors.Failure(description: "\(context): expected a number, got \(self)")
+        }
+    }
+}
