@@ -105,6 +105,71 @@ struct DatabaseFailoverTests {
     }
 }
 
+/// Two `aemp seed` globals, a public node (slave of one), a private node (slave of the other) and
+/// a node in its own process (`aemp db set`), killed with SIGKILL.
+@Suite("Database on two global seeds", .timeLimit(.minutes(2)))
+struct TwoGlobalDatabaseTests {
+    @Test("db_set/db_del/db_reg+kil cross the two globals; a killed node process's keys leave every view")
+    func acrossGlobals() async throws {
+        let a = "127.0.0.1:\(try freePort())"
+        let b = "127.0.0.1:\(try freePort())"
+        let seedA = try ChildProcess(
+            "aemp", ["seed", "--bind", a, "--seeds", b, "--secret", testSecret, "--node-id", "tg-a-%u"])
+        defer { seedA.stop() }
+        let seedB = try ChildProcess(
+            "aemp", ["seed", "--bind", b, "--seeds", a, "--secret", testSecret, "--node-id", "tg-b-%u"])
+        defer { seedB.stop() }
+        let idA = try bannerNodeID(try await seedA.readLine())
+        let idB = try bannerNodeID(try await seedB.readLine())
+
+        let pub = try makeNode(id: "tg-pub-%u", binds: ["127.0.0.1:0"], seeds: [a])
+        let priv = try makeNode(id: "tg-priv-%u", seeds: [b])
+        try await pub.start()
+        try await priv.start()
+        #expect(await pub.waitForMaster(timeout: .seconds(10)) == idA)
+        #expect(await priv.waitForMaster(timeout: .seconds(10)) == idB)
+        let pubFeed = FeedLog(), privFeed = FeedLog()
+        pub.dbMon("tg") { pubFeed.append($0) }
+        priv.dbMon("tg") { privFeed.append($0) }
+        await eventually("both watchers have their first snapshot") { pubFeed.current != nil && privFeed.current != nil }
+
+        // db_set through A is seen on B's side, by db_mon and by db_family; db_del likewise.
+        pub.dbSet("tg", "k", ["set": "by pub"])
+        await eventually("priv watches pub's key arrive") { privFeed.current == ["k": ["set": "by pub"]] }
+        #expect(await priv.dbFamily("tg") == ["k": ["set": "by pub"]])
+        pub.dbDel("tg", ["k"])
+        await eventually("priv watches pub's key go") { privFeed.current == [:] }
+        #expect(privFeed.deletions(of: "k") == 1)
+        #expect(await priv.dbKeys("tg") == [])
+
+        // db_reg through B, kil of the port: gone on A's side too.
+        let port = priv.port { _ in }
+        priv.dbReg("tg", port: port, "registered")
+        await eventually("pub watches the registration arrive") { pubFeed.current == [port.description: "registered"] }
+        priv.kil(port)
+        await eventually("pub watches the registration go") { pubFeed.current == [:] }
+        #expect(await pub.dbFamily("tg") == [:])
+
+        // A node in its own process sets a key through A, and is killed.
+        let holder = try ChildProcess(
+            "aemp", ["db", "set", "--seeds", a, "--secret", testSecret, "tg", "held", #"{"by":"a process"}"#])
+        defer { holder.stop() }
+        let confirmation = try JSONCodec.decode(try await holder.readLine(within: 20))
+        #expect(confirmation.objectValue?["key"] == "held")
+        await eventually("both watchers see the process's key") {
+            pubFeed.current == ["held": ["by": "a process"]] && privFeed.current == ["held": ["by": "a process"]]
+        }
+        holder.signal(SIGKILL)
+        await eventually("the killed process's key leaves both views") { pubFeed.current == [:] && privFeed.current == [:] }
+        #expect(pubFeed.deletions(of: "held") == 1 && privFeed.deletions(of: "held") == 1)
+        #expect(await pub.dbFamily("tg") == [:])
+        #expect(await priv.dbFamily("tg") == [:])
+
+        await priv.shutdown()
+        await pub.shutdown()
+    }
+}
+
 /// The node ID from `aemp seed`'s banner `node <id> listening on <addresses>`.
 func bannerNodeID(_ banner: String) throws -> String {
     let words = banner.split(separator: " ")
