@@ -110,6 +110,12 @@ public final class Gateway: HTTPHandler, Sendable {
         return Problem.tooLarge(limit: limit).response(requestID: request.requestID)
     }
 
+    public func tooManyConnections(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
+        let problem = Problem.overloaded("the gateway serves at most \(limit) connections; try again shortly")
+        log(request, problem)
+        return problem.response(requestID: request.requestID)
+    }
+
     public func shuttingDown(_ request: HTTPRequest) -> HTTPResponse {
         Problem.shuttingDown().response(requestID: request.requestID)
     }

@@ -51,6 +51,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "Largest request body in bytes.")
     var maxBody: Int = 1 << 20
 
+    @Option(help: "HTTP connections served at once; more are answered 503 and closed.")
+    var maxConnections: Int = 16_000
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = env("AEMP_GATEWAY_LOG_LEVEL") ?? "notice"
 
@@ -88,6 +91,8 @@ struct GatewayCommand: AsyncParsableCommand {
         c.logger = logger
         c.corsOrigins = Set(corsOrigin)
         c.allowedNodePortTags = Set(allowNodePortTag)
+        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
+        c.http.maxConnections = maxConnections
         if let feedHistory { c.feedHistory = max(1, feedHistory) }
         if let maxMailboxes { c.maxMailboxes = max(0, maxMailboxes) }
         if let maxSubscribersPerFamily { c.maxSubscribersPerFamily = max(0, maxSubscribersPerFamily) }

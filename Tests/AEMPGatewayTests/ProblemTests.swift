@@ -262,4 +262,33 @@ struct ProblemTests {
             #expect(crowded.header("Retry-After") != nil, "\(crowded)")
         }
     }
+
+    @Test("limits: connections beyond --max-connections are answered 503 over_capacity and closed; others keep working")
+    func tooManyConnections() async throws {
+        try await GatewayNetwork.with(gatewayArguments: ["--max-connections", "3"]) { net in
+            // net.http holds one connection; two more fill the limit.
+            var held: [HTTPTestClient] = []
+            for _ in 0..<2 {
+                let c = try await HTTPTestClient(port: net.gateway.port)
+                #expect(try await c.request("GET", "/healthz").status == 200)
+                held.append(c)
+            }
+            let extra = try await HTTPTestClient(port: net.gateway.port)
+            let refused = try await extra.request("GET", "/v1/node")
+            expectProblem(refused, 503, "over_capacity")
+            #expect(refused.header("Retry-After") != nil && refused.header("Connection")?.lowercased() == "close", "\(refused)")
+            await extra.close()
+            // The connections within the limit are served as before.
+            #expect(try await held[0].request("GET", "/healthz").status == 200)
+            #expect(try await net.http.request("GET", "/v1/node").status == 200)
+            // Closing one makes room.
+            await held[1].close()
+            try await eventually(within: 5, "a new connection is served again") {
+                let c = try await HTTPTestClient(port: net.gateway.port)
+                defer { Task { await c.close() } }
+                return try await c.request("GET", "/healthz").status == 200
+            }
+            for c in held { await c.close() }
+        }
+    }
 }

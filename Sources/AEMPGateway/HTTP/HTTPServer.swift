@@ -16,6 +16,8 @@ public protocol HTTPHandler: Sendable {
     func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse
     /// The answer to requests still waiting at shutdown.
     func shuttingDown(_ request: HTTPRequest) -> HTTPResponse
+    /// The answer to a request on a connection beyond the connection limit (then closed).
+    func tooManyConnections(_ request: HTTPRequest, limit: Int) -> HTTPResponse
     /// Headers added to every response of this request (e.g. CORS), however it is answered.
     func commonHeaders(for request: HTTPRequest) -> [(String, String)]
 }
@@ -24,6 +26,8 @@ public protocol HTTPHandler: Sendable {
 public struct HTTPServerSettings: Sendable {
     /// `host:port` (`[v6]:port`); port 0 picks a free one.
     public var address: String = "127.0.0.1:8080"
+    /// Connections served; up to 64 more are accepted only to be answered 503 and closed, beyond
+    /// that libmicrohttpd refuses them. The process may hold 20,000 descriptors here.
     public var maxConnections: Int = 16_000
     public var maxBodySize: Int = 1 << 20
     /// Idle keep-alive connections are closed after this many seconds (suspended ones never time out).
@@ -116,6 +120,7 @@ public final class Exchange: Sendable {
 final class RequestContext {
     var body: [UInt8] = []
     var tooLarge = false
+    var overCapacity = false
     var exchange: Exchange?
 }
 
@@ -130,6 +135,10 @@ public final class HTTPServer: Sendable {
     let settings: HTTPServerSettings
     private let daemon = Mutex<DaemonRef?>(nil)
     private let counter = Atomic<UInt64>(0)
+    /// Connections open now.
+    let openConnections = Atomic<Int>(0)
+    /// Connections open now (for metrics and tests).
+    public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
     /// The bound address, with the real port.
     public let boundAddress: String
     private let listenFD: Int32
@@ -152,7 +161,9 @@ public final class HTTPServer: Sendable {
             // Keep the URL and query raw: the router decodes each path segment itself, so that an
             // encoded '/' (%2F) in a subkey stays inside its segment.
             MHD_OptionItem(option: .UNESCAPE_CALLBACK, value: unsafeBitCast(mhdNoUnescape, to: Int.self), ptr_value: nil),
-            MHD_OptionItem(option: .CONNECTION_LIMIT, value: settings.maxConnections, ptr_value: nil),
+            MHD_OptionItem(option: .CONNECTION_LIMIT, value: settings.maxConnections + 64, ptr_value: nil),
+            MHD_OptionItem(
+                option: .NOTIFY_CONNECTION, value: unsafeBitCast(mhdConnection, to: Int.self), ptr_value: me),
             MHD_OptionItem(option: .CONNECTION_TIMEOUT, value: settings.connectionTimeout, ptr_value: nil),
             MHD_OptionItem(option: .CONNECTION_MEMORY_LIMIT, value: settings.connectionMemory, ptr_value: nil),
             MHD_OptionItem(
@@ -259,6 +270,12 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         // First call: headers only. Answer on a later call (keep-alive stays on, conventions).
         let context = RequestContext()
         reqCls.pointee = Unmanaged.passRetained(context).toOpaque()
+        if server.openConnections.load(ordering: .relaxed) > server.settings.maxConnections {
+            context.overCapacity = true
+            let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
+            guard let response = exchange.takeOrSuspend() else { return .YES }
+            return queue(response, on: connectionRef, exchange: exchange, server: server)
+        }
         if let length = lookup(connection, .HEADER_KIND, "Content-Length").flatMap({ Int($0) }),
             length > server.settings.maxBodySize
         {
@@ -316,7 +333,11 @@ private func makeExchange(
     let exchange = Exchange(connection: connection, request: request, server: server)
     context.exchange = exchange
     server.pending.withLock { $0[ObjectIdentifier(exchange)] = exchange }
-    if context.tooLarge {
+    if context.overCapacity {
+        var response = server.handler.tooManyConnections(request, limit: server.settings.maxConnections)
+        response.headers.append(("Connection", "close"))
+        exchange.respond(response)
+    } else if context.tooLarge {
         exchange.respond(server.handler.bodyTooLarge(request, limit: server.settings.maxBodySize))
     } else {
         server.handler.handle(request, exchange)
@@ -368,6 +389,16 @@ private let mhdFreeStream: MHD_ContentReaderFreeCallback = { cls in
     let box = Unmanaged<StreamBox>.fromOpaque(cls).takeRetainedValue()
     box.server.streams.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(box.stream)) }
     box.stream.closed()
+}
+
+private let mhdConnection: MHD_NotifyConnectionCallback = { cls, _, _, code in
+    guard let cls else { return }
+    let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
+    if code == .CONNECTION_NOTIFY_STARTED {
+        server.openConnections.wrappingAdd(1, ordering: .relaxed)
+    } else {
+        server.openConnections.wrappingSubtract(1, ordering: .relaxed)
+    }
 }
 
 private let mhdCompleted: MHD_RequestCompletedCallback = { _, _, reqCls, _ in
