@@ -66,6 +66,13 @@ extension Gateway {
     /// Removes a mailbox (deleted, expired or killed): clients get 410 from now on.
     func closeMailbox(_ name: String, _ why: String, killReason: Value?) {
         guard let mailbox = mailboxes.remove(name, reason: why, killReason: killReason) else { return }
+        // Its db_reg keys go with its port (the node's monitor deletes them); forget them here too.
+        let key = mailbox.port.description
+        ownedKeys.withLock { keys in
+            for family in keys.keys where keys[family]?.remove(key) != nil && keys[family]?.isEmpty == true {
+                keys[family] = nil
+            }
+        }
         let problem = Problem.mailboxGone(name, why, reason: killReason)
         for monitor in mailbox.close(reason: why, killReason: killReason, gone: { problem.response(requestID: $0) }) {
             node.unmon(monitor)
