@@ -42,6 +42,8 @@ final class IDGenerator: Sendable {
 struct PortHandlers: Sendable {
     var defaultHandler: MessageHandler?
     var tagged: [String: MessageHandler] = [:]
+    /// Runs when the port dies; set with the port itself, so no kill can come first.
+    var onDeath: MonitorAction?
 }
 
 /// The live local ports and their handlers. Shared by the node's loop (delivery) and callers on any
@@ -82,8 +84,9 @@ final class PortTable: Sendable {
     }
 
     /// Removes a port; false if it was not there.
-    func remove(_ name: String) -> Bool {
-        table.withLock { $0.removeValue(forKey: name) != nil }
+    /// Removes the port; returns its handlers if it was there.
+    func remove(_ name: String) -> PortHandlers? {
+        table.withLock { $0.removeValue(forKey: name) }
     }
 
     var count: Int { table.withLock { $0.count } }
@@ -218,7 +221,8 @@ final class Kernel {
     }
 
     /// Runs the watchers of a local port that is gone from the table (aemp-protocol §8).
-    func portDied(_ name: String, reason: [Value]) {
+    func portDied(_ name: String, reason: [Value], onDeath: MonitorAction?) {
+        onDeath?(reason)
         guard let w = watchers.removeValue(forKey: name) else { return }
         for (_, action) in w.monitors.sorted(by: { $0.key < $1.key }) { action(reason) }
         for node in w.remote {
@@ -227,8 +231,8 @@ final class Kernel {
     }
 
     func kill(port name: String, reason: [Value]) {
-        guard !name.isEmpty, ports.remove(name) else { return }
-        portDied(name, reason: reason)
+        guard !name.isEmpty, let handlers = ports.remove(name) else { return }
+        portDied(name, reason: reason, onDeath: handlers.onDeath)
     }
 
     /// `mon`: local port, remote port or node (empty port name). Returns the token for `unmon`.

@@ -113,9 +113,12 @@ public final class Node: Sendable {
     }
 
     /// Creates a port with a chosen name (e.g. an unguessable one); nil if the name is taken or
-    /// not usable as a port name (empty, or containing `#`, aemp-protocol §2.2).
-    public func port(named name: String, _ handler: MessageHandler? = nil) -> PortID? {
-        guard !name.isEmpty, !name.contains("#"), ports.insertIfAbsent(name, PortHandlers(defaultHandler: handler))
+    /// not usable as a port name (empty, or containing `#`, aemp-protocol §2.2). `onDeath` runs
+    /// with the kill reason when the port dies, however soon (unlike a later `mon`, no kill can
+    /// arrive before it is in place).
+    public func port(named name: String, _ handler: MessageHandler? = nil, onDeath: MonitorAction? = nil) -> PortID? {
+        guard !name.isEmpty, !name.contains("#"),
+            ports.insertIfAbsent(name, PortHandlers(defaultHandler: handler, onDeath: onDeath))
         else { return nil }
         return PortID(node: id, name: name)
     }
@@ -123,8 +126,9 @@ public final class Node: Sendable {
     /// Creates a port and returns its ID with a stream of its messages (ends when the port is killed).
     public func mailbox() -> (port: PortID, messages: AsyncStream<[Value]>) {
         let (stream, continuation) = AsyncStream<[Value]>.makeStream()
-        let id = port { message in continuation.yield(message) }
-        mon(id) { _ in continuation.finish() }
+        let id = port(
+            named: ids.nextPortName(), { message in continuation.yield(message) },
+            onDeath: { _ in continuation.finish() })!  // fresh names are never taken
         return (id, stream)
     }
 
@@ -163,8 +167,8 @@ public final class Node: Sendable {
     public func kil(_ port: PortID, reason: [Value] = []) {
         if port.node == id {
             // Leave the table at once (no more deliveries); watchers run on the loop.
-            guard !port.name.isEmpty, ports.remove(port.name) else { return }
-            onLoop { $0.portDied(port.name, reason: reason) }
+            guard !port.name.isEmpty, let handlers = ports.remove(port.name) else { return }
+            onLoop { $0.portDied(port.name, reason: reason, onDeath: handlers.onDeath) }
         } else {
             onLoop { $0.kill(port: port, reason: reason) }
         }

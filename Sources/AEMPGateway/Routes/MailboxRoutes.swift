@@ -30,16 +30,17 @@ extension Gateway {
         guard mailboxes.add(mailbox) else {
             throw .overloaded("the gateway holds its maximum of \(configuration.maxMailboxes) mailboxes")
         }
-        guard let port = node.port(named: name, { message in
-            mailbox.deliver(["type": "message", "message": .array(message)])
-        }) else {
+        // A kil from anywhere (or our own DELETE) closes the mailbox.
+        let port = node.port(
+            named: name,
+            { message in mailbox.deliver(["type": "message", "message": .array(message)]) },
+            onDeath: { [self] reason in
+                let why = reason.isEmpty ? "was killed" : "was killed: \(reason.map(\.description).joined(separator: " "))"
+                closeMailbox(name, why, killReason: .array(reason))
+            })
+        guard let port else {
             _ = mailboxes.remove(name, reason: "could not be created")
             throw Problem(500, "internal_error", "Internal error", "could not create a port for the mailbox")
-        }
-        // A kil from anywhere (or our own DELETE) closes the mailbox.
-        node.mon(port) { [self] reason in
-            let why = reason.isEmpty ? "was killed" : "was killed: \(reason.map(\.description).joined(separator: " "))"
-            closeMailbox(name, why, killReason: .array(reason))
         }
         logger.info("mailbox created", metadata: ["mailbox": "\(name)", "request": "\(request.requestID)"])
         return .json(
