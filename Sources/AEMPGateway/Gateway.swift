@@ -1,7 +1,9 @@
 import AEMP
+import CoreMetrics
 import Logging
 import NIOCore
 import NIOPosix
+import Prometheus
 import Synchronization
 
 /// The HTTP/JSON gateway: an AEMP node (private, or standalone seed) plus a libmicrohttpd server.
@@ -26,6 +28,7 @@ public final class Gateway: HTTPHandler, Sendable {
     let server = Mutex<HTTPServer?>(nil)
     let isStopping = Atomic<Bool>(false)
     let openAPI: [UInt8]
+    let metrics = GatewayMetrics()
 
     /// Creates the gateway (nothing runs until `start`).
     public init(configuration: GatewayConfiguration, openAPIDocument: [UInt8] = Array(OpenAPIDocument.json.utf8)) throws {
@@ -52,6 +55,7 @@ public final class Gateway: HTTPHandler, Sendable {
                 return m
             }
             if previous != master {
+                metrics.masterChanges.increment()
                 logger.notice("master changed", metadata: ["master": "\(master ?? "none")"])
             }
         }
@@ -102,6 +106,14 @@ public final class Gateway: HTTPHandler, Sendable {
 
     var master: String? { masterState.withLock { $0 } }
 
+    /// The gateway's own metrics registry (served at `/metrics`); an embedding program may add
+    /// its own metrics to it.
+    public var metricsRegistry: PrometheusCollectorRegistry { metrics.registry }
+
+    /// A swift-metrics factory writing into `metricsRegistry`: pass it to `MetricsSystem.bootstrap`
+    /// (once per process) to have swift-metrics users export through this gateway's `/metrics`.
+    public var metricsFactory: any MetricsFactory { PrometheusMetricsFactory(registry: metrics.registry) }
+
     // MARK: - HTTPHandler
 
     public func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
@@ -129,6 +141,22 @@ public final class Gateway: HTTPHandler, Sendable {
             ("Access-Control-Expose-Headers", "X-Request-ID, X-AEMP-Index, X-AEMP-Last, Retry-After"),
             ("Vary", "Origin"),
         ]
+    }
+
+    public func answered(_ exchange: Exchange, _ response: HTTPResponse) {
+        let index = exchange.route.load(ordering: .relaxed)
+        // Answers given before routing (413, over capacity, shutting down) are matched here, once.
+        let route =
+            index >= 0
+            ? RouteTemplate(rawValue: index) ?? .other
+            : (try? pathSegments(exchange.request.path)).map { RouteTemplate(method: exchange.request.method, segments: $0) } ?? .other
+        metrics.requestAnswered(
+            route, status: response.status, elapsed: ContinuousClock.now - exchange.received,
+            bodyBytesIn: exchange.request.body.count, bodyBytesOut: response.body.count)
+    }
+
+    public func streamed(bytes: Int) {
+        metrics.responseBytes.increment(by: Int64(bytes))
     }
 
     public func handle(_ request: HTTPRequest, _ exchange: Exchange) {

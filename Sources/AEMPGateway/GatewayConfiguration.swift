@@ -45,9 +45,15 @@ public struct GatewayConfiguration: Sendable {
     public var allowedNodePortTags: Set<String> = []
     /// Bearer tokens; empty = no authentication.
     public var tokens: [String: TokenScope] = [:]
+    /// Whether `GET /metrics` is served without a token when `tokens` are configured (without
+    /// tokens it is always open). Off by default: a scraper then sends a read-only token.
+    public var metricsPublic = false
     /// Origins allowed by CORS (`*` = any); empty = no CORS headers.
     public var corsOrigins: Set<String> = []
     public var logger = Logger(label: "aemp-gateway")
+    /// Level and format of the executable's log lines (the executable builds `logger` from them).
+    public var logLevel: Logger.Level = .notice
+    public var logFormat: LogFormat = .text
 
     public init(node: NodeConfiguration) {
         self.node = node

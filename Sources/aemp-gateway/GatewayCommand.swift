@@ -18,119 +18,205 @@ struct GatewayCommand: AsyncParsableCommand {
         discussion: """
             With --seeds the gateway joins the network as a private node. Without seeds it runs \
             standalone: its node listens on --standalone-bind and is its own seed and global node, \
-            so other nodes can join it.
+            so other nodes can join it. Every option can also be given as an environment variable \
+            AEMP_GATEWAY_<OPTION> (e.g. AEMP_GATEWAY_MAX_BODY; lists comma-separated) or as a key of \
+            the JSON --config file; flags win over the environment, which wins over the file. \
+            Invalid settings are reported one line each, with exit status 2.
             """)
 
-    @Option(name: .customLong("http"), help: "HTTP listen address host:port.")
-    var http: String = env("AEMP_GATEWAY_HTTP") ?? "127.0.0.1:8080"
+    @Option(name: .customLong("http"), help: ArgumentHelp(GatewaySettings.help("http")))
+    var http: [String] = []
 
-    @Option(help: "Comma-separated seed addresses host:port (none = standalone).")
-    var seeds: String?
+    @Option(name: .customLong("seeds"), help: ArgumentHelp(GatewaySettings.help("seeds")))
+    var seeds: [String] = []
 
-    @Option(help: "Node ID template (%n = host name, %u or trailing / = random suffix).")
-    var nodeID: String = env("AEMP_GATEWAY_NODE_ID") ?? "aemp-gateway/%u"
+    @Option(name: .customLong("node-id"), help: ArgumentHelp(GatewaySettings.help("node-id")))
+    var nodeID: [String] = []
 
-    @Option(help: "Shared secret of the network (or --secret-file, AEMP_SECRET).")
-    var secret: String?
+    @Option(name: .customLong("secret"), help: ArgumentHelp(GatewaySettings.help("secret")))
+    var secret: [String] = []
 
-    @Option(help: "File holding the shared secret.")
-    var secretFile: String?
+    @Option(name: .customLong("secret-file"), help: ArgumentHelp(GatewaySettings.help("secret-file")))
+    var secretFile: [String] = []
 
-    @Option(help: "Where a standalone gateway's node listens.")
-    var standaloneBind: String = env("AEMP_GATEWAY_STANDALONE_BIND") ?? "127.0.0.1:4040"
+    @Option(name: .customLong("standalone-bind"), help: ArgumentHelp(GatewaySettings.help("standalone-bind")))
+    var standaloneBind: [String] = []
 
-    @Option(help: "File of bearer tokens, one per line: '<token> rw' or '<token> ro'.")
-    var tokenFile: String?
+    @Option(name: .customLong("token-file"), help: ArgumentHelp(GatewaySettings.help("token-file")))
+    var tokenFile: [String] = []
 
-    @Option(help: "Origin allowed by CORS (repeatable; '*' = any).")
+    @Option(name: .customLong("cors-origin"), help: ArgumentHelp(GatewaySettings.help("cors-origin")))
     var corsOrigin: [String] = []
 
-    @Option(help: "Node-port tag HTTP clients may send, e.g. time or devnull (repeatable).")
+    @Option(name: .customLong("allow-node-port-tag"), help: ArgumentHelp(GatewaySettings.help("allow-node-port-tag")))
     var allowNodePortTag: [String] = []
 
-    @Option(help: "Largest request body in bytes.")
-    var maxBody: Int = 1 << 20
+    @Option(name: .customLong("max-body"), help: ArgumentHelp(GatewaySettings.help("max-body")))
+    var maxBody: [String] = []
 
-    @Option(help: "HTTP connections served at once; more are answered 503 and closed.")
-    var maxConnections: Int = 16_000
+    @Option(name: .customLong("max-connections"), help: ArgumentHelp(GatewaySettings.help("max-connections")))
+    var maxConnections: [String] = []
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = env("AEMP_GATEWAY_LOG_LEVEL") ?? "notice"
+    @Option(name: .customLong("max-mailboxes"), help: ArgumentHelp(GatewaySettings.help("max-mailboxes")))
+    var maxMailboxes: [String] = []
 
-    // Limits that tests (and curious operators) shrink to reach their edges quickly.
-    @Option(help: .hidden) var feedHistory: Int?
-    @Option(help: .hidden) var maxMailboxes: Int?
-    @Option(help: .hidden) var maxSubscribersPerFamily: Int?
-    @Option(help: .hidden) var heartbeatInterval: Double?
+    @Option(name: .customLong("max-subscribers-per-family"), help: ArgumentHelp(GatewaySettings.help("max-subscribers-per-family")))
+    var maxSubscribersPerFamily: [String] = []
+
+    @Option(name: .customLong("mailbox-queue"), help: ArgumentHelp(GatewaySettings.help("mailbox-queue")))
+    var mailboxQueue: [String] = []
+
+    @Option(name: .customLong("max-mailbox-queue"), help: ArgumentHelp(GatewaySettings.help("max-mailbox-queue")))
+    var maxMailboxQueue: [String] = []
+
+    @Option(name: .customLong("mailbox-ttl"), help: ArgumentHelp(GatewaySettings.help("mailbox-ttl")))
+    var mailboxTTL: [String] = []
+
+    @Option(name: .customLong("max-mailbox-ttl"), help: ArgumentHelp(GatewaySettings.help("max-mailbox-ttl")))
+    var maxMailboxTTL: [String] = []
+
+    @Option(name: .customLong("default-wait"), help: ArgumentHelp(GatewaySettings.help("default-wait")))
+    var defaultWait: [String] = []
+
+    @Option(name: .customLong("max-wait"), help: ArgumentHelp(GatewaySettings.help("max-wait")))
+    var maxWait: [String] = []
+
+    @Option(name: .customLong("call-timeout"), help: ArgumentHelp(GatewaySettings.help("call-timeout")))
+    var callTimeout: [String] = []
+
+    @Option(name: .customLong("max-call-timeout"), help: ArgumentHelp(GatewaySettings.help("max-call-timeout")))
+    var maxCallTimeout: [String] = []
+
+    @Option(name: .customLong("feed-history"), help: ArgumentHelp(GatewaySettings.help("feed-history")))
+    var feedHistory: [String] = []
+
+    @Option(name: .customLong("heartbeat-interval"), help: ArgumentHelp(GatewaySettings.help("heartbeat-interval")))
+    var heartbeatInterval: [String] = []
+
+    @Option(name: .customLong("tls-cert"), help: ArgumentHelp(GatewaySettings.help("tls-cert")))
+    var tlsCert: [String] = []
+
+    @Option(name: .customLong("tls-key"), help: ArgumentHelp(GatewaySettings.help("tls-key")))
+    var tlsKey: [String] = []
+
+    @Option(name: .customLong("log-level"), help: ArgumentHelp(GatewaySettings.help("log-level")))
+    var logLevel: [String] = []
+
+    @Option(name: .customLong("log-format"), help: ArgumentHelp(GatewaySettings.help("log-format")))
+    var logFormat: [String] = []
+
+    @Flag(name: .customLong("metrics-public"), help: ArgumentHelp(GatewaySettings.help("metrics-public")))
+    var metricsPublic = false
+
+    @Option(name: .customLong("profile"), help: ArgumentHelp(GatewaySettings.help("profile")))
+    var profile: [String] = []
+
+    @Option(name: .customLong("aemp-rc"), help: ArgumentHelp(GatewaySettings.help("aemp-rc")))
+    var aempRC: [String] = []
+
+    @Option(name: .customLong("config"), help: ArgumentHelp(GatewaySettings.help("config")))
+    var config: [String] = []
 
     func run() async throws {
-        guard let level = Logger.Level(rawValue: logLevel) else {
-            throw ValidationError("unknown log level \(logLevel)")
+        let environment = ProcessInfoEnvironment.all()
+        var settings = GatewaySettings()
+        settings.addFlags([
+            "http": http,
+            "seeds": seeds,
+            "node-id": nodeID,
+            "secret": secret,
+            "secret-file": secretFile,
+            "standalone-bind": standaloneBind,
+            "token-file": tokenFile,
+            "cors-origin": corsOrigin,
+            "allow-node-port-tag": allowNodePortTag,
+            "max-body": maxBody,
+            "max-connections": maxConnections,
+            "max-mailboxes": maxMailboxes,
+            "max-subscribers-per-family": maxSubscribersPerFamily,
+            "mailbox-queue": mailboxQueue,
+            "max-mailbox-queue": maxMailboxQueue,
+            "mailbox-ttl": mailboxTTL,
+            "max-mailbox-ttl": maxMailboxTTL,
+            "default-wait": defaultWait,
+            "max-wait": maxWait,
+            "call-timeout": callTimeout,
+            "max-call-timeout": maxCallTimeout,
+            "feed-history": feedHistory,
+            "heartbeat-interval": heartbeatInterval,
+            "tls-cert": tlsCert,
+            "tls-key": tlsKey,
+            "log-level": logLevel,
+            "log-format": logFormat,
+            "metrics-public": metricsPublic ? ["true"] : [],
+            "profile": profile,
+            "aemp-rc": aempRC,
+            "config": config
+        ])
+        settings.addEnvironment(environment)
+        var problems: [String] = []
+        if let file = settings.values["config"]?.last { settings.addConfigFile(path: file, problems: &problems) }
+        if let name = settings.values["profile"]?.last {
+            let rc = settings.values["aemp-rc"]?.last ?? environment["PERL_ANYEVENT_MP_RC"]
+                ?? (environment["HOME"] ?? ".") + "/.perl-anyevent-mp"
+            settings.addProfile(name: name, path: rc, problems: &problems)
         }
-        var logger = Logger(label: "aemp-gateway")
-        logger.logLevel = level
-        let seedList = (seeds ?? env("AEMP_GATEWAY_SEEDS") ?? "").split(separator: ",").map { trimmed(String($0)) }.filter { !$0.isEmpty }
-        let secretText: String
-        if let s = try readSecret() {
-            secretText = s
-        } else if seedList.isEmpty {
+        let (resolved, invalid) = settings.configuration(environment: environment)
+        problems += invalid
+        guard var c = resolved, problems.isEmpty else {
+            for p in problems { writeError("aemp-gateway: error: \(p)") }
+            throw ExitCode(2)
+        }
+        var logger = Logger(label: "aemp-gateway") { label in
+            LineLogHandler(label: label, format: c.logFormat, level: c.logLevel)
+        }
+        logger.logLevel = c.logLevel
+        c.logger = logger
+        c.node.logger = logger
+        if c.node.secret.isEmpty {
             // Standalone and no secret: never run an open network. Generate one once and keep it
             // where the next run finds it.
-            secretText = try storedOrGeneratedSecret()
-        } else {
-            throw ValidationError("a shared secret is required to join a network: --secret, --secret-file or AEMP_SECRET")
+            do {
+                c.node.secret = Array(try storedOrGeneratedSecret().utf8)
+            } catch {
+                writeError("aemp-gateway: error: \(error)")
+                throw ExitCode(2)
+            }
         }
-        var node = NodeConfiguration(secret: secretText)
-        node.nodeID = nodeID
-        node.seeds = seedList
-        node.logger = logger
-        var c = GatewayConfiguration(node: node)
-        c.standaloneBind = standaloneBind
-        c.http.address = http
-        c.http.maxBodySize = maxBody
-        c.logger = logger
-        c.corsOrigins = Set(corsOrigin)
-        c.allowedNodePortTags = Set(allowNodePortTag)
-        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
-        c.http.maxConnections = maxConnections
-        if let feedHistory { c.feedHistory = max(1, feedHistory) }
-        if let maxMailboxes { c.maxMailboxes = max(0, maxMailboxes) }
-        if let maxSubscribersPerFamily { c.maxSubscribersPerFamily = max(0, maxSubscribersPerFamily) }
-        if let heartbeatInterval { c.heartbeatInterval = max(0.05, heartbeatInterval) }
-        if let tokenFile = tokenFile ?? env("AEMP_GATEWAY_TOKEN_FILE") { c.tokens = try readTokens(tokenFile) }
-
-        let gateway = try Gateway(configuration: c)
-        let address = try await gateway.start()
+        let gateway: Gateway
+        let address: String
+        do {
+            gateway = try Gateway(configuration: c)
+            address = try await gateway.start()
+        } catch {
+            writeError("aemp-gateway: error: \(error)")
+            throw ExitCode(1)
+        }
         let seedAddress = (await gateway.node.listenAddresses()).joined(separator: ",")
-        writeLine("aemp-gateway \(gateway.node.id) serving http://\(address)\(c.isStandalone ? " (standalone seed on \(seedAddress))" : "")")
+        let scheme = c.http.tlsCertificate == nil ? "http" : "https"
+        writeLine("aemp-gateway \(gateway.node.id) serving \(scheme)://\(address)\(c.isStandalone ? " (standalone seed on \(seedAddress))" : "")")
         await waitForTermination()
         await gateway.shutdown()
     }
+}
 
-    private func readSecret() throws -> String? {
-        if let secret { return secret }
-        if let secretFile = secretFile ?? env("AEMP_GATEWAY_SECRET_FILE") {
-            guard let text = readFile(secretFile) else { throw ValidationError("cannot read secret file \(secretFile)") }
-            let s = trimmed(text)
-            guard !s.isEmpty else { throw ValidationError("secret file \(secretFile) is empty") }
-            return s
+/// The process environment as a dictionary.
+enum ProcessInfoEnvironment {
+    static func all() -> [String: String] {
+        var out: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") { out[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+            p += 1
         }
-        return env("AEMP_SECRET")
+        return out
     }
+}
 
-    private func readTokens(_ path: String) throws -> [String: TokenScope] {
-        guard let text = readFile(path) else { throw ValidationError("cannot read token file \(path)") }
-        var tokens: [String: TokenScope] = [:]
-        for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            if words.isEmpty || words[0].hasPrefix("#") { continue }
-            guard words.count == 2, let scope = TokenScope(rawValue: String(words[1])) else {
-                throw ValidationError("token file \(path) line \(n + 1): expected '<token> rw' or '<token> ro'")
-            }
-            tokens[String(words[0])] = scope
-        }
-        return tokens
-    }
+func writeError(_ line: String) {
+    let bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
 }
 
 func env(_ name: String) -> String? {

@@ -68,9 +68,9 @@ struct AccessTests {
 
     @Test("CORS headers for an allowed origin on success, errors, timeouts and streams; none for others")
     func cors() async throws {
-        let file = try TokenFile("tok rw\n")
+        let file = try TokenFile("cors-token-0123456789 rw\n")
         defer { file.remove() }
-        let auth = [("Authorization", "Bearer tok")]
+        let auth = [("Authorization", "Bearer cors-token-0123456789")]
         try await GatewayNetwork.with(gatewayArguments: ["--cors-origin", Self.origin, "--token-file", file.path], authHeaders: auth) { net in
             let http = net.http
             let allowed = [("Origin", Self.origin)]

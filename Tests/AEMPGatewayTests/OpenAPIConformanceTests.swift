@@ -222,6 +222,14 @@ struct OpenAPIConformanceTests {
                 #expect(r.status != 405 && code != "route_not_found", "\(op.id) \(path): not routed (\(r.status) \(code ?? ""))")
             }
 
+            // The metrics name every route by its template, as this document writes it.
+            let metrics = try await gw.exchange("GET", "/metrics", expect: 200).text
+            for template in Set(contract.operations.map(\.template)) {
+                #expect(
+                    metrics.contains("aemp_gateway_http_requests_total{route=\"\(template)\",status="),
+                    "no request counted for route \(template) in\n\(metrics)")
+            }
+
             // Methods a path does not document answer 405, with the documented methods in Allow.
             for template in contract.paths.keys.sorted() {
                 let path = gw.concretePath(template)
@@ -334,6 +342,7 @@ struct OpenAPIConformanceTests {
         "getFamilyValues 503 application/problem+json shutting_down": "the in-process master answers before a shutdown can catch it",
         "listNodes 503 application/problem+json shutting_down": "the in-process master answers before a shutdown can catch it",
         "getNode 503 application/problem+json shutting_down": "answered at once; a shutdown cannot catch it",
+        "getMetrics 503 application/problem+json shutting_down": "answered at once; a shutdown cannot catch it",
     ]
 
     // MARK: Scenarios
@@ -341,6 +350,12 @@ struct OpenAPIConformanceTests {
     func meta(_ a: SpecGateway) async throws {
         let h = try await a.exchange("GET", "/healthz", expect: 200)
         #expect(h.json == ["status": "ok"])
+        let ready = try await a.exchange("GET", "/readyz", expect: 200)
+        #expect(ready.json == ["status": "ready", "master": .string(a.gateway.node.id)], "a standalone gateway is its own master")
+        let metrics = try await a.exchange("GET", "/metrics", expect: 200)
+        #expect(metrics.header("Content-Type") == "text/plain; version=0.0.4; charset=utf-8")
+        #expect(metrics.text.contains("# TYPE aemp_gateway_http_requests_total counter"), "\(metrics.text)")
+        #expect(metrics.text.contains("aemp_gateway_http_requests_total{route=\"/readyz\",status=\"200\"} 1"), "\(metrics.text)")
         try await a.exchange("GET", "/openapi.json", expect: 200)
         for template in contract.paths.keys.sorted() {
             let path = a.concretePath(template)
@@ -796,6 +811,11 @@ struct OpenAPIConformanceTests {
             }
         }
         try await b.exchange("GET", "/healthz", auth: false, expect: 200)
+        try await b.exchange("GET", "/readyz", auth: false, expect: 200)
+        // Metrics need a token when tokens are configured (no --metrics-public here); ro suffices.
+        let noToken = try await b.exchange("GET", "/metrics", auth: false, headers: origin, expect: 401, "unauthorized")
+        #expect(noToken.header("Access-Control-Allow-Origin") == "https://app.example")
+        try await b.exchange("GET", "/metrics", auth: false, headers: [("Authorization", "Bearer ro-secret-token")], expect: 200)
         try await b.exchange("GET", "/openapi.json", auth: false, expect: 200)
         let preflight = try await b.exchange("OPTIONS", "/v1/send", auth: false, headers: origin + [("Access-Control-Request-Method", "POST")], expect: 204)
         #expect(preflight.header("Access-Control-Allow-Origin") == "https://app.example")
@@ -862,6 +882,10 @@ struct OpenAPIConformanceTests {
     func meshUnavailable(_ c: SpecGateway, remotePort: String) async throws {
         let info = try await c.exchange("GET", "/v1/node", expect: 200)
         #expect(info.json?.objectValue?["master"] == .null && info.json?.objectValue?["standalone"] == false)
+        let notReady = try await c.exchange("GET", "/readyz", expect: 503, "not_ready")
+        #expect(notReady.header("Retry-After") == "1")
+        let seeds = c.gateway.configuration.node.seeds.joined(separator: ", ")
+        #expect(notReady.json?.objectValue?["detail"] == .string("not attached to a master node; seeds: \(seeds)"), "\(notReady)")
         try await c.exchange("POST", "/v1/send", json: ["port": .string(remotePort), "message": ["x"]], expect: 503, "mesh_unavailable")
         try await c.exchange("POST", "/v1/call", json: ["port": .string(remotePort), "message": ["x"]], expect: 503, "mesh_unavailable")
         for path in ["/v1/db/f", "/v1/db/f/keys", "/v1/db/f/values", "/v1/nodes", "/v1/db/f/watch?wait=0"] {

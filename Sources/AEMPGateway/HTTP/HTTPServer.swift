@@ -20,6 +20,15 @@ public protocol HTTPHandler: Sendable {
     func tooManyConnections(_ request: HTTPRequest, limit: Int) -> HTTPResponse
     /// Headers added to every response of this request (e.g. CORS), however it is answered.
     func commonHeaders(for request: HTTPRequest) -> [(String, String)]
+    /// A response was queued for `exchange`, once per request, on libmicrohttpd's thread (metrics).
+    func answered(_ exchange: Exchange, _ response: HTTPResponse)
+    /// `bytes` of an event stream went to libmicrohttpd, on its thread (metrics).
+    func streamed(bytes: Int)
+}
+
+extension HTTPHandler {
+    public func answered(_ exchange: Exchange, _ response: HTTPResponse) {}
+    public func streamed(bytes: Int) {}
 }
 
 /// Limits and socket of one HTTP server.
@@ -35,6 +44,10 @@ public struct HTTPServerSettings: Sendable {
     /// libmicrohttpd's per-connection memory pool (8 KiB measured best, conventions).
     public var connectionMemory: Int = 8 * 1024
     public var logger = Logger(label: "aemp-gateway.http")
+    /// PEM certificate (chain) and private key: with both, the server speaks HTTPS only
+    /// (libmicrohttpd with GnuTLS).
+    public var tlsCertificate: [UInt8]?
+    public var tlsKey: [UInt8]?
 
     public init() {}
 }
@@ -44,12 +57,15 @@ public enum HTTPServerError: Error, CustomStringConvertible, Sendable {
     case invalidAddress(String)
     case listenFailed(address: String, reason: String)
     case daemonFailed(address: String)
+    case tlsIncomplete
 
     public var description: String {
         switch self {
         case .invalidAddress(let a): return "invalid HTTP listen address \(a.debugDescription): expected host:port"
         case .listenFailed(let a, let r): return "cannot listen on \(a): \(r)"
-        case .daemonFailed(let a): return "libmicrohttpd refused to start on \(a)"
+        case .daemonFailed(let a):
+            return "libmicrohttpd refused to start on \(a) (with TLS: is the certificate/key pair valid PEM and matching?)"
+        case .tlsIncomplete: return "TLS needs both a certificate and a private key"
         }
     }
 }
@@ -67,6 +83,10 @@ public final class Exchange: Sendable {
     let connection: ConnectionRef
     let request: HTTPRequest
     let commonHeaders: [(String, String)]
+    /// When the request was complete (the latency of its answer counts from here).
+    let received = ContinuousClock.now
+    /// The route the handler matched, as the handler numbers them (-1 until it says), for metrics.
+    let route = Atomic<Int>(-1)
     private let state = Mutex(State())
     private unowned let server: HTTPServer
 
@@ -147,6 +167,7 @@ public final class HTTPServer: Sendable {
     public init(settings: HTTPServerSettings, handler: any HTTPHandler) throws {
         self.settings = settings
         self.handler = handler
+        if (settings.tlsCertificate == nil) != (settings.tlsKey == nil) { throw HTTPServerError.tlsIncomplete }
         let (fd, bound) = try Self.listen(settings.address)
         self.listenFD = fd
         self.boundAddress = bound
@@ -172,10 +193,22 @@ public final class HTTPServer: Sendable {
         ]
         // MHD_USE_EPOLL | MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME (incl. MHD_USE_ITC)
         // | MHD_USE_ERROR_LOG | MHD_USE_TURBO; a closed flag enum in Swift, so by value (microhttpd.h).
-        let flags: UInt32 = 512 | 8 | (8192 | 1024) | 1 | 4096
-        let d = options.withUnsafeMutableBufferPointer { items -> OpaquePointer? in
-            withVaList([Int32(MHD_OPTION.ARRAY.rawValue), items.baseAddress!, Int32(MHD_OPTION.END.rawValue)]) {
-                MHD_start_daemon_va(flags, 0, nil, nil, mhdAccess, me, $0)
+        var flags: UInt32 = 512 | 8 | (8192 | 1024) | 1 | 4096
+        // NUL-terminated PEM copies; GnuTLS parses them while the daemon starts.
+        let cert = settings.tlsCertificate.map { $0 + [0] }
+        let key = settings.tlsKey.map { $0 + [0] }
+        let d = cert.withOptionalBytes { certPointer in
+            key.withOptionalBytes { keyPointer -> OpaquePointer? in
+                if let certPointer, let keyPointer {
+                    flags |= 2  // MHD_USE_TLS
+                    options.insert(MHD_OptionItem(option: .HTTPS_MEM_KEY, value: 0, ptr_value: keyPointer), at: 0)
+                    options.insert(MHD_OptionItem(option: .HTTPS_MEM_CERT, value: 0, ptr_value: certPointer), at: 0)
+                }
+                return options.withUnsafeMutableBufferPointer { items -> OpaquePointer? in
+                    withVaList([Int32(MHD_OPTION.ARRAY.rawValue), items.baseAddress!, Int32(MHD_OPTION.END.rawValue)]) {
+                        MHD_start_daemon_va(flags, 0, nil, nil, mhdAccess, me, $0)
+                    }
+                }
             }
         }
         guard let d else {
@@ -183,7 +216,8 @@ public final class HTTPServer: Sendable {
             throw HTTPServerError.daemonFailed(address: settings.address)
         }
         daemon.withLock { $0 = DaemonRef(pointer: d) }
-        settings.logger.info("HTTP listening", metadata: ["address": "\(boundAddress)"])
+        settings.logger.info(
+            "HTTP listening", metadata: ["address": "\(boundAddress)", "tls": "\(settings.tlsCertificate != nil)"])
     }
 
     /// Stops accepting, answers every waiting request, ends every event stream (with
@@ -249,6 +283,14 @@ public final class HTTPServer: Sendable {
         }
         let shown = host.contains(":") ? "[\(host)]" : host
         return (fd, "\(shown):\(boundPort)")
+    }
+}
+
+extension Optional where Wrapped == [UInt8] {
+    /// Runs `body` with a pointer to the bytes (nil when there are none).
+    fileprivate func withOptionalBytes<R>(_ body: (UnsafeMutableRawPointer?) -> R) -> R {
+        guard var bytes = self else { return body(nil) }
+        return bytes.withUnsafeMutableBytes { body($0.baseAddress) }
     }
 }
 
@@ -365,7 +407,9 @@ private func queue(_ response: HTTPResponse, on connection: ConnectionRef, excha
     for (name, value) in response.headers { _ = MHD_add_response_header(r, name, value) }
     for (name, value) in exchange.commonHeaders { _ = MHD_add_response_header(r, name, value) }
     _ = MHD_add_response_header(r, "X-Request-ID", exchange.request.requestID)
-    return MHD_queue_response(connection.pointer, UInt32(response.status), r)
+    let queued = MHD_queue_response(connection.pointer, UInt32(response.status), r)
+    server.handler.answered(exchange, response)
+    return queued
 }
 
 /// What the stream reader callbacks get as `cls`.
@@ -381,7 +425,9 @@ private final class StreamBox {
 private let mhdRead: MHD_ContentReaderCallback = { cls, _, buffer, max in
     guard let cls, let buffer else { return -2 }
     let box = Unmanaged<StreamBox>.fromOpaque(cls).takeUnretainedValue()
-    return box.stream.read(into: buffer, max: max)
+    let n = box.stream.read(into: buffer, max: max)
+    if n > 0 { box.server.handler.streamed(bytes: n) }
+    return n
 }
 
 private let mhdFreeStream: MHD_ContentReaderFreeCallback = { cls in

@@ -12,6 +12,8 @@ final class Mailbox: Sendable {
     let port: PortID
     let maxQueue: Int
     let ttl: TimeAmount
+    /// Counts deliveries and drops (nil: not counted).
+    let metrics: GatewayMetrics?
 
     struct Entry {
         let seq: UInt64
@@ -50,11 +52,12 @@ final class Mailbox: Sendable {
 
     let state = Mutex(State())
 
-    init(name: String, port: PortID, maxQueue: Int, ttl: TimeAmount) {
+    init(name: String, port: PortID, maxQueue: Int, ttl: TimeAmount, metrics: GatewayMetrics? = nil) {
         self.name = name
         self.port = port
         self.maxQueue = maxQueue
         self.ttl = ttl
+        self.metrics = metrics
     }
 
     // MARK: - Incoming (node loop)
@@ -63,6 +66,7 @@ final class Mailbox: Sendable {
     func deliver(_ value: Value) {
         state.withLock { s in
             guard s.closedReason == nil else { return }
+            metrics?.messagesDelivered.increment()
             let seq = s.nextSeq
             s.nextSeq += 1
             s.entries.append(Entry(seq: seq, value: value, isDropMarker: false))
@@ -95,6 +99,7 @@ final class Mailbox: Sendable {
             }
         }
         s.droppedTotal += dropped
+        metrics?.droppedMessages.increment(by: Int64(dropped))
         // One marker per burst: grow the last one while nobody has seen it.
         if let last = s.entries.indices.last(where: { s.entries[$0].isDropMarker }), s.entries[last].seq > s.delivered {
             let count = (s.entries[last].value.objectValue?["count"]?.integerValue ?? 0) + Int64(dropped)

@@ -26,7 +26,7 @@ extension Gateway {
             }
         }
         let name = mailboxes.newName()
-        let mailbox = Mailbox(name: name, port: PortID(node: node.id, name: name), maxQueue: maxQueue, ttl: .seconds(Int64(ttl)))
+        let mailbox = Mailbox(name: name, port: PortID(node: node.id, name: name), maxQueue: maxQueue, ttl: .seconds(Int64(ttl)), metrics: metrics)
         guard mailboxes.add(mailbox) else {
             throw .overloaded("the gateway holds its maximum of \(configuration.maxMailboxes) mailboxes")
         }

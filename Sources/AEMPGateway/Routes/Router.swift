@@ -7,12 +7,22 @@ extension Gateway {
     func route(_ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
         let segments = try pathSegments(request.path)
         let method = request.method
+        exchange.route.store(RouteTemplate(method: method, segments: segments).rawValue, ordering: .relaxed)
 
         if method == "OPTIONS" { return preflight(request) }
-        if segments == ["healthz"] || segments == ["openapi.json"] {
+        switch segments {
+        case ["healthz"], ["readyz"], ["openapi.json"]:
             try allow(method, ["GET"])
             if segments == ["healthz"] { return .json(200, ["status": "ok"]) }
+            if segments == ["readyz"] { return try readiness() }
             return openAPIResponse()
+        case ["metrics"]:
+            // Scraped without a token only when the operator says so (`metricsPublic`).
+            if !configuration.metricsPublic { try authorize(request) }
+            try allow(method, ["GET"])
+            return metricsResponse(exchange)
+        default:
+            break
         }
         try authorize(request)
 

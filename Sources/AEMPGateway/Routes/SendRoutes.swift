@@ -35,6 +35,7 @@ extension Gateway {
         }
         try requireMesh(for: sends.map(\.0))
         for (port, message) in sends { node.snd(port, message) }
+        metrics.messagesSent.increment(by: Int64(sends.count))
         return .json(202, ["accepted": .int(Int64(sends.count))])
     }
 
@@ -109,6 +110,7 @@ extension Gateway {
             return nil
         }
         node.snd(target, message + [.string(reply.description)])
+        metrics.messagesSent.increment()
         return nil
     }
 }

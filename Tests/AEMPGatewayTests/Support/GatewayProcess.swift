@@ -197,17 +197,16 @@ struct GatewayProcess: Sendable {
         // The gateway also reads its settings from the environment: none may leak in from the shell.
         let child = try ChildProcess(
             "aemp-gateway", args + arguments, environment: environment,
-            unset: [
-                "AEMP_SECRET", "AEMP_GATEWAY_SEEDS", "AEMP_GATEWAY_HTTP", "AEMP_GATEWAY_NODE_ID", "AEMP_GATEWAY_SECRET_FILE",
-                "AEMP_GATEWAY_STANDALONE_BIND", "AEMP_GATEWAY_TOKEN_FILE", "AEMP_GATEWAY_LOG_LEVEL", "XDG_STATE_HOME",
-            ].filter { environment[$0] == nil })
+            unset: (["AEMP_SECRET", "XDG_STATE_HOME", "PERL_ANYEVENT_MP_RC"]
+                + ProcessInfo.processInfo.environment.keys.filter { $0.hasPrefix("AEMP_GATEWAY_") })
+                .filter { environment[$0] == nil })
         do {
             var earlier: [String] = []
             for _ in 0..<5 {
                 let line = try await child.readLine()
                 // aemp-gateway <node-id> serving http://<host:port>[ (standalone seed on …)]
                 let words = line.split(separator: " ").map(String.init)
-                if words.count >= 4, words[0] == "aemp-gateway", words[2] == "serving", words[3].hasPrefix("http://"),
+                if words.count >= 4, words[0] == "aemp-gateway", words[2] == "serving", words[3].hasPrefix("http://") || words[3].hasPrefix("https://"),
                     let colon = words[3].lastIndex(of: ":"), let port = Int(words[3][words[3].index(after: colon)...])
                 {
                     return GatewayProcess(child: child, nodeID: words[1], port: port, line: line, earlierLines: earlier)

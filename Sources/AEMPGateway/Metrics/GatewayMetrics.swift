@@ -1,0 +1,119 @@
+import Prometheus
+import Synchronization
+
+/// The gateway's metrics, in a Prometheus registry of its own: served as text at `GET /metrics`.
+///
+/// One registry per `Gateway`, never swift-metrics' global `MetricsSystem`: several gateways in
+/// one process (the tests run several) each count their own requests, and nothing is bootstrapped
+/// twice. Counters are made once (request counters on the first request of a route and status)
+/// and then only incremented: atomics, plus one short lock for the status lookup. Gauges of state
+/// the gateway already keeps (connections, streams, mailboxes…) are read when scraped, not kept
+/// up to date on every change.
+final class GatewayMetrics: Sendable {
+    /// Where every metric lives; `emitToBuffer()` gives the text exposition format.
+    let registry: PrometheusCollectorRegistry
+
+    /// Per route template: the latency histogram and the request counters by status.
+    private let routes: [RouteMetrics]
+
+    // Counters.
+    let droppedMessages: Counter
+    let masterChanges: Counter
+    let messagesSent: Counter
+    let messagesDelivered: Counter
+    let requestBytes: Counter
+    let responseBytes: Counter
+
+    // Gauges, set when scraped (`Gateway.collectMetrics`).
+    let connections: Gauge
+    let eventStreams: Gauge
+    let parkedLongPolls: Gauge
+    let mailboxes: Gauge
+    let queuedMessages: Gauge
+    let meshConnections: Gauge
+    let masterAttached: Gauge
+    let callsInFlight: Gauge
+
+    /// Latency buckets: from a quick answer to a long-poll's whole wait (capped at 120 s by default).
+    static let latencyBuckets: [Duration] = [
+        .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+        .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500),
+        .seconds(5), .seconds(10), .seconds(30), .seconds(60), .seconds(120),
+    ]
+
+    init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+            MetricNameDescriptor(namespace: "aemp_gateway", metricName: metric, unitName: unit, helpText: help)
+        }
+        let latency = name(
+            "http_request_duration", "seconds",
+            "Time from a complete request to its queued response, by route template (long-polls include their wait).")
+        routes = RouteTemplate.allCases.map { route in
+            RouteMetrics(
+                route: route, registry: registry,
+                latency: registry.makeDurationHistogram(
+                    descriptor: latency, labels: [("route", route.template)], buckets: Self.latencyBuckets))
+        }
+        droppedMessages = registry.makeCounter(
+            descriptor: name("mailbox_dropped_messages", "total", "Messages dropped by full mailboxes (oldest first)."))
+        masterChanges = registry.makeCounter(
+            descriptor: name("master_changes", "total", "Times the gateway's node changed its master (attach and loss included)."))
+        messagesSent = registry.makeCounter(
+            descriptor: name("messages_sent", "total", "Messages sent into the network through /v1/send and /v1/call."))
+        messagesDelivered = registry.makeCounter(
+            descriptor: name("mailbox_delivered_messages", "total", "Messages and monitor events delivered into mailboxes."))
+        requestBytes = registry.makeCounter(
+            descriptor: name("http_request_body", "bytes_total", "Bytes of HTTP request bodies read."))
+        responseBytes = registry.makeCounter(
+            descriptor: name("http_response_body", "bytes_total", "Bytes of HTTP response bodies written (event streams included)."))
+        connections = registry.makeGauge(descriptor: name("http_connections", "", "HTTP connections open."))
+        eventStreams = registry.makeGauge(descriptor: name("sse_streams", "", "Server-Sent-Events streams open (mailboxes, feeds, node events)."))
+        parkedLongPolls = registry.makeGauge(
+            descriptor: name("long_polls_parked", "", "Long-polls waiting for a message or a change (mailboxes and feeds)."))
+        mailboxes = registry.makeGauge(descriptor: name("mailboxes", "", "Mailboxes held."))
+        queuedMessages = registry.makeGauge(
+            descriptor: name("mailbox_queued_messages", "", "Entries held in mailboxes (undelivered, or delivered and not yet acknowledged)."))
+        meshConnections = registry.makeGauge(descriptor: name("mesh_connections", "", "AEMP nodes the gateway's node is connected to."))
+        masterAttached = registry.makeGauge(descriptor: name("master_attached", "", "1 while the gateway's node is attached to a master, else 0."))
+        callsInFlight = registry.makeGauge(descriptor: name("calls_in_flight", "", "/v1/call requests waiting for their reply."))
+    }
+
+    /// Records one answered request (on libmicrohttpd's thread, when the response is queued).
+    func requestAnswered(_ route: RouteTemplate, status: Int, elapsed: Duration, bodyBytesIn: Int, bodyBytesOut: Int) {
+        let r = routes[route.rawValue]
+        r.count(status: status)
+        r.latency.record(elapsed)
+        if bodyBytesIn > 0 { requestBytes.increment(by: Int64(bodyBytesIn)) }
+        if bodyBytesOut > 0 { responseBytes.increment(by: Int64(bodyBytesOut)) }
+    }
+
+    /// The text exposition format (`text/plain; version=0.0.4`).
+    func exposition() -> [UInt8] { registry.emitToBuffer() }
+}
+
+/// The metrics of one route template: its latency histogram, and a counter per status made on
+/// first use (the registry's lock is taken then only; afterwards one short lookup).
+final class RouteMetrics: Sendable {
+    let route: RouteTemplate
+    let latency: DurationHistogram
+    private let registry: PrometheusCollectorRegistry
+    private let byStatus = Mutex<[Int: Counter]>([:])
+
+    init(route: RouteTemplate, registry: PrometheusCollectorRegistry, latency: DurationHistogram) {
+        self.route = route
+        self.registry = registry
+        self.latency = latency
+    }
+
+    func count(status: Int) {
+        if let c = byStatus.withLock({ $0[status] }) { return c.increment() }
+        let c = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "aemp_gateway", metricName: "http_requests", unitName: "total",
+                helpText: "HTTP requests answered, by route template and status."),
+            labels: [("route", route.template), ("status", String(status))])
+        byStatus.withLock { $0[status] = c }
+        c.increment()
+    }
+}

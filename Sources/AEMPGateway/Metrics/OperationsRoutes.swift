@@ -1,0 +1,64 @@
+import AEMP
+
+/// `GET /readyz` and `GET /metrics`: what an orchestrator and a Prometheus server ask.
+extension Gateway {
+
+    /// `GET /readyz`: 200 while the node is attached to a master (the network is usable), else
+    /// 503 `not_ready` with the reason, so a load balancer sends clients to another gateway.
+    func readiness() throws(Problem) -> HTTPResponse {
+        if isStopping.load(ordering: .relaxed) { throw .notReady("the gateway is shutting down") }
+        guard let master else {
+            let seeds = configuration.node.seeds.joined(separator: ", ")
+            throw .notReady("not attached to a master node; seeds: \(seeds.isEmpty ? "none" : seeds)")
+        }
+        return .json(200, ["status": "ready", "master": .string(master)])
+    }
+
+    /// `GET /metrics`: the Prometheus text format. Gauges of state the gateway keeps anyway are
+    /// read now; the node's connections are asked on its loop, so the answer comes from a task.
+    func metricsResponse(_ exchange: Exchange) -> HTTPResponse? {
+        collectGauges()
+        let node = self.node
+        let metrics = self.metrics
+        Task {
+            metrics.meshConnections.set(Int64(await node.upNodes().count))
+            exchange.respond(
+                HTTPResponse(
+                    status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                    body: metrics.exposition()))
+        }
+        return nil
+    }
+
+    /// Sets the gauges from the gateway's state: one short lock per mailbox and feed.
+    func collectGauges() {
+        let server = self.server.withLock { $0 }
+        metrics.connections.set(Int64(server?.connectionCount ?? 0))
+        metrics.eventStreams.set(Int64(server?.streams.withLock { $0.count } ?? 0))
+        var parked = 0
+        var queued = 0
+        let all = mailboxes.all
+        for mailbox in all {
+            mailbox.state.withLock { s in
+                parked += s.waiters.count
+                queued += s.entries.count
+            }
+        }
+        for feed in feeds.withLock({ Array($0.values) }) {
+            parked += feed.state.withLock { $0.waiters.count }
+        }
+        metrics.parkedLongPolls.set(Int64(parked))
+        metrics.mailboxes.set(Int64(all.count))
+        metrics.queuedMessages.set(Int64(queued))
+        metrics.masterAttached.set(master == nil ? Int64(0) : 1)
+        metrics.callsInFlight.set(Int64(pendingCalls.load(ordering: .relaxed)))
+    }
+}
+
+extension Problem {
+    static func notReady(_ detail: String) -> Problem {
+        var p = Problem(503, "not_ready", "Not ready", detail)
+        p.headers["Retry-After"] = "1"
+        return p
+    }
+}
