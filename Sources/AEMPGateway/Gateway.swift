@@ -26,6 +26,7 @@ public final class Gateway: HTTPHandler, Sendable {
     let pendingCalls = Atomic<Int>(0)
     let tokens = Atomic<UInt64>(0)
     let server = Mutex<HTTPServer?>(nil)
+    let extraServers = Mutex<[HTTPServer]>([])
     let isStopping = Atomic<Bool>(false)
     let openAPI: [UInt8]
     let metrics = GatewayMetrics()
@@ -74,6 +75,18 @@ public final class Gateway: HTTPHandler, Sendable {
         http.logger = logger
         let s = try HTTPServer(settings: http, handler: self)
         server.withLock { $0 = s }
+        for address in configuration.additionalHTTPAddresses {
+            var more = http
+            more.address = address
+            do {
+                let extra = try HTTPServer(settings: more, handler: self)
+                extraServers.withLock { $0.append(extra) }
+            } catch {
+                s.stop()
+                for extra in extraServers.withLock({ $0 }) { extra.stop() }
+                throw error
+            }
+        }
         scheduleHousekeeping()
         logger.notice(
             "gateway ready",
@@ -87,6 +100,12 @@ public final class Gateway: HTTPHandler, Sendable {
     /// The HTTP address, once started.
     public var httpAddress: String? { server.withLock { $0?.boundAddress } }
 
+    /// Every HTTP address served (the first is `httpAddress`).
+    public var httpAddresses: [String] { allServers.map(\.boundAddress) }
+
+    /// The libmicrohttpd daemons, one per listen address.
+    var allServers: [HTTPServer] { (server.withLock { $0 }.map { [$0] } ?? []) + extraServers.withLock { $0 } }
+
     /// Stops accepting, answers parked requests, ends streams with a final event, leaves the mesh.
     public func shutdown() async {
         guard !isStopping.exchange(true, ordering: .relaxed) else { return }
@@ -96,9 +115,7 @@ public final class Gateway: HTTPHandler, Sendable {
             feed.close(final: final, gone: { gone.response(requestID: $0) })
         }
         for (_, stream) in nodeStreams.withLock({ $0 }) { stream.finish(with: final) }
-        if let s = server.withLock({ $0 }) {
-            s.stop(finalEvent: final)
-        }
+        for s in allServers { s.stop(finalEvent: final) }
         await node.shutdown()
     }
 
@@ -196,8 +213,8 @@ public final class Gateway: HTTPHandler, Sendable {
         let beat = TimeAmount.nanoseconds(Int64(configuration.heartbeatInterval * 1e9))
         timers.scheduleRepeatedTask(initialDelay: beat, delay: beat) { [self] task in
             if isStopping.load(ordering: .relaxed) { return task.cancel() }
-            server.withLock { $0 }?.streams.withLock { Array($0.values) }.forEach {
-                $0.send(ServerSentEvent.heartbeat)
+            for s in allServers {
+                s.streams.withLock { Array($0.values) }.forEach { $0.send(ServerSentEvent.heartbeat) }
             }
         }
     }

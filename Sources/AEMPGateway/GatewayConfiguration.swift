@@ -11,6 +11,9 @@ public struct GatewayConfiguration: Sendable {
     public var standaloneBind: String = "127.0.0.1:4040"
     /// The HTTP listener and its limits.
     public var http = HTTPServerSettings()
+    /// Further HTTP listen addresses, served with the same settings (one libmicrohttpd daemon
+    /// each; the connection limit applies per address).
+    public var additionalHTTPAddresses: [String] = []
 
     /// Mailboxes one gateway holds at most.
     public var maxMailboxes: Int = 100_000

@@ -194,7 +194,11 @@ struct GatewayCommand: AsyncParsableCommand {
         }
         let seedAddress = (await gateway.node.listenAddresses()).joined(separator: ",")
         let scheme = c.http.tlsCertificate == nil ? "http" : "https"
-        writeLine("aemp-gateway \(gateway.node.id) serving \(scheme)://\(address)\(c.isStandalone ? " (standalone seed on \(seedAddress))" : "")")
+        let more = gateway.httpAddresses.dropFirst().map { "\(scheme)://\($0)" }
+        writeLine(
+            "aemp-gateway \(gateway.node.id) serving \(scheme)://\(address)"
+                + (c.isStandalone ? " (standalone seed on \(seedAddress))" : "")
+                + (more.isEmpty ? "" : " (also serving \(more.joined(separator: " ")))"))
         await waitForTermination()
         await gateway.shutdown()
     }

@@ -72,6 +72,34 @@ struct ConfigurationTests {
         #expect(t.configuration(environment: [:]).1 == ["--tls-cert and --tls-key go together"])
     }
 
+    @Test("several --http addresses: every one serves the same gateway")
+    func severalAddresses() async throws {
+        var s = GatewaySettings()
+        s.addFlags(["http": ["127.0.0.1:0,127.0.0.1:0", "127.0.0.1:0"], "secret": ["conf-test-secret"],
+                    "standalone-bind": ["127.0.0.1:\(try freePort())"]])
+        let c = try #require(s.configuration(environment: [:]).0)
+        #expect(c.additionalHTTPAddresses.count == 2)
+        let gateway = try Gateway(configuration: c)
+        try await gateway.start()
+        let addresses = gateway.httpAddresses
+        #expect(addresses.count == 3 && Set(addresses).count == 3, "\(addresses)")
+        var names: [String] = []
+        for address in addresses {
+            let port = try #require(Int(address.split(separator: ":").last ?? ""))
+            let client = try await HTTPTestClient(port: port)
+            #expect(try await client.request("GET", "/healthz").status == 200)
+            let created = try await client.request("POST", "/v1/ports")
+            names.append(try #require(created.json?.objectValue?["name"]?.stringValue))
+            await client.close()
+        }
+        // One gateway behind every address: a mailbox made through one is read through another.
+        let port = try #require(Int(addresses[2].split(separator: ":").last ?? ""))
+        let client = try await HTTPTestClient(port: port)
+        #expect(try await client.request("GET", "/v1/ports/\(names[0])").status == 200)
+        await client.close()
+        await gateway.shutdown()
+    }
+
     @Test("the executable prints each problem on its own line and exits 2")
     func exitStatus() async throws {
         let child = try ChildProcess(

@@ -173,8 +173,10 @@ public struct GatewaySettings: Sendable {
     // MARK: - The settings
 
     public static let definitions: [Definition] = [
-        text("http", "HTTP listen address host:port (port 0 picks a free one).") { v, c, p in
-            if isAddress(v) { c.http.address = v } else { p.append("\(v.debugDescription) is not host:port") }
+        list("http", "HTTP listen address host:port (port 0 picks a free one; repeatable).") { v, c, p in
+            for a in v where !isAddress(a) { p.append("\(a.debugDescription) is not host:port") }
+            if let first = v.first { c.http.address = first }
+            c.additionalHTTPAddresses = Array(v.dropFirst())
         },
         list("seeds", "Seed addresses host:port (none = standalone: the gateway is its own seed).") { v, c, p in
             for a in v where !isAddress(a) { p.append("seed \(a.debugDescription) is not host:port") }

@@ -32,9 +32,9 @@ extension Gateway {
 
     /// Sets the gauges from the gateway's state: one short lock per mailbox and feed.
     func collectGauges() {
-        let server = self.server.withLock { $0 }
-        metrics.connections.set(Int64(server?.connectionCount ?? 0))
-        metrics.eventStreams.set(Int64(server?.streams.withLock { $0.count } ?? 0))
+        let servers = allServers
+        metrics.connections.set(Int64(servers.reduce(0) { $0 + $1.connectionCount }))
+        metrics.eventStreams.set(Int64(servers.reduce(0) { $0 + $1.streams.withLock { $0.count } }))
         var parked = 0
         var queued = 0
         let all = mailboxes.all
