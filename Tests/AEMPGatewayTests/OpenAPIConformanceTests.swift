@@ -509,6 +509,11 @@ struct OpenAPIConformanceTests {
 
         // A full mailbox drops the oldest and says so.
         for i in 1...5 { try await a.exchange("POST", "/v1/send", json: ["port": .string(smallPort), "message": [.int(Int64(i))]], expect: 202) }
+        // Delivery to the port happens on the node's loop: wait until all five arrived (the
+        // mailbox's own view, which acknowledges nothing) before reading.
+        try await eventually(within: 5, "all five messages reached the mailbox") {
+            try await a.exchange("GET", "/v1/ports/\(smallName)", expect: 200).json?.objectValue?["dropped"] == 3
+        }
         let full = try await a.exchange("GET", "/v1/ports/\(smallName)/messages?wait=5", expect: 200)
         #expect(full.json?.objectValue?["dropped"] == 3, "\(full)")
         #expect(full.json?.objectValue?["messages"]?.arrayValue?.first?.objectValue?["type"] == "dropped", "\(full)")
