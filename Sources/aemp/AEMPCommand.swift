@@ -20,7 +20,7 @@ struct AEMPCommand: AsyncParsableCommand {
             did not answer (no master, wrong secret, timeout, dead or missing port); 64 bad \
             command line or configuration (bad JSON, bad port ID, no secret, no seeds).
             """,
-        subcommands: [Seed.self, Snd.self, Cal.self, DB.self, Nodes.self]
+        subcommands: [Seed.self, Snd.self, Cal.self, DB.self, Nodes.self, Sink.self]
     )
 
     /// Parses and runs a subcommand; a `ToolError` becomes one `aemp: error: …` line and its exit status.
