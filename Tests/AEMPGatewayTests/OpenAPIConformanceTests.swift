@@ -474,6 +474,10 @@ struct OpenAPIConformanceTests {
         #expect(empty.json == ["messages": [], "last": 0, "dropped": 0])
         #expect(empty.header("X-AEMP-Last") == "0")
         for i in 1...3 { try await a.exchange("POST", "/v1/send", json: ["port": .string(port), "message": ["n", .int(Int64(i))]], expect: 202) }
+        // Delivery happens on the node's loop: a long-poll answers with what is there, so wait for all three.
+        try await eventually(within: 5, "all three messages reached the mailbox") {
+            try await a.exchange("GET", "/v1/ports/\(name)", expect: 200).json?.objectValue?["last"] == 3
+        }
         let three = try await a.exchange("GET", "/v1/ports/\(name)/messages?wait=5", expect: 200)
         #expect(three.json?.objectValue?["messages"]?.arrayValue?.count == 3, "\(three)")
         #expect(three.json?.objectValue?["last"] == 3 && three.header("X-AEMP-Last") == "3")
