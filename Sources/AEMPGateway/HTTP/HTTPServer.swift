@@ -157,6 +157,9 @@ public final class HTTPServer: Sendable {
     private let counter = Atomic<UInt64>(0)
     /// Connections open now.
     let openConnections = Atomic<Int>(0)
+    /// Connections that arrived beyond the limit: each of their requests is answered 503 (decided
+    /// once per connection, so a connection within the limit is never refused later).
+    let refusedConnections = Mutex<Set<UInt>>([])
     /// Connections open now (for metrics and tests).
     public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
     /// The bound address, with the real port.
@@ -312,7 +315,7 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         // First call: headers only. Answer on a later call (keep-alive stays on, conventions).
         let context = RequestContext()
         reqCls.pointee = Unmanaged.passRetained(context).toOpaque()
-        if server.openConnections.load(ordering: .relaxed) > server.settings.maxConnections {
+        if server.refusedConnections.withLock({ $0.contains(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(connection)))) }) {
             context.overCapacity = true
             let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
             guard let response = exchange.takeOrSuspend() else { return .YES }
@@ -437,13 +440,16 @@ private let mhdFreeStream: MHD_ContentReaderFreeCallback = { cls in
     box.stream.closed()
 }
 
-private let mhdConnection: MHD_NotifyConnectionCallback = { cls, _, _, code in
-    guard let cls else { return }
+private let mhdConnection: MHD_NotifyConnectionCallback = { cls, connection, _, code in
+    guard let cls, let connection else { return }
     let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
+    let key = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(connection)))
     if code == .CONNECTION_NOTIFY_STARTED {
-        server.openConnections.wrappingAdd(1, ordering: .relaxed)
+        let open = server.openConnections.wrappingAdd(1, ordering: .relaxed).newValue
+        if open > server.settings.maxConnections { server.refusedConnections.withLock { _ = $0.insert(key) } }
     } else {
         server.openConnections.wrappingSubtract(1, ordering: .relaxed)
+        server.refusedConnections.withLock { _ = $0.remove(key) }
     }
 }
 
