@@ -79,10 +79,19 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(
+            name: "AEMPTestSupport",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Tests/AEMPTestSupport"
+        ),
         .testTarget(
             name: "AEMPGatewayTests",
             dependencies: [
                 "AEMP",
+                "AEMPTestSupport",
                 "AEMPGateway",
                 "aemp",
                 "aemp-gateway",
@@ -96,6 +105,7 @@ let package = Package(
             name: "AEMPTests",
             dependencies: [
                 "AEMP",
+                "AEMPTestSupport",
                 "aemp",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import AEMP
+@_exported import AEMPTestSupport
 import Foundation
 import Logging
 import NIOCore
@@ -275,11 +276,6 @@ struct GatewayProcess: Sendable {
     var log: String { child.errorText }
 }
 
-struct TestTimeout: Error, CustomStringConvertible {
-    let what: String
-    var description: String { "timed out waiting for \(what)" }
-}
-
 /// Things to stop at the end of a test, in reverse order, whatever happened.
 final class Cleanup: Sendable {
     private let actions = Mutex<[@Sendable () async -> Void]>([])
@@ -486,57 +482,6 @@ func waitFor<T: Sendable>(
     }
     Issue.record("not within \(seconds) s: \(what)", sourceLocation: sourceLocation)
     throw TestTimeout(what: what)
-}
-
-/// Waits for the next element of an async stream; fails the test after `seconds`.
-func next<T: Sendable>(
-    _ iterator: inout AsyncStream<T>.Iterator, within seconds: Double = 10, _ what: String = "message",
-    sourceLocation: SourceLocation = #_sourceLocation
-) async throws -> T {
-    let box = IteratorBox(iterator)
-    let result = try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { await box.next() }
-        group.addTask {
-            try? await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
-            return nil
-        }
-        let first = try await group.next()!
-        group.cancelAll()
-        return first
-    }
-    iterator = box.iterator
-    guard let result else {
-        Issue.record("timed out after \(seconds) s waiting for \(what)", sourceLocation: sourceLocation)
-        throw TestTimeout(what: what)
-    }
-    return result
-}
-
-/// Lets a task group move an iterator in and out.
-final class IteratorBox<T: Sendable>: @unchecked Sendable {
-    // Only touched by one task at a time: `next(_:within:)` awaits the task before reading it back.
-    var iterator: AsyncStream<T>.Iterator
-    init(_ iterator: AsyncStream<T>.Iterator) { self.iterator = iterator }
-    func next() async -> T? { await iterator.next() }
-}
-
-/// A free TCP port on 127.0.0.1 (bound, read and released).
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = 0
-    let bound = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-    }
-    return Int(UInt16(bigEndian: addr.sin_port))
 }
 
 /// Checks that `r` is an RFC 9457 problem with `status` and `code`: `application/problem+json`,

@@ -1,4 +1,5 @@
 import AEMP
+@_exported import AEMPTestSupport
 import Foundation
 import Logging
 import NIOCore
@@ -29,40 +30,6 @@ func makeNode(
     c.seedBackoffLimit = .seconds(2)
     c.logger.logLevel = testLogLevel
     return try Node(configuration: c)
-}
-
-/// Waits for the next element of an async stream, failing the test after `seconds`.
-func next<T: Sendable>(
-    _ iterator: inout AsyncStream<T>.Iterator, within seconds: Double = 10, _ what: String = "message",
-    sourceLocation: SourceLocation = #_sourceLocation
-) async throws -> T {
-    let box = IteratorBox(iterator)
-    let result = try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { await box.next() }
-        group.addTask {
-            try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
-            return nil
-        }
-        let first = try await group.next()!
-        group.cancelAll()
-        return first
-    }
-    iterator = box.iterator
-    guard let result else {
-        Issue.record("timed out after \(seconds) s waiting for \(what)", sourceLocation: sourceLocation)
-        throw TestTimeout(what: what)
-    }
-    return result
-}
-
-struct TestTimeout: Error { let what: String }
-
-/// Lets a task group move an iterator in and out.
-final class IteratorBox<T: Sendable>: @unchecked Sendable {
-    // Only touched by one task at a time: `next(_:within:)` awaits the task before reading it back.
-    var iterator: AsyncStream<T>.Iterator
-    init(_ iterator: AsyncStream<T>.Iterator) { self.iterator = iterator }
-    func next() async -> T? { await iterator.next() }
 }
 
 /// Polls `condition` until it holds or `seconds` pass.

@@ -34,76 +34,6 @@ enum ScriptedPeerError: Error, CustomStringConvertible {
     }
 }
 
-// MARK: - A value that tasks can wait on
-
-/// Mutex-protected state plus waiters: `update` changes it and wakes every waiter; `wait` re-checks a
-/// condition after each change until it holds or a deadline passes (NIO timer, no polling).
-final class ScriptedWatched<State: Sendable>: Sendable {
-    private struct Box {
-        var state: State
-        var version: UInt64 = 0
-        var nextWaiter: UInt64 = 0
-        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
-    }
-
-    private let box: Mutex<Box>
-    private let timerLoop: any EventLoop
-
-    init(_ state: State) {
-        box = Mutex(Box(state: state))
-        timerLoop = MultiThreadedEventLoopGroup.singleton.next()
-    }
-
-    /// Changes the state and wakes all waiters.
-    func update(_ body: (inout State) -> Void) {
-        let woken = box.withLock { b -> [CheckedContinuation<Void, Never>] in
-            body(&b.state)
-            b.version &+= 1
-            let w = Array(b.waiters.values)
-            b.waiters.removeAll()
-            return w
-        }
-        for w in woken { w.resume() }
-    }
-
-    /// Reads the state.
-    func read<R: Sendable>(_ body: (State) -> R) -> R {
-        box.withLock { b in body(b.state) }
-    }
-
-    /// Runs `check` (under the lock, may consume from the state) until it returns a value; nil when
-    /// `deadline` passes first. Errors thrown by `check` end the wait.
-    func wait<R: Sendable>(until deadline: NIODeadline, _ check: (inout State) throws -> R?) async throws -> R? {
-        while true {
-            let (result, version) = try box.withLock { b throws -> (R?, UInt64) in
-                (try check(&b.state), b.version)
-            }
-            if let result { return result }
-            if NIODeadline.now() >= deadline { return nil }
-            let id = box.withLock { b -> UInt64 in
-                b.nextWaiter += 1
-                return b.nextWaiter
-            }
-            let timer = timerLoop.scheduleTask(deadline: deadline) { [self] in wake(id) }
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let resumeNow = box.withLock { b -> Bool in
-                    // Changed since the check, or the timer may already have fired: look again.
-                    if b.version != version || NIODeadline.now() >= deadline { return true }
-                    b.waiters[id] = c
-                    return false
-                }
-                if resumeNow { c.resume() }
-            }
-            timer.cancel()
-        }
-    }
-
-    private func wake(_ id: UInt64) {
-        let c = box.withLock { $0.waiters.removeValue(forKey: id) }
-        c?.resume()
-    }
-}
-
 // MARK: - Connection state
 
 /// What a scripted connection has received, and its data-phase codecs.
@@ -122,14 +52,14 @@ struct ScriptedInbox: Sendable {
     var sendFraming: Framing?
 }
 
-/// Feeds a channel's bytes and its end into a `ScriptedWatched<ScriptedInbox>`.
+/// Feeds a channel's bytes and its end into a `Watched<ScriptedInbox>`.
 final class ScriptedPeerHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
 
-    let inbox: ScriptedWatched<ScriptedInbox>
+    let inbox: Watched<ScriptedInbox>
     let onActive: (@Sendable (any Channel) -> Void)?
 
-    init(inbox: ScriptedWatched<ScriptedInbox>, onActive: (@Sendable (any Channel) -> Void)? = nil) {
+    init(inbox: Watched<ScriptedInbox>, onActive: (@Sendable (any Channel) -> Void)? = nil) {
         self.inbox = inbox
         self.onActive = onActive
     }
@@ -203,13 +133,13 @@ struct ScriptedHandshake: Sendable {
 /// One scripted TCP connection (dialed or accepted).
 final class ScriptedPeer: Sendable {
     let channel: any Channel
-    let inbox: ScriptedWatched<ScriptedInbox>
+    let inbox: Watched<ScriptedInbox>
     /// Our end, `127.0.0.1:port`.
     let localAddress: String
     /// The other end, `127.0.0.1:port`.
     let remoteAddress: String
 
-    init(channel: any Channel, inbox: ScriptedWatched<ScriptedInbox>) {
+    init(channel: any Channel, inbox: Watched<ScriptedInbox>) {
         self.channel = channel
         self.inbox = inbox
         localAddress = Self.format(channel.localAddress)
@@ -227,7 +157,7 @@ final class ScriptedPeer: Sendable {
             throw ScriptedPeerError.protocolViolation("bad address \(address)")
         }
         let host = String(address[..<colon])
-        let inbox = ScriptedWatched(ScriptedInbox())
+        let inbox = Watched(ScriptedInbox())
         let handler = ScriptedPeerHandler(inbox: inbox)
         var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -430,25 +360,25 @@ struct ScriptedClosed: Sendable {
 /// A listening socket on 127.0.0.1:0 that hands out accepted connections as `ScriptedPeer`s.
 final class ScriptedListener: Sendable {
     let channel: any Channel
-    private let accepted: ScriptedWatched<[ScriptedPeer]>
+    private let accepted: Watched<[ScriptedPeer]>
     private let taken = Mutex(0)
     /// `127.0.0.1:<port>`.
     let address: String
 
-    private init(channel: any Channel, accepted: ScriptedWatched<[ScriptedPeer]>) {
+    private init(channel: any Channel, accepted: Watched<[ScriptedPeer]>) {
         self.channel = channel
         self.accepted = accepted
         address = ScriptedPeer.format(channel.localAddress)
     }
 
     static func start() async throws -> ScriptedListener {
-        let accepted = ScriptedWatched<[ScriptedPeer]>([])
+        let accepted = Watched<[ScriptedPeer]>([])
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
-                    let inbox = ScriptedWatched(ScriptedInbox())
+                    let inbox = Watched(ScriptedInbox())
                     let handler = ScriptedPeerHandler(inbox: inbox) { channel in
                         let peer = ScriptedPeer(channel: channel, inbox: inbox)
                         accepted.update { $0.append(peer) }

@@ -11,7 +11,7 @@ final class ChildProcess: @unchecked Sendable {
     private var buffer = Data()
     private let errorOutput: Pipe?
     /// Both output streams and the exit status, when the child was started with `collectOutput`.
-    private let collected: ScriptedWatched<ChildOutput>?
+    private let collected: Watched<ChildOutput>?
 
     /// Starts `product` with `arguments`. `environment` adds or replaces variables, `unsetEnvironment`
     /// removes inherited ones. With `collectOutput`, standard output and standard error are read in
@@ -35,7 +35,7 @@ final class ChildProcess: @unchecked Sendable {
         process.standardOutput = output
         if collectOutput {
             let errorOutput = Pipe()
-            let collected = ScriptedWatched(ChildOutput())
+            let collected = Watched(ChildOutput())
             process.standardError = errorOutput
             process.terminationHandler = { p in
                 let exit = ChildExit(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal)
