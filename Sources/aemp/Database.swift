@@ -26,6 +26,21 @@ enum DeleteRequests {
     }
 }
 
+/// Joins, asks the master one database query (bounded by --timeout), prints the answer as one
+/// JSON line and leaves.
+private func printQuery(
+    _ options: NodeOptions, _ client: ClientOptions, _ request: String,
+    _ query: @escaping @Sendable (Node) async -> Value
+) async throws {
+    let session = try await Session.join(options, client)
+    let node = session.node
+    let answer = try await withTimeout(session.timeout, "\(request) reply from master \(session.master)") {
+        await query(node)
+    }
+    writeLine(renderJSON(answer))
+    await session.leave()
+}
+
 /// `aemp db get FAMILY`: prints the family as one JSON object.
 struct DBGet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -37,14 +52,8 @@ struct DBGet: AsyncParsableCommand {
     @Argument(help: "The family.") var family: String
 
     func run() async throws {
-        let session = try await Session.join(options, client)
-        let node = session.node
         let family = self.family
-        let values = try await withTimeout(session.timeout, "db_family reply from master \(session.master)") {
-            await node.dbFamily(family)
-        }
-        writeLine(renderJSON(.object(values)))
-        await session.leave()
+        try await printQuery(options, client, "db_family") { .object(await $0.dbFamily(family)) }
     }
 }
 
@@ -59,14 +68,8 @@ struct DBKeys: AsyncParsableCommand {
     @Argument(help: "The family.") var family: String
 
     func run() async throws {
-        let session = try await Session.join(options, client)
-        let node = session.node
         let family = self.family
-        let keys = try await withTimeout(session.timeout, "db_keys reply from master \(session.master)") {
-            await node.dbKeys(family)
-        }
-        writeLine(renderJSON(.array(keys.sorted().map { .string($0) })))
-        await session.leave()
+        try await printQuery(options, client, "db_keys") { .array(await $0.dbKeys(family).sorted().map { .string($0) }) }
     }
 }
 
@@ -81,15 +84,12 @@ struct DBValues: AsyncParsableCommand {
     @Argument(help: "The family.") var family: String
 
     func run() async throws {
-        let session = try await Session.join(options, client)
-        let node = session.node
         let family = self.family
         // db_family rather than db_values: the values come out in a stable order (by key).
-        let values = try await withTimeout(session.timeout, "db_family reply from master \(session.master)") {
-            await node.dbFamily(family)
+        try await printQuery(options, client, "db_family") { node in
+            let values = await node.dbFamily(family)
+            return .array(values.keys.sorted().map { values[$0]! })
         }
-        writeLine(renderJSON(.array(values.keys.sorted().map { values[$0]! })))
-        await session.leave()
     }
 }
 

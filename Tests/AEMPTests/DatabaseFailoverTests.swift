@@ -25,16 +25,9 @@ final class FeedLog: Sendable {
 struct DatabaseFailoverTests {
     @Test("killing one global seed: nodes re-attach and re-register, nothing is lost, the dead global's keys are deleted once")
     func killGlobalSeed() async throws {
-        let a = "127.0.0.1:\(try freePort())"
-        let b = "127.0.0.1:\(try freePort())"
-        let seedA = try ChildProcess(
-            "aemp", ["seed", "--bind", a, "--seeds", b, "--secret", testSecret, "--node-id", "fdb-a-%u"])
-        defer { seedA.stop() }
-        let seedB = try ChildProcess(
-            "aemp", ["seed", "--bind", b, "--seeds", a, "--secret", testSecret, "--node-id", "fdb-b-%u"])
-        defer { seedB.stop() }
-        let idA = try bannerNodeID(try await seedA.readLine())
-        let idB = try bannerNodeID(try await seedB.readLine())
+        let seeds = try await TwoSeeds.start("fdb")
+        defer { seeds.stop() }
+        let (a, b, seedA, seedB, idA, idB) = (seeds.a, seeds.b, seeds.seedA, seeds.seedB, seeds.idA, seeds.idB)
 
         // The public node knows both seeds; whichever is its master is the one that dies.
         let pub = try makeNode(id: "fdb-pub-%u", binds: ["127.0.0.1:0"], seeds: [a, b])
@@ -111,16 +104,9 @@ struct DatabaseFailoverTests {
 struct TwoGlobalDatabaseTests {
     @Test("db_set/db_del/db_reg+kil cross the two globals; a killed node process's keys leave every view")
     func acrossGlobals() async throws {
-        let a = "127.0.0.1:\(try freePort())"
-        let b = "127.0.0.1:\(try freePort())"
-        let seedA = try ChildProcess(
-            "aemp", ["seed", "--bind", a, "--seeds", b, "--secret", testSecret, "--node-id", "tg-a-%u"])
-        defer { seedA.stop() }
-        let seedB = try ChildProcess(
-            "aemp", ["seed", "--bind", b, "--seeds", a, "--secret", testSecret, "--node-id", "tg-b-%u"])
-        defer { seedB.stop() }
-        let idA = try bannerNodeID(try await seedA.readLine())
-        let idB = try bannerNodeID(try await seedB.readLine())
+        let seeds = try await TwoSeeds.start("tg")
+        defer { seeds.stop() }
+        let (a, b, idA, idB) = (seeds.a, seeds.b, seeds.idA, seeds.idB)
 
         let pub = try makeNode(id: "tg-pub-%u", binds: ["127.0.0.1:0"], seeds: [a])
         let priv = try makeNode(id: "tg-priv-%u", seeds: [b])
@@ -167,6 +153,42 @@ struct TwoGlobalDatabaseTests {
 
         await priv.shutdown()
         await pub.shutdown()
+    }
+}
+
+/// Two `aemp seed` processes on fixed loopback ports, each the other's seed: two meshed globals.
+struct TwoSeeds {
+    let a: String, b: String
+    let seedA: ChildProcess, seedB: ChildProcess
+    let idA: String, idB: String
+
+    static func start(_ prefix: String) async throws -> TwoSeeds {
+        let a = "127.0.0.1:\(try freePort())"
+        let b = "127.0.0.1:\(try freePort())"
+        let seedA = try ChildProcess(
+            "aemp", ["seed", "--bind", a, "--seeds", b, "--secret", testSecret, "--node-id", "\(prefix)-a-%u"])
+        let seedB: ChildProcess
+        do {
+            seedB = try ChildProcess(
+                "aemp", ["seed", "--bind", b, "--seeds", a, "--secret", testSecret, "--node-id", "\(prefix)-b-%u"])
+        } catch {
+            seedA.stop()
+            throw error
+        }
+        do {
+            let idA = try bannerNodeID(try await seedA.readLine())
+            let idB = try bannerNodeID(try await seedB.readLine())
+            return TwoSeeds(a: a, b: b, seedA: seedA, seedB: seedB, idA: idA, idB: idB)
+        } catch {
+            seedA.stop()
+            seedB.stop()
+            throw error
+        }
+    }
+
+    func stop() {
+        seedA.stop()
+        seedB.stop()
     }
 }
 
