@@ -35,10 +35,9 @@ enum Vectors {
                 "AEMP_VECTORS=\(env) is not an aemp-vectors directory (it needs README.md and auth-vectors.json)"))
         }
         var tried: [String] = []
-        let starts = [
-            URL(fileURLWithPath: #filePath).deletingLastPathComponent(),
-            URL(fileURLWithPath: fm.currentDirectoryPath, isDirectory: true),
-        ]
+        let here = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        let starts = [here, URL(fileURLWithPath: fm.currentDirectoryPath, isDirectory: true)]
+            + originRepositories(above: here)
         for start in starts {
             var dir = start.standardizedFileURL
             while true {
@@ -55,6 +54,25 @@ enum Vectors {
             (e.g. <repo>/../shared/aemp-vectors) or set AEMP_VECTORS=/path/to/aemp-vectors. Looked in: \
             \(tried.joined(separator: ", "))
             """))
+    }
+
+    /// For a clone made from a local repository (CI clones the project into a fresh folder): that
+    /// repository, whose `../shared` holds the vectors. Read from `.git/config` (`url = /path`).
+    private static func originRepositories(above start: URL) -> [URL] {
+        var dir = start.standardizedFileURL
+        while true {
+            let config = dir.appendingPathComponent(".git/config")
+            if let text = try? String(contentsOf: config, encoding: .utf8) {
+                return text.split(separator: "\n").compactMap { line -> URL? in
+                    let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                    guard parts.count == 2, parts[0] == "url", parts[1].hasPrefix("/") else { return nil }
+                    return URL(fileURLWithPath: parts[1], isDirectory: true)
+                }
+            }
+            let parent = dir.deletingLastPathComponent().standardizedFileURL
+            if parent.path == dir.path { return [] }
+            dir = parent
+        }
     }
 
     /// The bytes of a file inside the vectors directory.
