@@ -9,6 +9,7 @@ enum Destination {
         guard case .string(let given) = raw else {
             throw .invalidPort("\"port\" must be a string \"node#name\"")
         }
+        if let plain = plainPortID(given) { return plain }
         var text = trimmed(given)
         // Undo percent-encoding (repeatedly: %2523 is a '#' encoded twice) so that no spelling of
         // a node port slips through.
@@ -41,6 +42,25 @@ enum Destination {
             throw .invalidPort("\(given.debugDescription) has more than one '#'")
         }
         return PortID(node: nodeID, name: portName)
+    }
+
+    /// The common spelling, checked byte by byte: printable ASCII without blanks or `%`, one `#`
+    /// with text on both sides. Anything else takes the full path above.
+    private static func plainPortID(_ s: String) -> PortID? {
+        var hash: Int?
+        var count = 0
+        for b in s.utf8 {
+            guard b > 0x20, b < 0x7F, b != UInt8(ascii: "%") else { return nil }
+            if b == UInt8(ascii: "#") {
+                guard hash == nil else { return nil }
+                hash = count
+            }
+            count += 1
+        }
+        guard let hash, hash > 0, hash < count - 1 else { return nil }
+        let utf8 = s.utf8
+        let split = utf8.index(utf8.startIndex, offsetBy: hash)
+        return PortID(node: String(s[..<split]), name: String(s[utf8.index(after: split)...]))
     }
 
     static func trimmed(_ s: String) -> String {

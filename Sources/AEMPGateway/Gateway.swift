@@ -73,6 +73,8 @@ public final class Gateway: HTTPHandler, Sendable {
         }
         var http = configuration.http
         http.logger = logger
+        // The node calls of a polling pass (its sends, above all) reach the node's loop together.
+        http.pass = { [node] body in node.batch(body) }
         let s = try HTTPServer(settings: http, handler: self)
         server.withLock { $0 = s }
         for address in configuration.additionalHTTPAddresses {

@@ -1,6 +1,11 @@
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A handle for an active monitor, for `unmon`.
 public struct Monitor: Hashable, Sendable {
@@ -28,6 +33,17 @@ public final class Node: Sendable {
     private let configuration: NodeConfiguration
     let ids: IDGenerator
     private let ports: PortTable
+    /// Work handed over from other threads, run on the loop in arrival order; one loop wake-up
+    /// serves everything queued until it runs (a burst of `snd`s costs one hop, not one each).
+    private let inbox = Mutex(Inbox())
+
+    struct Inbox {
+        var work: [@Sendable (Kernel) -> Void] = []
+        /// A drain is scheduled on the loop.
+        var scheduled = false
+        /// Threads inside `batch`: their calls queue without waking the loop.
+        var batching: [pthread_t] = []
+    }
 
     /// Creates a node (not yet listening or connected; call `start()`).
     public init(
@@ -96,9 +112,48 @@ public final class Node: Sendable {
     func onLoop(_ body: @escaping @Sendable (Kernel) -> Void) {
         if eventLoop.inEventLoop {
             body(kernel.value)
-        } else {
-            eventLoop.execute { [kernel] in body(kernel.value) }
+            return
         }
+        let me = pthread_self()
+        let wake = inbox.withLock { i -> Bool in
+            i.work.append(body)
+            guard !i.scheduled, !i.batching.contains(where: { pthread_equal($0, me) != 0 }) else { return false }
+            i.scheduled = true
+            return true
+        }
+        // Any loop task submitted after this call (from this thread) runs after the drain
+        // scheduled here or earlier, so calls keep their order.
+        if wake { eventLoop.execute { [self] in drainInbox() } }
+    }
+
+    private func drainInbox() {
+        var batch: [@Sendable (Kernel) -> Void] = []
+        inbox.withLock { i in
+            swap(&batch, &i.work)
+            i.scheduled = false
+        }
+        let k = kernel.value
+        for body in batch { body(k) }
+    }
+
+    /// Runs `body`; the node calls it makes on this thread (`snd`, `kil`, `mon`, `db_set`, …)
+    /// reach the node's loop together when it returns, with one wake-up, in the order they were
+    /// made. For a thread that serves many requests per pass (an HTTP server's polling thread):
+    /// the loop then writes a pass's messages to a peer in one packet burst instead of one
+    /// system call each. Not for blocking work: nothing reaches the loop until `body` returns.
+    public func batch<T>(_ body: () throws -> T) rethrows -> T {
+        let me = pthread_self()
+        inbox.withLock { $0.batching.append(me) }
+        defer {
+            let wake = inbox.withLock { i -> Bool in
+                if let at = i.batching.firstIndex(where: { pthread_equal($0, me) != 0 }) { i.batching.remove(at: at) }
+                guard !i.work.isEmpty, !i.scheduled else { return false }
+                i.scheduled = true
+                return true
+            }
+            if wake { eventLoop.execute { [self] in drainInbox() } }
+        }
+        return try body()
     }
 
     // MARK: - Ports

@@ -54,7 +54,9 @@ final class Connection: ChannelInboundHandler {
     private var handshakeTimer: Scheduled<Void>?
     private var closeReason: String?
     private var closing = false
-    private var flushScheduled = false
+    /// Packets of the current loop tick, written and flushed as one buffer at its end (one
+    /// write per tick instead of one per packet).
+    private var outgoing: ByteBuffer?
 
     private var localLines = ("", "")
     private var remoteLine1 = ""
@@ -274,24 +276,33 @@ final class Connection: ChannelInboundHandler {
 
     // MARK: - Data phase
 
-    /// Sends one packet; flushed at the end of the current event-loop tick.
+    /// Sends one packet; written with the others of this event-loop tick at its end.
     func send(_ packet: [Value]) {
         guard state == .established, !closing, let context else { return }
-        var out = context.channel.allocator.buffer(capacity: 128)
+        let first = outgoing == nil
+        var out = outgoing ?? context.channel.allocator.buffer(capacity: 4096)
+        outgoing = nil  // unique while encoding: no copy on write
+        let mark = out.writerIndex
         do {
             try sendFraming.encode(packet, into: &out)
         } catch {
+            out.moveWriterIndex(to: mark)
             logger.error("dropping unencodable packet", metadata: ["error": "\(error)"])
+        }
+        outgoing = out
+        if first {
+            context.eventLoop.assumeIsolated().execute { [self] in writeOutgoing() }
+        }
+    }
+
+    /// Writes and flushes the packets gathered this tick.
+    private func writeOutgoing(promise: EventLoopPromise<Void>? = nil) {
+        guard let context, let out = outgoing else {
+            promise?.succeed()
             return
         }
-        context.write(wrapOutboundOut(out), promise: nil)
-        if !flushScheduled {
-            flushScheduled = true
-            context.eventLoop.assumeIsolated().execute { [self] in
-                flushScheduled = false
-                self.context?.flush()
-            }
-        }
+        outgoing = nil
+        context.writeAndFlush(wrapOutboundOut(out), promise: promise)
     }
 
     /// Closes the connection, logging `reason`.
@@ -304,7 +315,8 @@ final class Connection: ChannelInboundHandler {
             // out (a node shutting down must not lose what it just sent), but do not wait on a
             // peer that stopped reading for more than a moment.
             let written = context.eventLoop.makePromise(of: Void.self)
-            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
+            if outgoing == nil { outgoing = context.channel.allocator.buffer(capacity: 0) }
+            writeOutgoing(promise: written)
             let loop = context.eventLoop.assumeIsolated()
             let deadline = loop.scheduleTask(in: .seconds(2)) { context.close(promise: nil) }
             written.futureResult.assumeIsolated().whenComplete { _ in

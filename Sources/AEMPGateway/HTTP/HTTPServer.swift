@@ -48,6 +48,9 @@ public struct HTTPServerSettings: Sendable {
     /// (libmicrohttpd with GnuTLS).
     public var tlsCertificate: [UInt8]?
     public var tlsKey: [UInt8]?
+    /// Wraps each pass of the polling thread (one wait for events and the handling of all of
+    /// them): e.g. `Node.batch`, so that a pass's messages reach the mesh together.
+    public var pass: @Sendable (() -> Void) -> Void = { $0() }
 
     public init() {}
 }
@@ -99,16 +102,15 @@ public final class Exchange: Sendable {
 
     /// Answers the request (later calls are ignored).
     public func respond(_ response: HTTPResponse) {
-        let first = state.withLock { s -> Bool in
+        let waited = state.withLock { s -> Bool in
             guard s.response == nil, !s.completed else { return false }
             s.response = response
-            if s.suspended {
-                s.suspended = false
-                MHD_resume_connection(connection.pointer)
-            }
+            guard s.suspended else { return false }
+            s.suspended = false
+            MHD_resume_connection(connection.pointer)
             return true
         }
-        if first { server.pending.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) } }
+        if waited { server.pending.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) } }
     }
 
     /// Whether an answer was given.
@@ -125,14 +127,20 @@ public final class Exchange: Sendable {
             if !s.suspended {
                 s.suspended = true
                 MHD_suspend_connection(connection.pointer)
+                // Waiting for an answer: `stop` answers it if none comes first (`respond` and
+                // `complete` take it out; answers given at once never enter the table).
+                server.pending.withLock { $0[ObjectIdentifier(self)] = self }
             }
             return nil
         }
     }
 
     func complete() {
-        state.withLock { $0.completed = true }
-        server.pending.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
+        let waiting = state.withLock { s -> Bool in
+            s.completed = true
+            return s.suspended
+        }
+        if waiting { server.pending.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) } }
     }
 }
 
@@ -144,8 +152,9 @@ final class RequestContext {
     var exchange: Exchange?
 }
 
-/// An HTTP server on libmicrohttpd: epoll with one internal polling thread, suspend/resume for
-/// long-polls and event streams (conventions: libmicrohttpd notes).
+/// An HTTP server on libmicrohttpd: epoll, one polling thread of its own that runs
+/// `MHD_run_wait` in passes (each wrapped by `settings.pass`), suspend/resume for long-polls and
+/// event streams (conventions: libmicrohttpd notes).
 public final class HTTPServer: Sendable {
     /// Exchanges not yet answered (answered with `shuttingDown` at stop).
     let pending = Mutex<[ObjectIdentifier: Exchange]>([:])
@@ -154,6 +163,8 @@ public final class HTTPServer: Sendable {
     let handler: any HTTPHandler
     let settings: HTTPServerSettings
     private let daemon = Mutex<DaemonRef?>(nil)
+    private let poller = Mutex<pthread_t?>(nil)
+    private let stopping = Atomic<Bool>(false)
     private let counter = Atomic<UInt64>(0)
     /// Connections open now.
     let openConnections = Atomic<Int>(0)
@@ -194,9 +205,10 @@ public final class HTTPServer: Sendable {
                 option: .NOTIFY_COMPLETED, value: unsafeBitCast(mhdCompleted, to: Int.self), ptr_value: me),
             MHD_OptionItem(option: .END, value: 0, ptr_value: nil),
         ]
-        // MHD_USE_EPOLL | MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME (incl. MHD_USE_ITC)
-        // | MHD_USE_ERROR_LOG | MHD_USE_TURBO; a closed flag enum in Swift, so by value (microhttpd.h).
-        var flags: UInt32 = 512 | 8 | (8192 | 1024) | 1 | 4096
+        // MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME (incl. MHD_USE_ITC, which also wakes the poller
+        // for resumes from other threads) | MHD_USE_ERROR_LOG | MHD_USE_TURBO; a closed flag enum in
+        // Swift, so by value (microhttpd.h). The polling thread is ours (see `poll`).
+        var flags: UInt32 = 512 | (8192 | 1024) | 1 | 4096
         // NUL-terminated PEM copies; GnuTLS parses them while the daemon starts.
         let cert = settings.tlsCertificate.map { $0 + [0] }
         let key = settings.tlsKey.map { $0 + [0] }
@@ -219,6 +231,16 @@ public final class HTTPServer: Sendable {
             throw HTTPServerError.daemonFailed(address: settings.address)
         }
         daemon.withLock { $0 = DaemonRef(pointer: d) }
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(PollContext(server: self, daemon: DaemonRef(pointer: d))).toOpaque()
+        guard pthread_create(&thread, nil, pollThreadMain, context) == 0 else {
+            Unmanaged<PollContext>.fromOpaque(context).release()
+            daemon.withLock { $0 = nil }
+            MHD_stop_daemon(d)
+            close(listenFD)
+            throw HTTPServerError.daemonFailed(address: settings.address)
+        }
+        poller.withLock { $0 = thread }
         settings.logger.info(
             "HTTP listening", metadata: ["address": "\(boundAddress)", "tls": "\(settings.tlsCertificate != nil)"])
     }
@@ -237,9 +259,21 @@ public final class HTTPServer: Sendable {
             usleep(10_000)
             waited += 0.01
         }
+        stopping.store(true, ordering: .releasing)
+        if let thread = poller.withLock({ p in defer { p = nil }; return p }) { pthread_join(thread, nil) }
         daemon.withLock { $0 = nil }
         MHD_stop_daemon(d.pointer)
         close(listenFD)
+    }
+
+    /// The polling thread: passes until `stop`. A pass waits at most 100 ms, so that `stop` is
+    /// noticed soon; events (requests, resumes from other threads) end the wait at once.
+    fileprivate func poll(_ d: DaemonRef) {
+        while !stopping.load(ordering: .acquiring) {
+            settings.pass {
+                _ = MHD_run_wait(d.pointer, 100)
+            }
+        }
     }
 
     func nextRequestID() -> String {
@@ -297,13 +331,31 @@ extension Optional where Wrapped == [UInt8] {
     }
 }
 
-/// The daemon pointer; `@unchecked Sendable` because libmicrohttpd's daemon calls used here
-/// (`MHD_quiesce_daemon`, `MHD_stop_daemon`) are made once, from the owner, under `daemon`'s lock.
+/// The daemon pointer; `@unchecked Sendable` because it crosses threads in two ways only: the
+/// polling thread runs `MHD_run_wait` with it until it is joined, and `stop` calls
+/// `MHD_quiesce_daemon` (callable while the daemon runs, with MHD_USE_ITC) and, after the join,
+/// `MHD_stop_daemon`, once, under `daemon`'s lock.
 struct DaemonRef: @unchecked Sendable {
     let pointer: OpaquePointer
 }
 
-// MARK: - libmicrohttpd callbacks (its thread)
+/// What the polling thread starts with.
+private final class PollContext {
+    let server: HTTPServer
+    let daemon: DaemonRef
+    init(server: HTTPServer, daemon: DaemonRef) {
+        self.server = server
+        self.daemon = daemon
+    }
+}
+
+private let pollThreadMain: @convention(c) (UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? = { raw in
+    let context = Unmanaged<PollContext>.fromOpaque(raw!).takeRetainedValue()
+    context.server.poll(context.daemon)
+    return nil
+}
+
+// MARK: - libmicrohttpd callbacks (the polling thread)
 
 private let mhdAccess: MHD_AccessHandlerCallback = {
     cls, connection, url, method, _, uploadData, uploadSize, reqCls in
@@ -377,7 +429,6 @@ private func makeExchange(
     context.body = []
     let exchange = Exchange(connection: connection, request: request, server: server)
     context.exchange = exchange
-    server.pending.withLock { $0[ObjectIdentifier(exchange)] = exchange }
     if context.overCapacity {
         var response = server.handler.tooManyConnections(request, limit: server.settings.maxConnections)
         response.headers.append(("Connection", "close"))

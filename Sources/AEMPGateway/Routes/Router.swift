@@ -75,6 +75,10 @@ extension Gateway {
 
     /// Splits the raw path and percent-decodes each segment (so `%2F` stays inside a subkey).
     func pathSegments(_ raw: String) throws(Problem) -> [String] {
+        if !raw.utf8.contains(UInt8(ascii: "%")) {
+            // Nothing encoded (the common case): the segments are the text between slashes.
+            return raw.utf8.split(separator: UInt8(ascii: "/")).map { String(Substring($0)) }
+        }
         var out: [String] = []
         for part in raw.split(separator: "/", omittingEmptySubsequences: true) {
             guard let decoded = Destination.percentDecoded(String(part)) else {
