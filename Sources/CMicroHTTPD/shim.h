@@ -4,3 +4,11 @@
 #include <stdint.h>
 #include <stdarg.h>
 #include <microhttpd.h>
+
+/* MHD_get_daemon_info is variadic, which Swift cannot call: the epoll descriptor of a daemon
+   started with MHD_USE_EPOLL (-1 if it has none). */
+static inline int aemp_mhd_epoll_fd(struct MHD_Daemon *daemon) {
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    return info ? info->epoll_fd : -1;
+}
+#include <sys/eventfd.h>

@@ -1,6 +1,10 @@
 import CMicroHTTPD
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The body of a Server-Sent-Events response, written from any thread and read by
 /// libmicrohttpd. When the client has everything, the connection is suspended; a write
 /// resumes it (conventions: suspend under the lock the publisher takes).
@@ -70,7 +74,7 @@ public final class EventStream: Sendable {
     private static func wake(_ s: inout State) {
         if s.suspended, let connection = s.connection {
             s.suspended = false
-            MHD_resume_connection(connection.pointer)
+            connection.resume()
         }
     }
 
@@ -124,7 +128,41 @@ public final class EventStream: Sendable {
 /// A libmicrohttpd connection handle that may cross threads.
 ///
 /// `@unchecked Sendable`: the pointer is only used for `MHD_resume_connection` (documented as
-/// callable from any thread) and, on libmicrohttpd's own thread, for suspend and queueing.
+/// callable from any thread) and, on the polling thread, for suspend and queueing.
 struct ConnectionRef: @unchecked Sendable {
     let pointer: OpaquePointer
+    let waker: Waker
+
+    /// Resumes the suspended connection and wakes the polling thread to serve it.
+    func resume() {
+        MHD_resume_connection(pointer)
+        waker.wake()
+    }
+}
+
+/// An eventfd the polling thread waits on besides libmicrohttpd's epoll descriptor: resumes
+/// from other threads write it, once per pass however many there are.
+final class Waker: Sendable {
+    let fd: Int32
+    private let pending = Atomic<Bool>(false)
+
+    init() throws {
+        fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard fd >= 0 else { throw HTTPServerError.listenFailed(address: "eventfd", reason: String(cString: strerror(errno))) }
+    }
+
+    deinit { close(fd) }
+
+    func wake() {
+        guard !pending.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        var one: UInt64 = 1
+        _ = write(fd, &one, 8)
+    }
+
+    /// On the polling thread, before a pass: later wakes write again.
+    func reset() {
+        var value: UInt64 = 0
+        _ = read(fd, &value, 8)
+        pending.store(false, ordering: .releasing)
+    }
 }

@@ -1,0 +1,412 @@
+import AEMP
+import Foundation
+import Logging
+import NIOCore
+
+/// The processes of a run and the scenarios. Scenarios run one after another from one task.
+final class Bench: @unchecked Sendable {
+    let settings: AEMPBench
+    let bin: String
+    let baselinePath: String
+    let fanoutPath: String
+    let wrk: String
+    let report = Report()
+    let secret = "aemp-bench-secret"
+    let tmp: String
+    let header: String
+
+    var children: [Child] = []
+    let baseline: Child
+    let basePort: Int
+    let gateway: Child
+    let httpPort: Int
+    let seedPort: Int
+    let sink: Child
+    let sinkPort: String
+    /// The node of the benchmark itself (a member of the gateway's network).
+    let node: Node
+    /// Gateway RSS once it serves, before any load; the highest seen during the run.
+    let startRSS: Int
+    var peakRSS: Int
+    /// Scenario 3's gateway median (ns), the yardstick of scenario 4.
+    var fanOutMedian: Double?
+
+    init(bin: String, baselinePath: String, fanoutPath: String, wrk: String, settings: AEMPBench) async throws {
+        self.settings = settings
+        self.bin = bin
+        self.baselinePath = baselinePath
+        self.fanoutPath = fanoutPath
+        guard let wrkPath = executablePath(wrk) else { throw BenchError("\(wrk) not found (apt-get install wrk)") }
+        self.wrk = wrkPath
+        tmp = NSTemporaryDirectory() + "aemp-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        let cpu = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
+            .split(separator: "\n").first { $0.hasPrefix("model name") }
+            .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
+        let memory = procMeminfoGB()
+        header = "aemp-gateway benchmarks, \(ISO8601DateFormatter().string(from: Date())), \(ProcessInfo.processInfo.activeProcessorCount) cores (\(cpu)), \(memory) GB RAM"
+
+        basePort = freePort()
+        baseline = try Child("baseline", baselinePath, ["\(basePort)"], log: tmp + "/baseline.log")
+        children.append(baseline)
+        _ = try await baseline.line("baseline listening", timeout: 10)
+
+        httpPort = freePort()
+        seedPort = freePort()
+        gateway = try Child(
+            "aemp-gateway", bin + "/aemp-gateway",
+            ["--http", "127.0.0.1:\(httpPort)", "--standalone-bind", "127.0.0.1:\(seedPort)", "--secret", secret,
+             "--log-level", "error"],
+            environment: ["AEMP_GATEWAY_STATE_DIR": tmp], log: tmp + "/gateway.log")
+        children.append(gateway)
+        _ = try await gateway.line("aemp-gateway ", timeout: 30)
+        try await Task.sleep(nanoseconds: 1_000_000_000)
+        startRSS = gateway.rss
+        peakRSS = startRSS
+
+        sink = try Child(
+            "aemp sink", bin + "/aemp",
+            ["sink", "--seeds", "127.0.0.1:\(seedPort)", "--secret", secret, "--report", "0.1"])
+        children.append(sink)
+        sinkPort = String(try await sink.line("sink ", timeout: 20).dropFirst(5))
+
+        var c = NodeConfiguration(secret: secret)
+        c.nodeID = "bench/%u"
+        c.seeds = ["127.0.0.1:\(seedPort)"]
+        var logger = Logger(label: "aemp-bench")
+        logger.logLevel = .error
+        c.logger = logger
+        node = try Node(configuration: c)
+        try await node.start()
+        guard await node.waitForMaster(timeout: .seconds(10)) != nil else { throw BenchError("the bench node found no master") }
+    }
+
+    func stopAll() {
+        for child in children.reversed() { child.stop() }
+        children.removeAll()
+    }
+
+    func notePeak() { peakRSS = max(peakRSS, gateway.rss) }
+
+    func scenario(_ n: Int) async throws {
+        FileHandle.standardError.write(Data("aemp-bench: scenario \(n)\n".utf8))
+        switch n {
+        case 1: try await send()
+        case 2: try await batchSend()
+        case 3: try await fanOut()
+        case 4: try await mailboxes()
+        case 5: try await mesh()
+        default: try await footprint()
+        }
+    }
+
+    // MARK: - Scenarios 1 and 2: wrk against POST /v1/send
+
+    struct WrkResult {
+        var requestsPerSecond: Double
+        var p99ms: Double
+        var requests: Int
+        var non2xx: Int
+    }
+
+    func runWrk(port: Int, body: String, seconds: Int) async throws -> WrkResult {
+        let script = tmp + "/post-\(port).lua"
+        let escaped = body.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'")
+        try """
+            wrk.method = "POST"
+            wrk.body = '\(escaped)'
+            wrk.headers["Content-Type"] = "application/json"
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+        let child = try Child(
+            "wrk", wrk,
+            ["-t2", "-c\(settings.connections)", "-d\(seconds)s", "--latency", "-s", script, "http://127.0.0.1:\(port)/v1/send"])
+        guard child.wait(timeout: Double(seconds) + 30) == 0 else {
+            child.stop()
+            throw BenchError("wrk failed: \(child.output.suffix(5))")
+        }
+        try await Task.sleep(nanoseconds: 50_000_000)
+        let out = child.output
+        func field(_ prefix: String) -> [Substring]? {
+            out.first { $0.trimmingCharacters(in: .whitespaces).hasPrefix(prefix) }?.split(separator: " ")
+        }
+        guard let rps = field("Requests/sec:").flatMap({ Double($0[1]) }),
+            let p99 = field("99%").map({ String($0[1]) }),
+            let total = out.first(where: { $0.contains(" requests in ") }).flatMap({ Int($0.split(separator: " ")[0]) })
+        else { throw BenchError("cannot read wrk's output: \(out)") }
+        let non2xx = field("Non-2xx or 3xx responses:").flatMap { Int($0.last!) } ?? 0
+        return WrkResult(requestsPerSecond: rps, p99ms: milliseconds(p99), requests: total, non2xx: non2xx)
+    }
+
+    private func milliseconds(_ wrkTime: String) -> Double {
+        if wrkTime.hasSuffix("us") { return (Double(wrkTime.dropLast(2)) ?? 0) / 1000 }
+        if wrkTime.hasSuffix("ms") { return Double(wrkTime.dropLast(2)) ?? 0 }
+        if wrkTime.hasSuffix("s") { return (Double(wrkTime.dropLast(1)) ?? 0) * 1000 }
+        return 0
+    }
+
+    /// The sink's latest count.
+    var sinkCount: Int {
+        sink.output.last { $0.hasPrefix("count ") }.flatMap { Int($0.dropFirst(6)) } ?? 0
+    }
+
+    /// Waits until the sink has `expected` messages or its count stops moving for 2 s (bounded);
+    /// returns the count and when it was first seen.
+    func drainSink(expected: Int) async throws -> (count: Int, at: Int) {
+        var last = sinkCount, lastAt = monotonicNanoseconds()
+        let deadline = monotonicSeconds() + 120
+        while last < expected, monotonicSeconds() < deadline, monotonicNanoseconds() - lastAt < 2_000_000_000 {
+            try await Task.sleep(nanoseconds: 10_000_000)
+            let now = sinkCount
+            if now != last {
+                last = now
+                lastAt = monotonicNanoseconds()
+            }
+        }
+        return (last, lastAt)
+    }
+
+    /// One ~100-byte message (its JSON envelope) for the sink.
+    var envelope: String {
+        let pad = String(repeating: "x", count: max(8, 100 - sinkPort.count - 40))
+        return "{\"port\":\"\(sinkPort)\",\"message\":[\"bench\",12345,\"\(pad)\"]}"
+    }
+
+    func send() async throws {
+        let seconds = settings.duration
+        let base = try await runWrk(port: basePort, body: envelope, seconds: seconds)
+        let before = sinkCount
+        let gw = try await runWrk(port: httpPort, body: envelope, seconds: seconds)
+        notePeak()
+        let accepted = gw.requests - gw.non2xx
+        let (count, _) = try await drainSink(expected: before + accepted)
+        let arrived = count - before
+        // wrk does not count requests in flight when it stops: the sink may hold a few more.
+        let lost = max(0, accepted - arrived)
+        let r = gw.requestsPerSecond / base.requestsPerSecond
+        report.add(Row(scenario: "1 send: POST /v1/send, req/s", measured: format(gw.requestsPerSecond),
+                       baseline: format(base.requestsPerSecond), ratio: ratio(gw.requestsPerSecond, base.requestsPerSecond),
+                       target: "≥ 0.70×", pass: r >= 0.7))
+        report.add(Row(scenario: "1 send: p99 latency, ms", measured: format(gw.p99ms, 2), baseline: format(base.p99ms, 2),
+                       target: "≤ 5 ms", pass: gw.p99ms <= 5))
+        report.add(Row(scenario: "1 send: accepted / at sink / lost", measured: "\(accepted) / \(arrived) / \(lost)",
+                       target: "0 lost", pass: lost == 0 && gw.non2xx == 0))
+    }
+
+    func batchSend() async throws {
+        let body = "[" + Array(repeating: envelope, count: settings.batch).joined(separator: ",") + "]"
+        let seconds = settings.duration
+        let base = try await runWrk(port: basePort, body: body, seconds: seconds)
+        let before = sinkCount
+        let start = monotonicNanoseconds()
+        let gw = try await runWrk(port: httpPort, body: body, seconds: seconds)
+        notePeak()
+        let accepted = (gw.requests - gw.non2xx) * settings.batch
+        let (count, at) = try await drainSink(expected: before + accepted)
+        let arrived = count - before
+        // Delivered messages over the time from the first request to the last message at the sink.
+        let rate = Double(arrived) / (Double(at - start) / 1e9)
+        let baseRate = base.requestsPerSecond * Double(settings.batch)
+        report.add(Row(scenario: "2 batch send (\(settings.batch)/request): msgs/s at sink", measured: format(rate),
+                       baseline: format(baseRate), ratio: ratio(rate, baseRate), target: "≥ 300,000/s", pass: rate >= 300_000))
+        let lost = max(0, accepted - arrived)
+        report.add(Row(scenario: "2 batch send: accepted / at sink / lost", measured: "\(accepted) / \(arrived) / \(lost)",
+                       target: "0 lost", pass: lost == 0 && gw.non2xx == 0))
+    }
+
+    // MARK: - Scenario 3: fan-out to SSE subscribers
+
+    /// Runs `fanout sse` against a server; `trigger(k)` makes the change of round k. Returns the
+    /// per-round times (ns from just before the trigger to the last subscriber's receipt), the
+    /// time to connect everyone (ms) and the server's RSS growth per subscriber.
+    func fanOutRun(port: Int, server: Child, trigger: (Int) throws -> Void) async throws -> (rounds: [Double], first: [Double], connectMS: Double, perSubscriber: Double) {
+        let n = settings.subscribers
+        let idleRSS = server.rss
+        let client = try Child(
+            "fanout sse", fanoutPath, ["sse", "127.0.0.1", "\(port)", "/v1/db/bench/watch", "\(n)", "\(settings.rounds)", "60"],
+            log: tmp + "/fanout-sse-\(port).log")
+        defer { client.stop() }
+        let ready = try await client.line("ready ", timeout: 120)
+        let connectMS = Double(ready.split(separator: " ")[2]) ?? 0
+        try await Task.sleep(nanoseconds: 1_000_000_000)
+        let perSubscriber = Double(server.rss - idleRSS) / Double(n)
+        if server === gateway { notePeak() }
+        var times: [Double] = [], firsts: [Double] = []
+        for k in 1...settings.rounds {
+            try await Task.sleep(nanoseconds: 300_000_000)
+            let t0 = monotonicNanoseconds()
+            try trigger(k)
+            let line = try await client.line("round \(k) ", timeout: 90).split(separator: " ")
+            guard line.count == 5, let first = Int(line[2]), let last = Int(line[3]) else {
+                throw BenchError("fan-out round \(k): \(line.joined(separator: " "))")
+            }
+            times.append(Double(last - t0))
+            firsts.append(Double(first - t0))
+        }
+        _ = client.wait(timeout: 30)
+        return (times, firsts, connectMS, perSubscriber)
+    }
+
+    func fanOut() async throws {
+        let base = try await fanOutRun(port: basePort, server: baseline) { k in
+            let status = try httpRequest(port: basePort, method: "PUT", path: "/v1/db/bench/k", body: "\"bench-round-\(k)\"")
+            guard status == 204 else { throw BenchError("baseline PUT: \(status)") }
+        }
+        // The baseline notices closed idle streams at its next change: let it (see fanout.c).
+        for _ in 0..<2 { _ = try? httpRequest(port: basePort, method: "PUT", path: "/v1/db/bench/k", body: "0") }
+        let node = self.node
+        let gw = try await fanOutRun(port: httpPort, server: gateway) { k in
+            node.dbSet("bench", "k", .string("bench-round-\(k)"))
+        }
+        let gwMedian = median(gw.rounds), baseMedian = median(base.rounds)
+        fanOutMedian = gwMedian
+        let n = settings.subscribers
+        report.add(Row(scenario: "3 fan-out: \(n) SSE subscribers, median ms", measured: format(gwMedian / 1e6, 1),
+                       baseline: format(baseMedian / 1e6, 1), ratio: ratio(gwMedian, baseMedian), target: "≤ 1.30×",
+                       pass: gwMedian <= 1.3 * baseMedian))
+        report.add(Row(scenario: "3 fan-out: rounds, ms", measured: gw.rounds.map { format($0 / 1e6, 0) }.joined(separator: " "),
+                       baseline: base.rounds.map { format($0 / 1e6, 0) }.joined(separator: " "), target: "", pass: nil))
+        report.add(Row(scenario: "3 fan-out: first subscriber has it, median ms", measured: format(median(gw.first) / 1e6, 1),
+                       baseline: format(median(base.first) / 1e6, 1), target: "", pass: nil))
+        report.add(Row(scenario: "3 fan-out: connect \(n) subscribers, ms", measured: format(gw.connectMS, 0),
+                       baseline: format(base.connectMS, 0), ratio: ratio(gw.connectMS, base.connectMS), target: "", pass: nil))
+        report.add(Row(scenario: "3 fan-out: memory per idle subscriber, KB", measured: format(gw.perSubscriber / 1024, 1),
+                       baseline: format(base.perSubscriber / 1024, 1), ratio: ratio(gw.perSubscriber, base.perSubscriber),
+                       target: "≤ 12 KB", pass: gw.perSubscriber <= 12 * 1024))
+    }
+
+    // MARK: - Scenario 4: parked long-polls on mailboxes
+
+    func mailboxes() async throws {
+        let n = settings.subscribers
+        let create = try Child(
+            "fanout post", fanoutPath, ["post", "127.0.0.1", "\(httpPort)", "/v1/ports", "\(n)", "32", "{\"ttl\":20}"],
+            log: tmp + "/fanout-post.log")
+        guard create.wait(timeout: 180) == 0 else {
+            create.stop()
+            throw BenchError("creating \(n) mailboxes failed: \((try? String(contentsOfFile: tmp + "/fanout-post.log", encoding: .utf8)) ?? "")")
+        }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        var names: [String] = [], ports: [PortID] = []
+        for line in create.output where line.hasPrefix("{") {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                let name = object["name"] as? String, let port = (object["port"] as? String).flatMap(PortID.init)
+            else { throw BenchError("unexpected mailbox answer \(line)") }
+            names.append(name)
+            ports.append(port)
+        }
+        guard names.count == n else { throw BenchError("\(names.count) of \(n) mailboxes created") }
+        let paths = tmp + "/mailboxes.txt"
+        try names.map { "/v1/ports/\($0)/messages?wait=60\n" }.joined().write(toFile: paths, atomically: true, encoding: .utf8)
+        let client = try Child("fanout poll", fanoutPath, ["poll", "127.0.0.1", "\(httpPort)", paths, "120"], log: tmp + "/fanout-poll.log")
+        defer { client.stop() }
+        _ = try await client.line("parked ", timeout: 120)
+        // Every request is written; give the gateway a moment to read and park them all.
+        try await Task.sleep(nanoseconds: 2_000_000_000)
+        notePeak()
+        let t0 = monotonicNanoseconds()
+        node.batch {
+            for (i, port) in ports.enumerated() { node.snd(port, ["bench", .int(Int64(i))]) }
+        }
+        let done = try await client.line("done ", timeout: 120).split(separator: " ")
+        guard done.count == 5, let last = Int(done[3]), let non200 = Int(done[4]) else {
+            throw BenchError("long-polls: \(done.joined(separator: " "))")
+        }
+        let time = Double(last - t0)
+        let yardstick = fanOutMedian
+        report.add(Row(scenario: "4 mailboxes: \(n) parked long-polls, ms", measured: format(time / 1e6, 1),
+                       baseline: yardstick.map { "\(format($0 / 1e6, 1)) (3)" } ?? "-",
+                       ratio: yardstick.map { ratio(time, $0) } ?? "-", target: "≤ 1.50× (3)",
+                       pass: yardstick.map { time <= 1.5 * $0 && non200 == 0 } ?? (non200 == 0)))
+        report.add(Row(scenario: "4 mailboxes: answered 200 / other", measured: "\(n - non200) / \(non200)", target: "all 200",
+                       pass: non200 == 0))
+    }
+
+    // MARK: - Scenario 5: node to node
+
+    func mesh() async throws {
+        let n = settings.meshMessages
+        for framing in ["json", "cbor"] {
+            let port = freePort()
+            let receiver = try Child(
+                "aemp sink (\(framing))", bin + "/aemp",
+                ["sink", "--bind", "127.0.0.1:\(port)", "--seeds", "127.0.0.1:\(port)", "--secret", secret,
+                 "--framings", framing, "--expect", "\(n)", "--report", "1"])
+            defer { receiver.stop() }
+            let target = try await receiver.line("sink ", timeout: 20).dropFirst(5)
+            guard let sinkPort = PortID(String(target)) else { throw BenchError("bad sink port \(target)") }
+            var c = NodeConfiguration(secret: secret)
+            c.nodeID = "sender/%u"
+            c.seeds = ["127.0.0.1:\(port)"]
+            var logger = Logger(label: "aemp-bench.mesh")
+            logger.logLevel = .error
+            c.logger = logger
+            let sender = try Node(configuration: c)
+            try await sender.start()
+            guard await sender.waitForMaster(timeout: .seconds(10)) != nil else { throw BenchError("the sender found no master") }
+            // A first message opens nothing new (the seed connection is the one), but warms it up.
+            let pad = String(repeating: "x", count: 70)
+            let receiverCPU0 = receiver.cpuSeconds, senderCPU0 = ownCPU()
+            let t0 = monotonicNanoseconds()
+            var sent = 0
+            while sent < n {
+                let chunk = min(1000, n - sent)
+                sender.batch {
+                    for i in sent..<(sent + chunk) { sender.snd(sinkPort, ["bench", .int(Int64(i)), .string(pad)]) }
+                }
+                sent += chunk
+                if sent % 100_000 == 0 { await Task.yield() }
+            }
+            let reached = try await receiver.line("reached ", timeout: 300).split(separator: " ")
+            guard reached.count == 3, let at = Int(reached[2]) else { throw BenchError("sink: \(reached)") }
+            let seconds = Double(at - t0) / 1e9
+            let rate = Double(n) / seconds
+            let senderCPU = (ownCPU() - senderCPU0) / Double(n) * 1e6
+            let receiverCPU = (receiver.cpuSeconds - receiverCPU0) / Double(n) * 1e6
+            let framed = try framedSize(framing, sinkPort, pad)
+            report.add(Row(scenario: "5 mesh \(framing) (\(framed) B/packet): msgs/s", measured: format(rate),
+                           baseline: "", ratio: "", target: "≥ 300,000/s", pass: rate >= 300_000))
+            report.add(Row(scenario: "5 mesh \(framing): CPU µs/msg sender + receiver",
+                           measured: "\(format(senderCPU, 2)) + \(format(receiverCPU, 2))", target: "", pass: nil))
+            await sender.shutdown()
+        }
+    }
+
+    private func framedSize(_ framing: String, _ port: PortID, _ pad: String) throws -> Int {
+        var buffer = ByteBufferAllocator().buffer(capacity: 256)
+        try Framing(rawValue: framing)!.encode([.string(port.name), "bench", .int(123456), .string(pad)], into: &buffer)
+        return buffer.readableBytes
+    }
+
+    // MARK: - Scenario 6: idle footprint
+
+    func footprint() async throws {
+        let startMB = Double(startRSS) / 1_048_576
+        report.add(Row(scenario: "6 idle: gateway RSS at start, MB", measured: format(startMB, 1), target: "≤ 30 MB", pass: startMB <= 30))
+        // After the load: the level it settles to, then `idle` seconds later.
+        let descriptors0 = openDescriptors(gateway.pid)
+        try await Task.sleep(nanoseconds: 2_000_000_000)
+        let floor = gateway.rss
+        try await Task.sleep(nanoseconds: UInt64(settings.idle) * 1_000_000_000)
+        let final = gateway.rss
+        notePeak()
+        report.add(Row(scenario: "6 idle: RSS peak / settled / after \(settings.idle) s idle, MB",
+                       measured: "\(format(Double(peakRSS) / 1_048_576, 0)) / \(format(Double(floor) / 1_048_576, 0)) / \(format(Double(final) / 1_048_576, 0))",
+                       target: "≤ 1.10× settled", pass: Double(final) <= 1.1 * Double(floor)))
+        report.add(Row(scenario: "6 idle: open descriptors after load / after idle", measured: "\(descriptors0) / \(openDescriptors(gateway.pid))",
+                       target: "", pass: nil))
+    }
+}
+
+func median(_ values: [Double]) -> Double {
+    let s = values.sorted()
+    guard !s.isEmpty else { return 0 }
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+func procMeminfoGB() -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+        let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
+        let kb = Int(line.split(separator: " ")[1])
+    else { return 0 }
+    return Int((Double(kb) / 1_048_576).rounded())
+}
