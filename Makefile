@@ -1,5 +1,5 @@
 # Entry points for people and CI. `make test` is what .ci/run calls.
-.PHONY: deps build run test
+.PHONY: deps build run test bench
 
 deps:
 	@scripts/deps
@@ -15,3 +15,8 @@ run: deps
 
 test: deps
 	swift test
+
+# Benchmarks (not part of the tests): release build, C baseline, all scenarios of issue 6.
+# Extra flags: make bench ARGS="--scenarios 1,2 --duration 5".
+bench: deps
+	scripts/bench $(ARGS)

@@ -1,4 +1,5 @@
 import AEMP
+import CMicroHTTPD
 import CoreMetrics
 import Logging
 import NIOCore
@@ -28,6 +29,8 @@ public final class Gateway: HTTPHandler, Sendable {
     let server = Mutex<HTTPServer?>(nil)
     let extraServers = Mutex<[HTTPServer]>([])
     let isStopping = Atomic<Bool>(false)
+    /// The highest load (connections + mailboxes) since memory was last returned (`returnFreedMemory`).
+    let loadMark = Mutex<Int>(0)
     let openAPI: [UInt8]
     let metrics = GatewayMetrics()
 
@@ -218,7 +221,22 @@ public final class Gateway: HTTPHandler, Sendable {
             for s in allServers {
                 s.streams.withLock { Array($0.values) }.forEach { $0.send(ServerSentEvent.heartbeat) }
             }
+            returnFreedMemory()
         }
+    }
+
+    /// After a burst (thousands of connections or mailboxes gone since the last beat's high mark),
+    /// hands freed heap pages back to the system: glibc keeps them otherwise, and the RSS of a
+    /// gateway that once held 10,000 streams would stay at its peak.
+    private func returnFreedMemory() {
+        let load = allServers.reduce(0) { $0 + $1.connectionCount } + mailboxes.count
+        let trim = loadMark.withLock { mark -> Bool in
+            mark = max(mark, load)
+            guard mark - load >= 1000 else { return false }
+            mark = load
+            return true
+        }
+        if trim { _ = malloc_trim(0) }
     }
 
     private func dropIdleFeeds() {

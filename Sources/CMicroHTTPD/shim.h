@@ -12,3 +12,5 @@ static inline int aemp_mhd_epoll_fd(struct MHD_Daemon *daemon) {
     return info ? info->epoll_fd : -1;
 }
 #include <sys/eventfd.h>
+/* malloc_trim: the gateway hands freed heap back to the system after a burst of connections. */
+#include <malloc.h>

@@ -56,7 +56,7 @@ final class Bench: @unchecked Sendable {
         gateway = try Child(
             "aemp-gateway", bin + "/aemp-gateway",
             ["--http", "127.0.0.1:\(httpPort)", "--standalone-bind", "127.0.0.1:\(seedPort)", "--secret", secret,
-             "--log-level", "error"],
+             "--log-level", "error", "--metrics-public"],
             environment: ["AEMP_GATEWAY_STATE_DIR": tmp], log: tmp + "/gateway.log")
         children.append(gateway)
         _ = try await gateway.line("aemp-gateway ", timeout: 30)
@@ -88,8 +88,27 @@ final class Bench: @unchecked Sendable {
 
     func notePeak() { peakRSS = max(peakRSS, gateway.rss) }
 
+    /// HTTP connections the gateway holds (its /metrics).
+    func gatewayConnections() throws -> Int {
+        let (_, text) = try httpExchange(port: httpPort, method: "GET", path: "/metrics")
+        for line in text.split(separator: "\n") where line.hasPrefix("aemp_gateway_http_connections ") {
+            return Int(Double(line.split(separator: " ")[1]) ?? -1)
+        }
+        throw BenchError("no aemp_gateway_http_connections in /metrics")
+    }
+
+    /// Waits (bounded) until the previous scenario's connections are gone: closed idle event
+    /// streams are noticed at the next heartbeat (15 s), as suspended connections are not polled.
+    func settle() async throws {
+        let deadline = monotonicSeconds() + 40
+        while try gatewayConnections() > 10, monotonicSeconds() < deadline {
+            try await Task.sleep(nanoseconds: 250_000_000)
+        }
+    }
+
     func scenario(_ n: Int) async throws {
         FileHandle.standardError.write(Data("aemp-bench: scenario \(n)\n".utf8))
+        try await settle()
         switch n {
         case 1: try await send()
         case 2: try await batchSend()
@@ -300,15 +319,14 @@ final class Bench: @unchecked Sendable {
         let client = try Child("fanout poll", fanoutPath, ["poll", "127.0.0.1", "\(httpPort)", paths, "120"], log: tmp + "/fanout-poll.log")
         defer { client.stop() }
         _ = try await client.line("parked ", timeout: 120)
+        FileHandle.standardError.write(Data("  4: \(n) long-polls written; sending in 2 s\n".utf8))
         // Every request is written; give the gateway a moment to read and park them all.
         try await Task.sleep(nanoseconds: 2_000_000_000)
         notePeak()
         let t0 = monotonicNanoseconds()
-        node.batch {
-            for (i, port) in ports.enumerated() { node.snd(port, ["bench", .int(Int64(i))]) }
-        }
+        for (i, port) in ports.enumerated() { node.snd(port, ["bench", .int(Int64(i))]) }
         let done = try await client.line("done ", timeout: 120).split(separator: " ")
-        guard done.count == 5, let last = Int(done[3]), let non200 = Int(done[4]) else {
+        guard done.count == 5, let first = Int(done[2]), let last = Int(done[3]), let non200 = Int(done[4]) else {
             throw BenchError("long-polls: \(done.joined(separator: " "))")
         }
         let time = Double(last - t0)
@@ -316,7 +334,9 @@ final class Bench: @unchecked Sendable {
         report.add(Row(scenario: "4 mailboxes: \(n) parked long-polls, ms", measured: format(time / 1e6, 1),
                        baseline: yardstick.map { "\(format($0 / 1e6, 1)) (3)" } ?? "-",
                        ratio: yardstick.map { ratio(time, $0) } ?? "-", target: "≤ 1.50× (3)",
-                       pass: yardstick.map { time <= 1.5 * $0 && non200 == 0 } ?? (non200 == 0)))
+                       pass: yardstick.map { time <= 1.5 * $0 && non200 == 0 }))
+        report.add(Row(scenario: "4 mailboxes: first long-poll answered, ms", measured: format(Double(first - t0) / 1e6, 1),
+                       target: "", pass: nil))
         report.add(Row(scenario: "4 mailboxes: answered 200 / other", measured: "\(n - non200) / \(non200)", target: "all 200",
                        pass: non200 == 0))
     }
@@ -330,7 +350,7 @@ final class Bench: @unchecked Sendable {
             let receiver = try Child(
                 "aemp sink (\(framing))", bin + "/aemp",
                 ["sink", "--bind", "127.0.0.1:\(port)", "--seeds", "127.0.0.1:\(port)", "--secret", secret,
-                 "--framings", framing, "--expect", "\(n)", "--report", "1"])
+                 "--framings", framing, "--expect", "\(n)", "--report", "0.05"])
             defer { receiver.stop() }
             let target = try await receiver.line("sink ", timeout: 20).dropFirst(5)
             guard let sinkPort = PortID(String(target)) else { throw BenchError("bad sink port \(target)") }
@@ -347,14 +367,20 @@ final class Bench: @unchecked Sendable {
             let pad = String(repeating: "x", count: 70)
             let receiverCPU0 = receiver.cpuSeconds, senderCPU0 = ownCPU()
             let t0 = monotonicNanoseconds()
+            // Paced, so that the sender runs at most 200,000 messages ahead of the receiver
+            // (the sink counts every 50 ms) instead of buffering the whole run in memory.
             var sent = 0
             while sent < n {
+                let received = receiver.output.last { $0.hasPrefix("count ") }.flatMap { Int($0.dropFirst(6)) } ?? 0
+                if sent - received > 200_000 {
+                    try await Task.sleep(nanoseconds: 1_000_000)
+                    continue
+                }
                 let chunk = min(1000, n - sent)
                 sender.batch {
                     for i in sent..<(sent + chunk) { sender.snd(sinkPort, ["bench", .int(Int64(i)), .string(pad)]) }
                 }
                 sent += chunk
-                if sent % 100_000 == 0 { await Task.yield() }
             }
             let reached = try await receiver.line("reached ", timeout: 300).split(separator: " ")
             guard reached.count == 3, let at = Int(reached[2]) else { throw BenchError("sink: \(reached)") }

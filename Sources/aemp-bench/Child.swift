@@ -176,6 +176,11 @@ func freePort() -> Int {
 /// One HTTP/1.1 request on a fresh connection to 127.0.0.1 (`Connection: close`); returns the
 /// status code. For triggering the baseline's fan-out, where the time of the write matters.
 func httpRequest(port: Int, method: String, path: String, body: String) throws -> Int {
+    try httpExchange(port: port, method: method, path: path, body: body).status
+}
+
+/// As `httpRequest`, with the response's body (up to 1 MiB).
+func httpExchange(port: Int, method: String, path: String, body: String = "") throws -> (status: Int, body: String) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw BenchError("socket: \(errno)") }
     defer { close(fd) }
@@ -193,7 +198,7 @@ func httpRequest(port: Int, method: String, path: String, body: String) throws -
     guard write(fd, request, request.count) == request.count else { throw BenchError("short write") }
     var response: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 4096)
-    while response.count < 65536 {
+    while response.count < 1 << 20 {
         let n = read(fd, &buffer, buffer.count)
         if n <= 0 { break }
         response += buffer[0..<n]
@@ -202,5 +207,6 @@ func httpRequest(port: Int, method: String, path: String, body: String) throws -
     guard head.hasPrefix("HTTP/1.1 "), let status = Int(head.dropFirst(9).prefix(3)) else {
         throw BenchError("no HTTP response from 127.0.0.1:\(port)")
     }
-    return status
+    let text = String(decoding: response, as: UTF8.self)
+    return (status, text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? "")
 }

@@ -32,7 +32,7 @@ struct Sink: AsyncParsableCommand {
     var bind: [String] = []
 
     @Option(help: "Framings accepted from peers, in order of preference (comma-separated: json, cbor).")
-    var framings: String = "json,cbor"
+    var framings: String = "cbor,json"
 
     func run() async throws {
         let stop = terminationSignal()

@@ -13,8 +13,8 @@
  *   fanout poll HOST PORT PATHFILE TIMEOUT_S
  *       one GET per line of PATHFILE, each on a connection of its own. "parked N <ms>" once every
  *       request is written, then "done N <first_ns> <last_ns> <non200>" once every response is
- *       complete (the first 200 bytes of the first non-200 body go to stderr). Not all complete
- *       TIMEOUT_S after the start: "done timeout <completed> <N>", exit 1.
+ *       complete (the first 200 bytes of the first non-200 body go to stderr); connections stay open
+ *       until the end. Not all complete TIMEOUT_S after the start: "done timeout <completed> <N>", exit 1.
  *   fanout post HOST PORT PATH N CONNS BODY
  *       N POSTs of the JSON BODY over CONNS keep-alive connections, one request in flight on each;
  *       prints every response body (single-line JSON) on a line of its own, in arrival order.
@@ -292,7 +292,11 @@ static void response_complete(struct conn *c) {
             fprintf(stderr, "first non-200: status %d, body: %.*s\n", c->status, (int)c->body_length, body);
         free(c->body);
         c->body = NULL;
-        close_conn(c);
+        /* Keep the connection (a keep-alive client would poll again on it): closing here would
+           make the server close its end while it is still answering the others. Nothing more is
+           expected on it, so it leaves the epoll set; exiting closes it. */
+        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        c->phase = CLOSED;
         if (++completed_count == nconns) {
             printf("done %zu %lld %lld %zu\n", nconns, first_ns, last_ns, non200);
             exit(0);

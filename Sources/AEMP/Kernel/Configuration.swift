@@ -12,8 +12,9 @@ public struct NodeConfiguration: Sendable {
     public var binds: [String] = []
     /// Seed addresses `host:port`.
     public var seeds: [String] = []
-    /// Framings we accept from peers, in preference order (aemp-protocol §4.1 step 5).
-    public var framings: [Framing] = [.json, .cbor]
+    /// Framings we accept from peers, in preference order (aemp-protocol §4.1 step 5). CBOR first,
+    /// as Perl's default `cbor,json,storable`: it is also the cheaper one to encode and decode.
+    public var framings: [Framing] = [.cbor, .json]
     /// Handshake deadline (Perl's `monitor_timeout`, 30 s).
     public var handshakeTimeout: TimeAmount = .seconds(30)
     /// How long queued messages wait for a connection before they are dropped and monitors fire.

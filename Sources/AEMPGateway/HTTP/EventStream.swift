@@ -1,4 +1,5 @@
 import CMicroHTTPD
+import NIOPosix
 import Synchronization
 
 #if canImport(Glibc)
@@ -127,24 +128,25 @@ public final class EventStream: Sendable {
 
 /// A libmicrohttpd connection handle that may cross threads.
 ///
-/// `@unchecked Sendable`: the pointer is only used for `MHD_resume_connection` (documented as
-/// callable from any thread) and, on the polling thread, for suspend and queueing.
+/// `@unchecked Sendable`: other threads only hand the pointer to `resumer`; libmicrohttpd calls
+/// with it (suspend, resume, queueing) are made on the polling thread.
 struct ConnectionRef: @unchecked Sendable {
     let pointer: OpaquePointer
-    let waker: Waker
+    let resumer: Resumer
 
-    /// Resumes the suspended connection and wakes the polling thread to serve it.
-    func resume() {
-        MHD_resume_connection(pointer)
-        waker.wake()
-    }
+    /// Has the polling thread resume the suspended connection (from any thread).
+    func resume() { resumer.resume(self) }
 }
 
-/// An eventfd the polling thread waits on besides libmicrohttpd's epoll descriptor: resumes
-/// from other threads write it, once per pass however many there are.
-final class Waker: Sendable {
+/// Resumes suspended connections on the polling thread, in bulk: other threads queue them, and
+/// the poller, woken through an eventfd, resumes all queued ones before its next pass. A thread of
+/// an event loop (the node delivering a read's worth of messages) wakes the poller once, at the end
+/// of its loop tick, so that libmicrohttpd resumes them in one pass (each pass that resumes any
+/// walks its whole list of suspended connections).
+final class Resumer: Sendable {
+    /// Readable when connections wait to be resumed.
     let fd: Int32
-    private let pending = Atomic<Bool>(false)
+    private let queue = Mutex<(connections: [ConnectionRef], signalled: Bool)>(([], false))
 
     init() throws {
         fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
@@ -153,16 +155,35 @@ final class Waker: Sendable {
 
     deinit { close(fd) }
 
-    func wake() {
-        guard !pending.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    func resume(_ connection: ConnectionRef) {
+        let first = queue.withLock { q -> Bool in
+            q.connections.append(connection)
+            defer { q.signalled = true }
+            return !q.signalled
+        }
+        guard first else { return }
+        if let loop = MultiThreadedEventLoopGroup.currentEventLoop {
+            loop.execute { self.signal() }
+        } else {
+            signal()
+        }
+    }
+
+    /// Wakes the poller (also used to make it notice `stop`).
+    func signal() {
         var one: UInt64 = 1
         _ = write(fd, &one, 8)
     }
 
-    /// On the polling thread, before a pass: later wakes write again.
-    func reset() {
+    /// On the polling thread (or after it ended): resumes every queued connection.
+    func drain() {
         var value: UInt64 = 0
         _ = read(fd, &value, 8)
-        pending.store(false, ordering: .releasing)
+        let connections = queue.withLock { q -> [ConnectionRef] in
+            q.signalled = false
+            defer { q.connections.removeAll(keepingCapacity: q.connections.count <= 1024) }
+            return q.connections
+        }
+        for c in connections { MHD_resume_connection(c.pointer) }
     }
 }

@@ -165,8 +165,8 @@ public final class HTTPServer: Sendable {
     private let daemon = Mutex<DaemonRef?>(nil)
     private let poller = Mutex<pthread_t?>(nil)
     private let stopping = Atomic<Bool>(false)
-    /// Wakes the polling thread when another thread resumed a connection.
-    let waker: Waker
+    /// Resumes connections for other threads, on the polling thread.
+    let resumer: Resumer
     private let counter = Atomic<UInt64>(0)
     /// Connections open now.
     let openConnections = Atomic<Int>(0)
@@ -183,7 +183,7 @@ public final class HTTPServer: Sendable {
     public init(settings: HTTPServerSettings, handler: any HTTPHandler) throws {
         self.settings = settings
         self.handler = handler
-        self.waker = try Waker()
+        self.resumer = try Resumer()
         if (settings.tlsCertificate == nil) != (settings.tlsKey == nil) { throw HTTPServerError.tlsIncomplete }
         let (fd, bound) = try Self.listen(settings.address)
         self.listenFD = fd
@@ -263,25 +263,29 @@ public final class HTTPServer: Sendable {
             waited += 0.01
         }
         stopping.store(true, ordering: .releasing)
-        waker.wake()
+        resumer.signal()
         if let thread = poller.withLock({ p in defer { p = nil }; return p }) { pthread_join(thread, nil) }
+        // libmicrohttpd must not be stopped holding connections suspended: resume what is queued
+        // and let one last pass take them (the poller has ended, so this thread may run it).
+        resumer.drain()
+        _ = MHD_run(d.pointer)
         daemon.withLock { $0 = nil }
         MHD_stop_daemon(d.pointer)
         close(listenFD)
     }
 
-    /// The polling thread, until `stop`: polls libmicrohttpd's epoll descriptor and the waker
-    /// (at most until libmicrohttpd's next timeout), then runs one pass of `MHD_run`, wrapped in
-    /// `settings.pass`. A resume from another thread wakes it at once through the waker.
+    /// The polling thread, until `stop`: polls libmicrohttpd's epoll descriptor and the resumer
+    /// (at most until libmicrohttpd's next timeout), resumes what other threads queued, then runs
+    /// one pass of `MHD_run`, wrapped in `settings.pass`.
     fileprivate func poll(_ d: DaemonRef) {
         var fds = [
             pollfd(fd: aemp_mhd_epoll_fd(d.pointer), events: Int16(POLLIN), revents: 0),
-            pollfd(fd: waker.fd, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: resumer.fd, events: Int16(POLLIN), revents: 0),
         ]
         while !stopping.load(ordering: .acquiring) {
             var timeout: UInt64 = 0
             let wait = MHD_get_timeout(d.pointer, &timeout) == .YES ? Int32(min(timeout, 1000)) : 1000
-            if Glibc.poll(&fds, 2, wait) > 0, fds[1].revents != 0 { waker.reset() }
+            if Glibc.poll(&fds, 2, wait) > 0, fds[1].revents != 0 { resumer.drain() }
             settings.pass {
                 _ = MHD_run(d.pointer)
             }
@@ -373,7 +377,7 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
     cls, connection, url, method, _, uploadData, uploadSize, reqCls in
     guard let cls, let connection, let reqCls, let uploadSize else { return .NO }
     let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
-    let connectionRef = ConnectionRef(pointer: connection, waker: server.waker)
+    let connectionRef = ConnectionRef(pointer: connection, resumer: server.resumer)
 
     guard let raw = reqCls.pointee else {
         // First call: headers only. Answer on a later call (keep-alive stays on, conventions).
