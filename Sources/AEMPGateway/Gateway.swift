@@ -18,6 +18,8 @@ public final class Gateway: HTTPHandler, Sendable {
     public let node: Node
     let logger: Logger
     let timers: any EventLoop
+    /// Long-poll, call and query deadlines (on `timers`).
+    let timeouts: Timeouts
     let mailboxes: MailboxRegistry
     let feeds = Mutex<[String: FamilyFeed]>([:])
     let nodeStreams = Mutex<[UInt64: EventStream]>([:])
@@ -45,6 +47,7 @@ public final class Gateway: HTTPHandler, Sendable {
         self.logger = c.logger
         self.node = try Node(configuration: c.node)
         self.timers = MultiThreadedEventLoopGroup.singleton.next()
+        self.timeouts = Timeouts(loop: timers)
         self.mailboxes = MailboxRegistry(limit: c.maxMailboxes)
         self.openAPI = openAPIDocument
     }
@@ -251,8 +254,8 @@ public final class Gateway: HTTPHandler, Sendable {
         }
     }
 
-    /// Schedules `body` on the timer loop after `seconds`.
-    func after(_ seconds: Double, _ body: @escaping @Sendable () -> Void) -> Scheduled<Void> {
-        timers.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9)), body)
+    /// Runs `body` on the timer loop after `seconds` (within 10 ms), unless cancelled.
+    func after(_ seconds: Double, _ body: @escaping @Sendable () -> Void) -> Timeouts.Handle {
+        timeouts.after(seconds, body)
     }
 }

@@ -237,11 +237,12 @@ final class Bench: @unchecked Sendable {
     /// Runs `fanout sse` against a server; `trigger(k)` makes the change of round k. Returns the
     /// per-round times (ns from just before the trigger to the last subscriber's receipt), the
     /// time to connect everyone (ms) and the server's RSS growth per subscriber.
-    func fanOutRun(port: Int, server: Child, trigger: (Int) throws -> Void) async throws -> (rounds: [Double], first: [Double], connectMS: Double, perSubscriber: Double) {
+    func fanOutRun(port: Int, server: Child, rounds: Int? = nil, trigger: (Int) throws -> Void) async throws -> (rounds: [Double], first: [Double], connectMS: Double, perSubscriber: Double) {
         let n = settings.subscribers
+        let roundCount = rounds ?? settings.rounds
         let idleRSS = server.rss
         let client = try Child(
-            "fanout sse", fanoutPath, ["sse", "127.0.0.1", "\(port)", "/v1/db/bench/watch", "\(n)", "\(settings.rounds)", "60"],
+            "fanout sse", fanoutPath, ["sse", "127.0.0.1", "\(port)", "/v1/db/bench/watch", "\(n)", "\(roundCount)", "60"],
             log: tmp + "/fanout-sse-\(port).log")
         defer { client.stop() }
         let ready = try await client.line("ready ", timeout: 120)
@@ -250,7 +251,7 @@ final class Bench: @unchecked Sendable {
         let perSubscriber = Double(server.rss - idleRSS) / Double(n)
         if server === gateway { notePeak() }
         var times: [Double] = [], firsts: [Double] = []
-        for k in 1...settings.rounds {
+        for k in 1...roundCount {
             try await Task.sleep(nanoseconds: 300_000_000)
             let t0 = monotonicNanoseconds()
             try trigger(k)
@@ -291,6 +292,30 @@ final class Bench: @unchecked Sendable {
         report.add(Row(scenario: "3 fan-out: memory per idle subscriber, KB", measured: format(gw.perSubscriber / 1024, 1),
                        baseline: format(base.perSubscriber / 1024, 1), ratio: ratio(gw.perSubscriber, base.perSubscriber),
                        target: "≤ 12 KB", pass: gw.perSubscriber <= 12 * 1024))
+        // The same with libmicrohttpd's per-connection pool at 4 KiB instead of the default 8 KiB,
+        // in a gateway of its own (the change is made there with its own PUT).
+        let small = try await smallPoolGateway()
+        defer { small.child.stop() }
+        let smallRun = try await fanOutRun(port: small.port, server: small.child, rounds: 1) { k in
+            let status = try httpRequest(port: small.port, method: "PUT", path: "/v1/db/bench/k", body: "\"bench-round-\(k)\"")
+            guard status == 204 || status == 200 else { throw BenchError("gateway PUT: \(status)") }
+        }
+        report.add(Row(scenario: "3 fan-out: same, --connection-memory 4096, KB", measured: format(smallRun.perSubscriber / 1024, 1),
+                       baseline: format(base.perSubscriber / 1024, 1), ratio: ratio(smallRun.perSubscriber, base.perSubscriber),
+                       target: "≤ 12 KB", pass: smallRun.perSubscriber <= 12 * 1024))
+    }
+
+    /// A second standalone gateway with `--connection-memory 4096`, idle.
+    func smallPoolGateway() async throws -> (child: Child, port: Int) {
+        let port = freePort()
+        let child = try Child(
+            "aemp-gateway (4 KiB pool)", bin + "/aemp-gateway",
+            ["--http", "127.0.0.1:\(port)", "--standalone-bind", "127.0.0.1:\(freePort())", "--secret", secret,
+             "--log-level", "error", "--connection-memory", "4096"],
+            environment: ["AEMP_GATEWAY_STATE_DIR": tmp], log: tmp + "/gateway-small.log")
+        _ = try await child.line("aemp-gateway ", timeout: 30)
+        try await Task.sleep(nanoseconds: 1_000_000_000)
+        return (child, port)
     }
 
     // MARK: - Scenario 4: parked long-polls on mailboxes

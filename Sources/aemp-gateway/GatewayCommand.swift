@@ -57,6 +57,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-connections"), help: ArgumentHelp(GatewaySettings.help("max-connections")))
     var maxConnections: [String] = []
 
+    @Option(name: .customLong("connection-memory"), help: ArgumentHelp(GatewaySettings.help("connection-memory")))
+    var connectionMemory: [String] = []
+
     @Option(name: .customLong("max-mailboxes"), help: ArgumentHelp(GatewaySettings.help("max-mailboxes")))
     var maxMailboxes: [String] = []
 
@@ -132,6 +135,7 @@ struct GatewayCommand: AsyncParsableCommand {
             "allow-node-port-tag": allowNodePortTag,
             "max-body": maxBody,
             "max-connections": maxConnections,
+            "connection-memory": connectionMemory,
             "max-mailboxes": maxMailboxes,
             "max-subscribers-per-family": maxSubscribersPerFamily,
             "mailbox-queue": mailboxQueue,

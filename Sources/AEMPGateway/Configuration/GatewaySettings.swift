@@ -220,6 +220,11 @@ public struct GatewaySettings: Sendable {
         },
         integer("max-body", "Largest request body in bytes.", 1...(1 << 30)) { $1.http.maxBodySize = $0 },
         integer("max-connections", "HTTP connections served at once (more get 503).", 1...19_000) { $1.http.maxConnections = $0 },
+        integer(
+            "connection-memory",
+            "Bytes libmicrohttpd keeps per HTTP connection (request header block included); 4096 cuts an idle SSE subscriber from about 14 to 10 KB but refuses header blocks over about 3 KB (431).",
+            2048...1_048_576
+        ) { $1.http.connectionMemory = $0 },
         integer("max-mailboxes", "Mailboxes the gateway holds at most.", 0...10_000_000) { $1.maxMailboxes = $0 },
         integer("max-subscribers-per-family", "SSE and long-poll clients per family.", 1...1_000_000) {
             $1.maxSubscribersPerFamily = $0

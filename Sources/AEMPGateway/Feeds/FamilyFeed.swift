@@ -21,7 +21,7 @@ final class FamilyFeed: Sendable {
     struct Waiter {
         let exchange: Exchange
         let after: UInt64
-        let timer: Scheduled<Void>?
+        let timer: Timeouts.Handle?
     }
 
     struct State {
@@ -157,7 +157,7 @@ final class FamilyFeed: Sendable {
 
     /// Answers a long-poll now, or parks it until a change (returns nil when parked).
     func poll(
-        _ token: UInt64, exchange: Exchange, indexID: String?, park: Bool, timer: @escaping () -> Scheduled<Void>?
+        _ token: UInt64, exchange: Exchange, indexID: String?, park: Bool, timer: @escaping () -> Timeouts.Handle?
     ) -> HTTPResponse? {
         state.withLock { s in
             guard let indexID else { return response(&s, after: nil) }

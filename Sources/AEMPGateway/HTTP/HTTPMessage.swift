@@ -8,15 +8,18 @@ public struct HTTPRequest: Sendable {
     public var path: String
     /// Query arguments (decoded); repeated names keep the first value.
     public var query: [String: String]
-    /// Header fields with lower-cased names; repeated fields keep the first value.
-    public var headers: [String: String]
+    /// Header fields as received (name, value), in order; `header(_:)` looks them up.
+    public var headers: [(name: String, value: String)]
     /// The request body.
     public var body: [UInt8]
     /// A short ID for log lines and problem details.
     public var requestID: String
 
-    /// The value of a header (name in any case).
-    public func header(_ name: String) -> String? { headers[name.lowercased()] }
+    /// The value of a header (name in any case); the first wins when a field is repeated.
+    /// A linear search: requests carry a handful of fields, and most are never asked for.
+    public func header(_ name: String) -> String? {
+        headers.first { asciiCaseInsensitiveEqual($0.name, name) }?.value
+    }
 }
 
 /// An HTTP response: a complete body, or an event stream (SSE) fed later from any thread.
@@ -60,4 +63,13 @@ enum JSONBody {
     static func encode(_ value: Value) -> [UInt8] {
         (try? JSONCodec.encodeBytes(value)) ?? Array("null".utf8)
     }
+}
+
+/// Compares two header names, ignoring ASCII case (field names are ASCII tokens).
+func asciiCaseInsensitiveEqual(_ a: String, _ b: String) -> Bool {
+    guard a.utf8.count == b.utf8.count else { return false }
+    for (x, y) in zip(a.utf8, b.utf8) where x != y {
+        guard x | 0x20 == y | 0x20, (x | 0x20) >= UInt8(ascii: "a"), (x | 0x20) <= UInt8(ascii: "z") else { return false }
+    }
+    return true
 }

@@ -434,12 +434,8 @@ private func makeExchange(
     let request = HTTPRequest(
         method: method.map { String(cString: $0) } ?? "GET",
         path: url.map { String(cString: $0) } ?? "/",
-        query: values(connection.pointer, .GET_ARGUMENT_KIND, lowercased: false).reduce(into: [:]) { out, kv in
-            // Raw (see UNESCAPE_CALLBACK): decode as a form value; undecodable stays raw.
-            let key = Destination.percentDecoded(kv.key.replacingPlus()) ?? kv.key
-            if out[key] == nil { out[key] = Destination.percentDecoded(kv.value.replacingPlus()) ?? kv.value }
-        },
-        headers: values(connection.pointer, .HEADER_KIND, lowercased: true),
+        query: queryArguments(connection.pointer),
+        headers: values(connection.pointer, .HEADER_KIND),
         body: context.body,
         requestID: server.nextRequestID())
     context.body = []
@@ -549,27 +545,38 @@ private func lookup(_ connection: OpaquePointer, _ kind: MHD_ValueKind, _ key: S
     MHD_lookup_connection_value(connection, kind, key).map { String(cString: $0) }
 }
 
-/// Collects header fields or query arguments (first value of each name wins).
-private func values(_ connection: OpaquePointer, _ kind: MHD_ValueKind, lowercased: Bool) -> [String: String] {
+/// Collects header fields or query arguments, as received.
+private func values(_ connection: OpaquePointer, _ kind: MHD_ValueKind) -> [(name: String, value: String)] {
     final class Collector {
-        var values: [String: String] = [:]
-        let lowercased: Bool
-        init(lowercased: Bool) { self.lowercased = lowercased }
+        var values: [(name: String, value: String)] = []
     }
-    let collector = Collector(lowercased: lowercased)
+    // With no callback libmicrohttpd only counts: most requests have no query at all.
+    let count = Int(MHD_get_connection_values(connection, kind, nil, nil))
+    guard count > 0 else { return [] }
+    let collector = Collector()
+    collector.values.reserveCapacity(count)
     withExtendedLifetime(collector) {
         _ = MHD_get_connection_values(
             connection, kind,
             { cls, _, key, value in
                 guard let cls, let key else { return .YES }
                 let c = Unmanaged<Collector>.fromOpaque(cls).takeUnretainedValue()
-                var name = String(cString: key)
-                if c.lowercased { name = name.lowercased() }
-                if c.values[name] == nil { c.values[name] = value.map { String(cString: $0) } ?? "" }
+                c.values.append((String(cString: key), value.map { String(cString: $0) } ?? ""))
                 return .YES
             }, Unmanaged.passUnretained(collector).toOpaque())
     }
     return collector.values
+}
+
+/// The query arguments, decoded as form values (raw, see UNESCAPE_CALLBACK; undecodable stays
+/// raw); a repeated name keeps its first value.
+private func queryArguments(_ connection: OpaquePointer) -> [String: String] {
+    var out: [String: String] = [:]
+    for (name, value) in values(connection, .GET_ARGUMENT_KIND) {
+        let key = Destination.percentDecoded(name.replacingPlus()) ?? name
+        if out[key] == nil { out[key] = Destination.percentDecoded(value.replacingPlus()) ?? value }
+    }
+    return out
 }
 
 extension String {

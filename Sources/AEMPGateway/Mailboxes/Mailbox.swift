@@ -25,7 +25,7 @@ final class Mailbox: Sendable {
         let exchange: Exchange
         let after: UInt64
         let max: Int
-        let timer: Scheduled<Void>?
+        let timer: Timeouts.Handle?
     }
 
     struct Subscriber {
@@ -159,7 +159,7 @@ final class Mailbox: Sendable {
 
     /// Parks a long-poll until an entry after `after` arrives or the timer fires.
     /// Returns false (and parks nothing) if entries are already there — then poll again.
-    func park(_ token: UInt64, exchange: Exchange, after: UInt64?, max: Int, timer: Scheduled<Void>?) -> Bool {
+    func park(_ token: UInt64, exchange: Exchange, after: UInt64?, max: Int, timer: Timeouts.Handle?) -> Bool {
         state.withLock { s in
             guard s.closedReason == nil else { return false }
             let from = after ?? s.acked

@@ -122,13 +122,13 @@ final class PendingCall: Sendable {
     private struct State {
         var reply: PortID?
         var monitor: Monitor?
-        var timer: Scheduled<Void>?
+        var timer: Timeouts.Handle?
         var finished = false
     }
     private let state = Mutex(State())
 
     /// Hands over the resources; returns true if the call already finished (the caller releases them).
-    func start(reply: PortID, monitor: Monitor, timer: Scheduled<Void>) -> Bool {
+    func start(reply: PortID, monitor: Monitor, timer: Timeouts.Handle) -> Bool {
         state.withLock { s -> Bool in
             s.reply = reply
             s.monitor = monitor
@@ -138,7 +138,7 @@ final class PendingCall: Sendable {
     }
 
     /// Marks the call finished; returns its resources the first time only.
-    func finish() -> (PortID?, Monitor?, Scheduled<Void>?)? {
+    func finish() -> (PortID?, Monitor?, Timeouts.Handle?)? {
         state.withLock { s in
             guard !s.finished else { return nil }
             s.finished = true
