@@ -29,7 +29,9 @@ struct AEMPBench: AsyncParsableCommand {
     var scenarios: String = "1,2,3,4,5,6"
     @Option(help: "Seconds of load per wrk run (scenarios 1, 2).")
     var duration: Int = 10
-    @Option(help: "wrk connections (scenarios 1, 2).")
+    @Option(help: "Baseline/gateway pairs of wrk runs in scenario 1 (the median counts).")
+    var repeats: Int = 3
+        @Option(help: "wrk connections (scenarios 1, 2).")
     var connections: Int = 64
     @Option(help: "Messages per request in scenario 2.")
     var batch: Int = 100

@@ -1,0 +1,67 @@
+@testable import AEMPGateway
+import AEMPTestSupport
+import Foundation
+import NIOPosix
+import Testing
+
+/// The gateway's timeout slots (long-poll waits, call and query deadlines).
+@Suite("gateway: timeouts")
+struct TimeoutsTests {
+    let timeouts = Timeouts(loop: MultiThreadedEventLoopGroup.singleton.next())
+
+    @Test("a timeout fires once, not before its time and within a few slots after it")
+    func fires() async throws {
+        let fired = Watched<[ContinuousClock.Instant]>([])
+        let start = ContinuousClock.now
+        _ = timeouts.after(0.1) { fired.update { $0.append(.now) } }
+        try await Task.sleep(for: .milliseconds(400))
+        let times = fired.read { $0 }
+        #expect(times.count == 1)
+        let elapsed = try #require(times.first) - start
+        #expect(elapsed >= .milliseconds(100))
+        #expect(elapsed < .milliseconds(300))
+    }
+
+    @Test("a cancelled timeout never fires; the others of its slot still do")
+    func cancel() async throws {
+        let fired = Watched<Set<Int>>([])
+        let a = timeouts.after(0.05) { fired.update { _ = $0.insert(1) } }
+        _ = timeouts.after(0.05) { fired.update { _ = $0.insert(2) } }
+        a.cancel()
+        a.cancel()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(fired.read { $0 } == [2])
+    }
+
+    @Test("a shorter timeout set after a longer one fires at its own time, not the longer one's")
+    func earlierSlotTakesOver() async throws {
+        let fired = Watched<[Int]>([])
+        let start = ContinuousClock.now
+        _ = timeouts.after(1.0) { fired.update { $0.append(2) } }
+        _ = timeouts.after(0.05) { fired.update { $0.append(1) } }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(fired.read { $0 } == [1])
+        #expect(ContinuousClock.now - start < .milliseconds(900))
+        try await Task.sleep(for: .milliseconds(1000))
+        #expect(fired.read { $0 } == [1, 2])
+    }
+
+    @Test("thousands set and half cancelled from several threads: exactly the others fire")
+    func many() async throws {
+        let fired = Watched<Set<Int>>([])
+        let timeouts = self.timeouts
+        await withTaskGroup(of: Void.self) { group in
+            for t in 0..<4 {
+                group.addTask {
+                    for i in 0..<2500 {
+                        let n = t * 2500 + i
+                        let handle = timeouts.after(Double(n % 20) * 0.01) { fired.update { _ = $0.insert(n) } }
+                        if n % 2 == 1 { handle.cancel() }
+                    }
+                }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(fired.read { $0 } == Set(stride(from: 0, to: 10_000, by: 2)))
+    }
+}
