@@ -31,8 +31,9 @@ public final class Gateway: HTTPHandler, Sendable {
     let server = Mutex<HTTPServer?>(nil)
     let extraServers = Mutex<[HTTPServer]>([])
     let isStopping = Atomic<Bool>(false)
-    /// The highest load (connections + mailboxes) since memory was last returned (`returnFreedMemory`).
-    let loadMark = Mutex<Int>(0)
+    /// The highest load (connections + mailboxes) since memory was last returned, and the load at
+    /// the previous heartbeat (`returnFreedMemory`).
+    let loadMark = Mutex<(high: Int, last: Int)>((0, 0))
     let openAPI: [UInt8]
     let metrics = GatewayMetrics()
 
@@ -228,15 +229,23 @@ public final class Gateway: HTTPHandler, Sendable {
         }
     }
 
-    /// After a burst (thousands of connections or mailboxes gone since the last beat's high mark),
-    /// hands freed heap pages back to the system: glibc keeps them otherwise, and the RSS of a
-    /// gateway that once held 10,000 streams would stay at its peak.
+    /// After a burst (a thousand connections or mailboxes or more gone since the high mark), once
+    /// the gateway has stayed that quiet for a whole heartbeat interval, hands freed heap pages back
+    /// to the system: glibc keeps them otherwise, and the RSS of a gateway that once held 10,000
+    /// streams would stay at its peak. Trimming a large heap holds malloc's locks for a while, so it
+    /// waits for a quiet beat rather than running while a new burst starts.
     private func returnFreedMemory() {
         let load = allServers.reduce(0) { $0 + $1.connectionCount } + mailboxes.count
-        let trim = loadMark.withLock { mark -> Bool in
-            mark = max(mark, load)
-            guard mark - load >= 1000 else { return false }
-            mark = load
+        let trim = loadMark.withLock { m -> Bool in
+            defer { m.last = load }
+            if load >= m.high {
+                m.high = load
+                return false
+            }
+            guard m.high - load >= 1000, load <= m.last else { return false }
+            // Quiet since the previous beat: trim at this one if the drop was already there then.
+            guard m.high - m.last >= 1000 else { return false }
+            m.high = load
             return true
         }
         if trim { _ = malloc_trim(0) }

@@ -12,6 +12,9 @@
  *                              MHD connection; a PUT resumes it.
  *   PUT  /v1/db/FAMILY/KEY     stores the JSON body as KEY's value, encodes ONE change event with
  *                              jansson and appends its bytes to every watcher of FAMILY; 204.
+ *   GET  /v1/poll              a long-poll: parked (a suspended connection) until
+ *   POST /v1/release           answers every parked long-poll, each with its own jansson-encoded
+ *                              body shaped like a mailbox answer with one message; 200 {"released":N}.
  *
  * usage: baseline PORT   (binds 127.0.0.1 only; runs until SIGINT/SIGTERM)
  */
@@ -29,6 +32,11 @@ struct request {
     char *body;
     size_t length;
     int too_large;
+    /* A parked long-poll (GET /v1/poll): on the parked list until POST /v1/release answers it. */
+    struct request *prev_parked, *next_parked;
+    struct MHD_Connection *connection;
+    int parked, released;
+    long long message;
 };
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, json_t *value) {
@@ -233,6 +241,55 @@ static enum MHD_Result put(struct MHD_Connection *c, struct request *q, const ch
     return reply_empty(c, 204);
 }
 
+/* ---- long-polls: the shape of the gateway's mailbox long-poll (scenario 4) ----
+ * GET /v1/poll parks the request (a suspended connection); POST /v1/release answers every parked
+ * one with its own jansson-encoded body, shaped like a mailbox answer with one message. */
+
+static struct request *parked_requests;  /* under streams_lock (for the shutdown pass) */
+static long long released_total;
+
+static void unpark(struct request *q) {
+    if (!q->parked) return;
+    if (q->prev_parked) q->prev_parked->next_parked = q->next_parked; else parked_requests = q->next_parked;
+    if (q->next_parked) q->next_parked->prev_parked = q->prev_parked;
+    q->parked = 0;
+    q->prev_parked = q->next_parked = NULL;
+}
+
+static enum MHD_Result poll_request(struct MHD_Connection *c, struct request *q) {
+    if (q->released) {
+        json_t *entry = json_pack("{s:s, s:[s, I], s:i}", "type", "message", "message", "bench",
+                                  (json_int_t)q->message, "seq", 1);
+        return reply(c, 200, json_pack("{s:[o], s:i, s:i}", "messages", entry, "last", 1, "dropped", 0));
+    }
+    pthread_mutex_lock(&streams_lock);
+    if (stopping) {
+        pthread_mutex_unlock(&streams_lock);
+        return reply(c, 503, json_pack("{s:s}", "code", "shutting_down"));
+    }
+    q->connection = c;
+    q->parked = 1;
+    q->next_parked = parked_requests;
+    if (parked_requests) parked_requests->prev_parked = q;
+    parked_requests = q;
+    MHD_suspend_connection(c);
+    pthread_mutex_unlock(&streams_lock);
+    return MHD_YES;
+}
+
+static int release_all(void) {
+    int n = 0;
+    while (parked_requests) {
+        struct request *q = parked_requests;
+        unpark(q);
+        q->released = 1;
+        q->message = released_total++;
+        MHD_resume_connection(q->connection);
+        n++;
+    }
+    return n;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                               const char *version, const char *upload, size_t *upload_size, void **req_cls) {
     (void)cls; (void)version;
@@ -271,7 +328,14 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         if (!valid) return reply(c, 422, json_pack("{s:s}", "code", "invalid_request"));
         return reply(c, 202, json_pack("{s:I}", "accepted", (json_int_t)count));
     }
-    if (strncmp(url, "/v1/db/", 7) == 0) {   /* /v1/db/FAMILY/(watch|KEY), one segment each */
+    if (strcmp(method, "GET") == 0 && strcmp(url, "/v1/poll") == 0) return poll_request(c, q);
+    if (strcmp(method, "POST") == 0 && strcmp(url, "/v1/release") == 0) {
+        pthread_mutex_lock(&streams_lock);
+        int n = release_all();
+        pthread_mutex_unlock(&streams_lock);
+        return reply(c, 200, json_pack("{s:i}", "released", n));
+    }
+        if (strncmp(url, "/v1/db/", 7) == 0) {   /* /v1/db/FAMILY/(watch|KEY), one segment each */
         const char *family = url + 7, *slash = strchr(family, '/');
         if (slash && slash > family && slash[1] != '\0' && strchr(slash + 1, '/') == NULL) {
             if (strcmp(method, "GET") == 0 && strcmp(slash + 1, "watch") == 0)
@@ -285,7 +349,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 static void completed(void *cls, struct MHD_Connection *c, void **req_cls, enum MHD_RequestTerminationCode toe) {
     (void)cls; (void)c; (void)toe;
     struct request *q = *req_cls;
-    if (q) { free(q->body); free(q); }
+    if (q) {
+        pthread_mutex_lock(&streams_lock);
+        unpark(q);
+        pthread_mutex_unlock(&streams_lock);
+        free(q->body);
+        free(q);
+    }
     *req_cls = NULL;
 }
 
@@ -320,6 +390,7 @@ int main(int argc, char **argv) {
             unlink_subscriber(s);
             wake(s);
         }
+    release_all();
     pthread_mutex_unlock(&streams_lock);
     MHD_stop_daemon(d);
     return 0;
