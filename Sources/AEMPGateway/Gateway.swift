@@ -31,9 +31,9 @@ public final class Gateway: HTTPHandler, Sendable {
     let server = Mutex<HTTPServer?>(nil)
     let extraServers = Mutex<[HTTPServer]>([])
     let isStopping = Atomic<Bool>(false)
-    /// The highest load (connections + mailboxes) since memory was last returned, and the load at
-    /// the previous heartbeat (`returnFreedMemory`).
-    let loadMark = Mutex<(high: Int, last: Int)>((0, 0))
+    /// The highest load (connections + mailboxes) since memory was last returned, the load a second
+    /// ago, and for how many seconds it has not grown (`returnFreedMemory`).
+    let loadMark = Mutex<(high: Int, last: Int, quietSeconds: Int)>((0, 0, 0))
     let openAPI: [UInt8]
     let metrics = GatewayMetrics()
 
@@ -218,6 +218,7 @@ public final class Gateway: HTTPHandler, Sendable {
             if isStopping.load(ordering: .relaxed) { return task.cancel() }
             expireMailboxes()
             dropIdleFeeds()
+            returnFreedMemory()
         }
         let beat = TimeAmount.nanoseconds(Int64(configuration.heartbeatInterval * 1e9))
         timers.scheduleRepeatedTask(initialDelay: beat, delay: beat) { [self] task in
@@ -225,26 +226,21 @@ public final class Gateway: HTTPHandler, Sendable {
             for s in allServers {
                 s.streams.withLock { Array($0.values) }.forEach { $0.send(ServerSentEvent.heartbeat) }
             }
-            returnFreedMemory()
         }
     }
 
     /// After a burst (a thousand connections or mailboxes or more gone since the high mark), once
-    /// the gateway has stayed that quiet for a whole heartbeat interval, hands freed heap pages back
-    /// to the system: glibc keeps them otherwise, and the RSS of a gateway that once held 10,000
-    /// streams would stay at its peak. Trimming a large heap holds malloc's locks for a while, so it
-    /// waits for a quiet beat rather than running while a new burst starts.
+    /// the load has not grown for 5 s, hands freed heap pages back to the system: glibc keeps them
+    /// otherwise, and the RSS of a gateway that once held 10,000 streams would stay at its peak.
+    /// Trimming a large heap holds malloc's locks for a while, so it waits for a quiet spell rather
+    /// than running while a new burst starts. Called every second.
     private func returnFreedMemory() {
         let load = allServers.reduce(0) { $0 + $1.connectionCount } + mailboxes.count
         let trim = loadMark.withLock { m -> Bool in
-            defer { m.last = load }
-            if load >= m.high {
-                m.high = load
-                return false
-            }
-            guard m.high - load >= 1000, load <= m.last else { return false }
-            // Quiet since the previous beat: trim at this one if the drop was already there then.
-            guard m.high - m.last >= 1000 else { return false }
+            m.quietSeconds = load > m.last ? 0 : m.quietSeconds + 1
+            m.last = load
+            m.high = max(m.high, load)
+            guard m.high - load >= 1000, m.quietSeconds >= 5 else { return false }
             m.high = load
             return true
         }
