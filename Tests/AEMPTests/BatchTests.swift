@@ -28,6 +28,24 @@ struct BatchTests {
         #expect(received.read { $0 } == Array(0..<1000))
     }
 
+    @Test("snd(batch:) delivers every message in order, local and remote")
+    func sndBatch() async throws {
+        let seed = try makeNode(id: "t-bseed-%u", binds: ["127.0.0.1:0"])
+        try await seed.start()
+        let address = try #require(await seed.listenAddresses().first)
+        let client = try makeNode(id: "t-bclient-%u", seeds: [address])
+        try await client.start()
+        defer { Task { await client.shutdown(); await seed.shutdown() } }
+        #expect(await client.waitForMaster(timeout: .seconds(10)) == seed.id)
+        let received = Watched<[String: [Int]]>([:])
+        let remote = seed.port { m in received.update { $0["remote", default: []].append(Int(m[0].integerValue!)) } }
+        let local = client.port { m in received.update { $0["local", default: []].append(Int(m[0].integerValue!)) } }
+        client.snd(batch: (0..<500).flatMap { i in [(remote, [Value.int(Int64(i))]), (local, [Value.int(Int64(i))])] })
+        await eventually("1000 messages") { received.read { ($0["remote"]?.count ?? 0) + ($0["local"]?.count ?? 0) } == 1000 }
+        #expect(received.read { $0["remote"] } == Array(0..<500))
+        #expect(received.read { $0["local"] } == Array(0..<500))
+    }
+
     @Test("calls from several threads at once are all delivered, each thread's in its order")
     func manyThreads() async throws {
         let node = try makeNode(id: "t-threads-%u")

@@ -24,7 +24,7 @@ extension Gateway {
         default:
             throw .invalidRequest("the body must be {\"port\": \"node#name\", \"message\": [...]} or an array of them")
         }
-        var sends: [(PortID, [Value])] = []
+        var sends: [(port: PortID, message: [Value])] = []
         sends.reserveCapacity(items.count)
         for (i, item) in items.enumerated() {
             do {
@@ -34,7 +34,7 @@ extension Gateway {
             }
         }
         if master == nil, sends.contains(where: { $0.0.node != node.id }) { throw .meshUnavailable() }
-        for (port, message) in sends { node.snd(port, message) }
+        node.snd(batch: sends)
         metrics.messagesSent.increment(by: Int64(sends.count))
         // {"accepted": n}, written directly: the hottest answer of the gateway.
         return HTTPResponse(
