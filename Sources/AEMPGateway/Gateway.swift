@@ -185,7 +185,14 @@ public final class Gateway: HTTPHandler, Sendable {
         metrics.responseBytes.increment(by: Int64(bytes))
     }
 
-    public func handle(_ request: HTTPRequest, _ exchange: Exchange) {
+    public func quickAnswer(method: String, path: UnsafePointer<CChar>, body: [UInt8], header: (String) -> String?)
+        -> HTTPResponse?
+    {
+        guard method == "POST", strcmp(path, "/v1/send") == 0 else { return nil }
+        return quickSend(body: body) { header("Authorization") }
+    }
+
+        public func handle(_ request: HTTPRequest, _ exchange: Exchange) {
         do {
             if let response = try route(request, exchange) { exchange.respond(response) }
         } catch {

@@ -68,12 +68,16 @@ struct OperationsTests {
             let (name, port) = try await net.createMailbox(["max_queue": 2])
             let n = 5
             var bodyBytes = 0
+            var requestIDs: Set<String> = []
             for i in 1...n {
                 let body = try JSONCodec.encodeBytes(["port": .string(port), "message": ["m", .int(Int64(i))]])
                 bodyBytes += body.count
                 let r = try await net.http.request("POST", "/v1/send", headers: [("Content-Type", "application/json")], body: body)
                 #expect(r.status == 202, "\(r)")
+                // The quick path of /v1/send (no request object) still names each answer.
+                if let id = r.header("X-Request-ID") { requestIDs.insert(id) }
             }
+            #expect(requestIDs.count == n)
             let after = try await waitFor("five deliveries and three drops counted") { () async throws -> MetricsSample? in
                 let m = try await MetricsSample.scrape(net.http)
                 let delivered = m["aemp_gateway_mailbox_delivered_messages_total"] - before["aemp_gateway_mailbox_delivered_messages_total"]

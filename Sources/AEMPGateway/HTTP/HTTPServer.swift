@@ -24,9 +24,16 @@ public protocol HTTPHandler: Sendable {
     func answered(_ exchange: Exchange, _ response: HTTPResponse)
     /// `bytes` of an event stream went to libmicrohttpd, on its thread (metrics).
     func streamed(bytes: Int)
+    /// On the polling thread, before the request is built: the answer to a hot route's common
+    /// case, given on the spot (its metrics recorded), or nil to take the general path through
+    /// `handle`. Must have no effect when it returns nil. `header` looks a field up by name.
+    func quickAnswer(method: String, path: UnsafePointer<CChar>, body: [UInt8], header: (String) -> String?) -> HTTPResponse?
 }
 
 extension HTTPHandler {
+    public func quickAnswer(method: String, path: UnsafePointer<CChar>, body: [UInt8], header: (String) -> String?)
+        -> HTTPResponse?
+    { nil }
     public func answered(_ exchange: Exchange, _ response: HTTPResponse) {}
     public func streamed(bytes: Int) {}
 }
@@ -421,9 +428,28 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         return .YES
     }
 
+    if context.exchange == nil, !context.tooLarge, !context.overCapacity, let url, let method,
+        var response = server.handler.quickAnswer(
+            method: String(cString: method), path: url, body: context.body,
+            header: { lookup(connection, .HEADER_KIND, $0) })
+    {
+        response.headers.append(("X-Request-ID", server.nextRequestID()))
+        return queue(response, on: connectionRef)
+    }
     let exchange = context.exchange ?? makeExchange(connectionRef, url: url, method: method, context: context, server: server)
     guard let response = exchange.takeOrSuspend() else { return .YES }
     return queue(response, on: connectionRef, exchange: exchange, server: server)
+}
+
+/// Queues a quick answer (complete body, headers all given).
+private func queue(_ response: HTTPResponse, on connection: ConnectionRef) -> MHD_Result {
+    let r = response.body.withUnsafeBytes { body in
+        MHD_create_response_from_buffer(body.count, UnsafeMutableRawPointer(mutating: body.baseAddress), .RESPMEM_MUST_COPY)
+    }
+    guard let r else { return .NO }
+    defer { MHD_destroy_response(r) }
+    for (name, value) in response.headers { _ = MHD_add_response_header(r, name, value) }
+    return MHD_queue_response(connection.pointer, UInt32(response.status), r)
 }
 
 /// Builds the request once its body is complete (or refused) and hands it to the handler.

@@ -96,15 +96,19 @@ extension Gateway {
     /// Bearer tokens, when configured: every route but health checks needs one; read-only
     /// tokens may only read.
     func authorize(_ request: HTTPRequest) throws(Problem) {
+        try authorize(method: request.method, authorization: request.header("authorization"))
+    }
+
+    func authorize(method: String, authorization: String?) throws(Problem) {
         guard !configuration.tokens.isEmpty else { return }
-        guard let header = request.header("authorization"), header.lowercased().hasPrefix("bearer "),
+        guard let header = authorization, header.lowercased().hasPrefix("bearer "),
             let scope = lookupToken(String(header.dropFirst(7)))
         else {
             var p = Problem(401, "unauthorized", "Unauthorized", "A valid bearer token is required (Authorization: Bearer <token>)")
             p.headers["WWW-Authenticate"] = "Bearer realm=\"aemp-gateway\""
             throw p
         }
-        if scope == .readOnly && request.method != "GET" {
+        if scope == .readOnly && method != "GET" {
             throw Problem(403, "read_only_token", "Read-only token", "This token may only read (GET)")
         }
     }

@@ -7,7 +7,32 @@ extension Gateway {
 
     /// `snd` of one message or a batch; everything is validated before anything is sent.
     func send(_ request: HTTPRequest) throws(Problem) -> HTTPResponse {
-        let body = try jsonBody(request)
+        Self.accepted(try send(body: try jsonBody(request)))
+    }
+
+    /// The quick answer to `POST /v1/send` (see `HTTPHandler.quickAnswer`): the same work as
+    /// `send` without the request object; nil whenever the general path must answer (CORS
+    /// configured, a token problem, any invalid or refused body: it answers them with a problem).
+    func quickSend(body bytes: [UInt8], authorization: () -> String?) -> HTTPResponse? {
+        guard configuration.corsOrigins.isEmpty, !bytes.isEmpty else { return nil }
+        let start = ContinuousClock.now
+        if !configuration.tokens.isEmpty {
+            guard (try? authorize(method: "POST", authorization: authorization())) != nil else { return nil }
+        }
+        guard let body = try? JSONCodec.decode(bytes), let count = try? send(body: body) else { return nil }
+        let response = Self.accepted(count)
+        metrics.requestAnswered(
+            .send, status: 202, elapsed: ContinuousClock.now - start, bodyBytesIn: bytes.count, bodyBytesOut: response.body.count)
+        return response
+    }
+
+    /// `{"accepted": n}`, written directly: the hottest answer of the gateway.
+    static func accepted(_ count: Int) -> HTTPResponse {
+        HTTPResponse(status: 202, headers: [("Content-Type", "application/json")], body: Array("{\"accepted\":\(count)}".utf8))
+    }
+
+    /// Validates a send body (one envelope or a batch) and sends it; returns how many were sent.
+    private func send(body: Value) throws(Problem) -> Int {
         let items: [Value]
         let batch: Bool
         switch body {
@@ -36,9 +61,7 @@ extension Gateway {
         if master == nil, sends.contains(where: { $0.0.node != node.id }) { throw .meshUnavailable() }
         node.snd(batch: sends)
         metrics.messagesSent.increment(by: Int64(sends.count))
-        // {"accepted": n}, written directly: the hottest answer of the gateway.
-        return HTTPResponse(
-            status: 202, headers: [("Content-Type", "application/json")], body: Array("{\"accepted\":\(sends.count)}".utf8))
+        return sends.count
     }
 
     /// `{"port": …, "message": […]}` → destination and message.
