@@ -260,6 +260,86 @@ struct WireAbuseTests {
         }
     }
 
+    // MARK: (g) mutated Perl captures
+
+    /// One direction of a captured connection, split where its handshake ends (after greeting 1,
+    /// greeting 2 and the auth line), with the framing it sent its packets in.
+    struct Capture: Sendable {
+        var name: String
+        var handshake: [UInt8]
+        var data: [UInt8]
+        var framing: String
+
+        static func all() throws -> [Capture] {
+            var out: [Capture] = []
+            for scenario in try Vectors.scenarioNames() {
+                for connection in try Vectors.transcript(scenario).connections {
+                    for direction in Transcript.Direction.allCases {
+                        let bytes = try Vectors.stream(scenario, connection: connection.id, direction: direction)
+                        let ends = bytes.indices.filter { bytes[$0] == 0x0A }.prefix(3)
+                        guard ends.count == 3 else { continue }  // a refused connection: no data phase
+                        let auth = String(decoding: bytes[(ends[1] + 1)..<ends[2]], as: UTF8.self).split(separator: ";")
+                        guard auth.count >= 3 else { continue }
+                        out.append(Capture(
+                            name: "\(scenario)/\(connection.id).\(direction.rawValue)",
+                            handshake: Array(bytes[...ends[2]]), data: Array(bytes[(ends[2] + 1)...]),
+                            framing: String(auth[2]).trimmingCharacters(in: .whitespacesAndNewlines)))
+                    }
+                }
+            }
+            return out
+        }
+    }
+
+    /// Flips, drops, repeats or cuts a few bytes of `bytes`.
+    static func mutate(_ bytes: [UInt8], using rng: inout SeededGenerator) -> [UInt8] {
+        var out = bytes
+        for _ in 0..<Int.random(in: 1...6, using: &rng) where !out.isEmpty {
+            let at = Int.random(in: 0..<out.count, using: &rng)
+            switch Int.random(in: 0..<4, using: &rng) {
+            case 0: out[at] = UInt8.random(in: 0...255, using: &rng)
+            case 1: out.remove(at: at)
+            case 2: out.insert(contentsOf: out[at..<min(out.count, at + Int.random(in: 1...16, using: &rng))], at: at)
+            default: out = Array(out.prefix(at))
+            }
+        }
+        return out
+    }
+
+    @Test("mutated Perl captures, handshakes and data phases, close their connection or are served; the node stays healthy")
+    func mutatedCaptures() async throws {
+        let captures = try Capture.all()
+        #expect(captures.count >= 20, "\(captures.count) captures with a data phase")
+        // A cut handshake is closed at the handshake deadline: short here, so the test stays short.
+        try await withNet(handshakeTimeout: .seconds(1)) { net, res in
+            var rng = SeededGenerator(seed: "mutated-captures")
+            for round in 0..<40 {
+                let capture = captures.randomElement(using: &rng)!
+                let peer = res.peer(try await ScriptedPeer.dial(net.address))
+                if round % 2 == 0 {
+                    // A mutated handshake (its nonce is stale anyway): refused, never a crash or a hang.
+                    try? await peer.write(Self.mutate(capture.handshake + capture.data, using: &rng))
+                    _ = try await peer.waitForClose(within: 4)
+                } else {
+                    // A valid handshake, then the capture's packets mutated, written in random pieces.
+                    let id = "mutant-\(round)"
+                    _ = try await peer.handshake(ScriptedHandshakeOptions(
+                        greeting1: ScriptedPeer.perlGreeting(nodeID: id, framings: "json,cbor", peerAddr: net.address),
+                        greeting2: ScriptedPeer.nonce(), sendFraming: capture.framing))
+                    var rest = Self.mutate(capture.data, using: &rng)[...]
+                    while !rest.isEmpty, !peer.isClosed {
+                        let n = min(rest.count, Int.random(in: 1...512, using: &rng))
+                        try? await peer.write(Array(rest.prefix(n)))
+                        rest = rest.dropFirst(n)
+                    }
+                    await peer.close()
+                    await eventually(within: 5, "the node drops \(id) (\(capture.name))") { await !net.pub.upNodes().contains(id) }
+                }
+                if round % 10 == 9 { try await checkHealthy(net, "after \(round + 1) mutated captures") }
+            }
+        }
+    }
+
     // MARK: - Support
 
     /// Starts a public node (127.0.0.1:0) and a private node that attaches to it, checks both
