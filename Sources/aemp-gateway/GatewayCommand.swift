@@ -60,6 +60,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("connection-memory"), help: ArgumentHelp(GatewaySettings.help("connection-memory")))
     var connectionMemory: [String] = []
 
+    @Option(name: .customLong("stream-backlog"), help: ArgumentHelp(GatewaySettings.help("stream-backlog")))
+    var streamBacklog: [String] = []
+
     @Option(name: .customLong("max-mailboxes"), help: ArgumentHelp(GatewaySettings.help("max-mailboxes")))
     var maxMailboxes: [String] = []
 
@@ -136,6 +139,7 @@ struct GatewayCommand: AsyncParsableCommand {
             "max-body": maxBody,
             "max-connections": maxConnections,
             "connection-memory": connectionMemory,
+            "stream-backlog": streamBacklog,
             "max-mailboxes": maxMailboxes,
             "max-subscribers-per-family": maxSubscribersPerFamily,
             "mailbox-queue": mailboxQueue,

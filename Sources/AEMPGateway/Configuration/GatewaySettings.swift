@@ -238,6 +238,10 @@ public struct GatewaySettings: Sendable {
         number("call-timeout", "Default timeout of /v1/call, seconds.", 0.001...3600) { $1.defaultCallTimeout = $0 },
         number("max-call-timeout", "Largest timeout of /v1/call, seconds.", 0.001...3600) { $1.maxCallTimeout = $0 },
         integer("feed-history", "Changes a family feed keeps for resuming clients.", 1...1_000_000) { $1.feedHistory = $0 },
+        integer(
+            "stream-backlog", "Bytes an SSE client may fall behind before it gets an overflow event and is cut off.",
+            1024...(1 << 30)
+        ) { $1.streamBacklog = $0 },
         number("heartbeat-interval", "Seconds between SSE heartbeat comments.", 0.05...3600) { $1.heartbeatInterval = $0 },
         text("tls-cert", "PEM certificate (chain): serve HTTPS (with --tls-key).") { v, c, p in
             guard let bytes = readBytes(v) else { return p.append("cannot read \(v) (\(String(cString: strerror(errno))))") }
