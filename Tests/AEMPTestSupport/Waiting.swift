@@ -40,22 +40,41 @@ final class IteratorBox<T: Sendable>: @unchecked Sendable {
     func next() async -> T? { await iterator.next() }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read and released; for addresses that must be known
-/// before a node starts, such as seeds).
+/// A free TCP port on 127.0.0.1 (for addresses that must be known before a node starts, such as
+/// seeds). Drawn below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up here) and
+/// checked by binding it: a port the kernel handed out (port 0) is released to the same pool that
+/// outgoing connections draw from, and another test's connection could take it before it is bound.
 public func freePort() throws -> Int {
+    let low = ephemeralRangeStart()
+    var rng = SystemRandomNumberGenerator()
+    for _ in 0..<200 {
+        let port = Int.random(in: max(1024, low - 12_000)..<low, using: &rng)
+        if canBind(port) { return port }
+    }
+    throw POSIXError(.EADDRINUSE)
+}
+
+/// Where the kernel's ephemeral ports start (32768 if unknown).
+private func ephemeralRangeStart() -> Int {
+    guard let f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r") else { return 32768 }
+    defer { fclose(f) }
+    var buffer = [UInt8](repeating: 0, count: 64)
+    let n = fread(&buffer, 1, buffer.count, f)
+    let text = String(decoding: buffer.prefix(n), as: UTF8.self)
+    guard let first = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first,
+        let low = Int(first), low > 2048
+    else { return 32768 }
+    return low
+}
+
+private func canBind(_ port: Int) -> Bool {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = 0
-    let bound = withUnsafePointer(to: &addr) {
+    addr.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &addr) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-    }
-    return Int(UInt16(bigEndian: addr.sin_port))
+    } == 0
 }
