@@ -340,16 +340,46 @@ struct WireAbuseTests {
         }
     }
 
+    // MARK: (h) a peer that stops reading
+
+    @Test("a peer that stops reading is cut off once more than maxUnsentBytes wait for it; its monitors fire; the node keeps serving")
+    func stoppedReading() async throws {
+        try await withNet(maxUnsentBytes: 1 << 20) { net, res in
+            let id = "stalled-peer"
+            let peer = res.peer(try await ScriptedPeer.dial(net.address))
+            _ = try await peer.handshake(ScriptedHandshakeOptions(
+                greeting1: ScriptedPeer.perlGreeting(nodeID: id, framings: "json", peerAddr: net.address),
+                greeting2: ScriptedPeer.nonce(), sendFraming: "json"))
+            await eventually(within: 5, "the node lists \(id)") { await net.pub.upNodes().contains(id) }
+            try await peer.stopReading()
+
+            let target = PortID(node: id, name: "inbox")
+            let died = Watched<[Value]?>(nil)
+            _ = net.pub.mon(target) { reason in died.update { $0 = reason } }
+            // 40 MB for a peer that takes nothing: far beyond the kernel's buffers and the bound.
+            let chunk = String(repeating: "x", count: 100_000)
+            for i in 0..<400 { net.pub.snd(target, [.string(chunk), .int(Int64(i))]) }
+
+            await eventually(within: 20, "the stalled peer is cut off") { await !net.pub.upNodes().contains(id) }
+            let reason = died.read { $0 } ?? []
+            #expect(reason.first == "transport_error", "\(reason)")
+            #expect(reason.last?.stringValue?.contains("stopped reading") == true, "\(reason)")
+        }
+    }
+
     // MARK: - Support
 
     /// Starts a public node (127.0.0.1:0) and a private node that attaches to it, checks both
     /// directions work, runs `body`, then checks again.
     private func withNet(
-        handshakeTimeout: TimeAmount = .seconds(5), _ body: (Net, ScriptedResources) async throws -> Void
+        handshakeTimeout: TimeAmount = .seconds(5), maxUnsentBytes: Int = 64 << 20,
+        _ body: (Net, ScriptedResources) async throws -> Void
     ) async throws {
         try await ScriptedResources.with { res in
-            let pub = res.node(try Node(configuration: scriptedNodeConfiguration(
-                id: "abuse-pub-%u", binds: ["127.0.0.1:0"], handshakeTimeout: handshakeTimeout)))
+            var configuration = scriptedNodeConfiguration(
+                id: "abuse-pub-%u", binds: ["127.0.0.1:0"], handshakeTimeout: handshakeTimeout)
+            configuration.maxUnsentBytes = maxUnsentBytes
+            let pub = res.node(try Node(configuration: configuration))
             try await pub.start()
             let address = try #require(await pub.listenAddresses().first)
             let good = res.node(try Node(configuration: scriptedNodeConfiguration(

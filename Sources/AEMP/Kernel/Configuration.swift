@@ -29,6 +29,11 @@ public struct NodeConfiguration: Sendable {
     public var globalLossGrace: TimeAmount = .seconds(5)
     /// Largest packet accepted from a peer.
     public var maxPacketSize: Int = 64 << 20
+    /// Bytes sent to a peer and not yet taken by it beyond which it counts as no longer reading:
+    /// its connection is closed with a logged reason and its monitors fire with transport_error,
+    /// instead of buffering without bound. Four times the largest packet, so that a peer that reads
+    /// is not cut off by a burst of big packets.
+    public var maxUnsentBytes: Int = 256 << 20
     /// Logger for the node; connections add their own metadata.
     public var logger: Logger = Logger(label: "aemp")
 

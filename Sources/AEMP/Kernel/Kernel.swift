@@ -168,7 +168,8 @@ final class Kernel {
             authenticator: Authenticator(secret: configuration.secret),
             framings: configuration.framings,
             handshakeTimeout: configuration.handshakeTimeout,
-            maxPacketSize: configuration.maxPacketSize
+            maxPacketSize: configuration.maxPacketSize,
+            maxUnsentBytes: configuration.maxUnsentBytes
         )
         ids = IDGenerator(randomisedID: randomisedID)
         seeds = configuration.seeds.map { SeedState(address: $0) }

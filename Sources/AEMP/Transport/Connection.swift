@@ -23,6 +23,9 @@ struct ConnectionSettings: Sendable {
     var handshakeTimeout: TimeAmount
     var maxHandshakeBuffer = 4096
     var maxPacketSize: Int
+    /// Bytes written to the socket but not yet taken by the peer beyond which the peer counts as
+    /// no longer reading: the connection is closed (its monitors fire with transport_error).
+    var maxUnsentBytes: Int = 256 << 20
     var provider = "AEMP-Swift-0.1"
 }
 
@@ -57,6 +60,8 @@ final class Connection: ChannelInboundHandler {
     /// Packets of the current loop tick, written and flushed as one buffer at its end (one
     /// write per tick instead of one per packet).
     private var outgoing: ByteBuffer?
+    /// Bytes handed to the channel whose write has not completed yet (the peer has not taken them).
+    private var unsentBytes = 0
 
     private var localLines = ("", "")
     private var remoteLine1 = ""
@@ -302,7 +307,24 @@ final class Connection: ChannelInboundHandler {
             return
         }
         outgoing = nil
-        context.writeAndFlush(wrapOutboundOut(out), promise: promise)
+        let size = out.readableBytes
+        unsentBytes += size
+        let written = promise ?? context.eventLoop.makePromise(of: Void.self)
+        written.futureResult.assumeIsolated().whenComplete { [self] _ in unsentBytes -= size }
+        context.writeAndFlush(wrapOutboundOut(out), promise: written)
+        if unsentBytes > settings.maxUnsentBytes, !closing {
+            // A peer that stopped reading would make us buffer without bound.
+            logger.warning("peer stopped reading", metadata: ["unsent_bytes": "\(unsentBytes)"])
+            abort(reason: "peer stopped reading: more than \(settings.maxUnsentBytes) bytes unsent")
+        }
+    }
+
+    /// Closes at once, dropping what is unsent (the peer is not taking it).
+    private func abort(reason: String) {
+        guard state != .closed, !closing, let context else { return }
+        closing = true
+        closeReason = reason
+        context.close(promise: nil)
     }
 
     /// Closes the connection, logging `reason`.

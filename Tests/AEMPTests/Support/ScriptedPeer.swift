@@ -174,6 +174,11 @@ final class ScriptedPeer: Sendable {
         return ScriptedPeer(channel: channel, inbox: inbox)
     }
 
+    /// Stops taking bytes from the socket: its receive buffer fills, then the node's writes wait.
+    func stopReading() async throws {
+        try await channel.setOption(.autoRead, value: false).get()
+    }
+
     /// Closes the connection (idempotent).
     func close() async {
         try? await channel.close()
