@@ -150,10 +150,11 @@ struct SeedProcess: Sendable {
     let id: String
     let address: String
 
-    static func start(id: String = "gw-seed-%u", secret: String = gatewayTestSecret) async throws -> SeedProcess {
+    static func start(id: String = "gw-seed-%u", secret: String = gatewayTestSecret, seeds: [String] = []) async throws -> SeedProcess {
         let child = try ChildProcess(
             "aemp",
-            ["seed", "--bind", "127.0.0.1:0", "--secret", secret, "--node-id", id, "--log-level", "\(testLogLevel)"])
+            ["seed", "--bind", "127.0.0.1:0", "--secret", secret, "--node-id", id, "--log-level", "\(testLogLevel)"]
+                + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]))
         do {
             let line = try await child.readLine()
             // node <id> listening on <addr>[,<addr>…]
