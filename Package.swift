@@ -84,7 +84,6 @@ let package = Package(
             dependencies: [
                 "AEMP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

@@ -1,7 +1,6 @@
 import AEMP
 import ArgumentParser
 import Foundation
-import Logging
 
 /// `aemp-bench`: the benchmarks of issue 6, everything on 127.0.0.1, every gateway figure next to
 /// a baseline measured in the same run (scripts/bench builds and starts it all).

@@ -1,6 +1,5 @@
 import AEMP
 import Foundation
-import Logging
 import NIOCore
 
 /// The processes of a run and the scenarios. Scenarios run one after another from one task.
@@ -70,15 +69,19 @@ final class Bench: @unchecked Sendable {
         children.append(sink)
         sinkPort = String(try await sink.line("sink ", timeout: 20).dropFirst(5))
 
+        node = try await Self.joinedNode(id: "bench/%u", seed: "127.0.0.1:\(seedPort)", secret: secret)
+    }
+
+    /// A node of this process, started and attached to `seed` (errors only in its log).
+    static func joinedNode(id: String, seed: String, secret: String) async throws -> Node {
         var c = NodeConfiguration(secret: secret)
-        c.nodeID = "bench/%u"
-        c.seeds = ["127.0.0.1:\(seedPort)"]
-        var logger = Logger(label: "aemp-bench")
-        logger.logLevel = .error
-        c.logger = logger
-        node = try Node(configuration: c)
+        c.nodeID = id
+        c.seeds = [seed]
+        c.logger.logLevel = .error
+        let node = try Node(configuration: c)
         try await node.start()
-        guard await node.waitForMaster(timeout: .seconds(10)) != nil else { throw BenchError("the bench node found no master") }
+        guard await node.waitForMaster(timeout: .seconds(10)) != nil else { throw BenchError("node \(node.id) found no master at \(seed)") }
+        return node
     }
 
     func stopAll() {
@@ -412,16 +415,8 @@ final class Bench: @unchecked Sendable {
             defer { receiver.stop() }
             let target = try await receiver.line("sink ", timeout: 20).dropFirst(5)
             guard let sinkPort = PortID(String(target)) else { throw BenchError("bad sink port \(target)") }
-            var c = NodeConfiguration(secret: secret)
-            c.nodeID = "sender/%u"
-            c.seeds = ["127.0.0.1:\(port)"]
-            var logger = Logger(label: "aemp-bench.mesh")
-            logger.logLevel = .error
-            c.logger = logger
-            let sender = try Node(configuration: c)
-            try await sender.start()
-            guard await sender.waitForMaster(timeout: .seconds(10)) != nil else { throw BenchError("the sender found no master") }
-            // A first message opens nothing new (the seed connection is the one), but warms it up.
+            // The sink is its own seed: the seed connection is the one connection measured.
+            let sender = try await Self.joinedNode(id: "sender/%u", seed: "127.0.0.1:\(port)", secret: secret)
             let pad = String(repeating: "x", count: 70)
             let receiverCPU0 = receiver.cpuSeconds, senderCPU0 = ownCPU()
             let t0 = monotonicNanoseconds()

@@ -429,27 +429,15 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
     }
 
     if context.exchange == nil, !context.tooLarge, !context.overCapacity, let url, let method,
-        var response = server.handler.quickAnswer(
+        let response = server.handler.quickAnswer(
             method: String(cString: method), path: url, body: context.body,
             header: { lookup(connection, .HEADER_KIND, $0) })
     {
-        response.headers.append(("X-Request-ID", server.nextRequestID()))
-        return queue(response, on: connectionRef)
+        return queue(response, adding: [("X-Request-ID", server.nextRequestID())], on: connectionRef, server: server)
     }
     let exchange = context.exchange ?? makeExchange(connectionRef, url: url, method: method, context: context, server: server)
     guard let response = exchange.takeOrSuspend() else { return .YES }
     return queue(response, on: connectionRef, exchange: exchange, server: server)
-}
-
-/// Queues a quick answer (complete body, headers all given).
-private func queue(_ response: HTTPResponse, on connection: ConnectionRef) -> MHD_Result {
-    let r = response.body.withUnsafeBytes { body in
-        MHD_create_response_from_buffer(body.count, UnsafeMutableRawPointer(mutating: body.baseAddress), .RESPMEM_MUST_COPY)
-    }
-    guard let r else { return .NO }
-    defer { MHD_destroy_response(r) }
-    for (name, value) in response.headers { _ = MHD_add_response_header(r, name, value) }
-    return MHD_queue_response(connection.pointer, UInt32(response.status), r)
 }
 
 /// Builds the request once its body is complete (or refused) and hands it to the handler.
@@ -482,6 +470,17 @@ private func makeExchange(
 private func queue(_ response: HTTPResponse, on connection: ConnectionRef, exchange: Exchange, server: HTTPServer)
     -> MHD_Result
 {
+    let queued = queue(
+        response, adding: exchange.commonHeaders + [("X-Request-ID", exchange.request.requestID)], on: connection,
+        server: server)
+    server.handler.answered(exchange, response)
+    return queued
+}
+
+/// Queues `response` (a complete body, or an event stream) with its headers and `extra` ones.
+private func queue(
+    _ response: HTTPResponse, adding extra: [(String, String)], on connection: ConnectionRef, server: HTTPServer
+) -> MHD_Result {
     let r: OpaquePointer?
     if let stream = response.stream {
         stream.attach(connection)
@@ -497,11 +496,8 @@ private func queue(_ response: HTTPResponse, on connection: ConnectionRef, excha
     guard let r else { return .NO }
     defer { MHD_destroy_response(r) }
     for (name, value) in response.headers { _ = MHD_add_response_header(r, name, value) }
-    for (name, value) in exchange.commonHeaders { _ = MHD_add_response_header(r, name, value) }
-    _ = MHD_add_response_header(r, "X-Request-ID", exchange.request.requestID)
-    let queued = MHD_queue_response(connection.pointer, UInt32(response.status), r)
-    server.handler.answered(exchange, response)
-    return queued
+    for (name, value) in extra { _ = MHD_add_response_header(r, name, value) }
+    return MHD_queue_response(connection.pointer, UInt32(response.status), r)
 }
 
 /// What the stream reader callbacks get as `cls`.
