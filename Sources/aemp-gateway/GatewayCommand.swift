@@ -42,6 +42,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("standalone-bind"), help: ArgumentHelp(GatewaySettings.help("standalone-bind")))
     var standaloneBind: [String] = []
 
+    @Option(name: .customLong("handshake-timeout"), help: ArgumentHelp(GatewaySettings.help("handshake-timeout")))
+    var handshakeTimeout: [String] = []
+
     @Option(name: .customLong("token-file"), help: ArgumentHelp(GatewaySettings.help("token-file")))
     var tokenFile: [String] = []
 
@@ -133,6 +136,7 @@ struct GatewayCommand: AsyncParsableCommand {
             "secret": secret,
             "secret-file": secretFile,
             "standalone-bind": standaloneBind,
+            "handshake-timeout": handshakeTimeout,
             "token-file": tokenFile,
             "cors-origin": corsOrigin,
             "allow-node-port-tag": allowNodePortTag,

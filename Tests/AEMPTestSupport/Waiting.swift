@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 /// A test step that did not happen in time.
@@ -45,14 +46,19 @@ final class IteratorBox<T: Sendable>: @unchecked Sendable {
 /// checked by binding it: a port the kernel handed out (port 0) is released to the same pool that
 /// outgoing connections draw from, and another test's connection could take it before it is bound.
 public func freePort() throws -> Int {
-    let low = ephemeralRangeStart()
-    var rng = SystemRandomNumberGenerator()
+    let high = ephemeralRangeStart()
+    let low = max(1024, high - 12_000)
     for _ in 0..<200 {
-        let port = Int.random(in: max(1024, low - 12_000)..<low, using: &rng)
+        // Never the same port twice in one test process: a node of an earlier test that still
+        // dials its old seed (same secret) would otherwise join whatever a later test put there.
+        let port = low + portCursor.add(1, ordering: .relaxed).oldValue % (high - low)
         if canBind(port) { return port }
     }
     throw POSIXError(.EADDRINUSE)
 }
+
+/// Where `freePort` goes on from; starts at a random place, so concurrent test processes rarely meet.
+private let portCursor = Atomic<Int>(Int.random(in: 0..<12_000))
 
 /// Where the kernel's ephemeral ports start (32768 if unknown).
 private func ephemeralRangeStart() -> Int {

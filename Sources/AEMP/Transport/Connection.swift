@@ -57,6 +57,8 @@ final class Connection: ChannelInboundHandler {
     private var handshakeTimer: Scheduled<Void>?
     private var closeReason: String?
     private var closing = false
+    /// The close is the peer's fault (it broke the protocol): logged as a warning, not routine.
+    private var peerFault = false
     /// Packets of the current loop tick, written and flushed as one buffer at its end (one
     /// write per tick instead of one per packet).
     private var outgoing: ByteBuffer?
@@ -167,7 +169,7 @@ final class Connection: ChannelInboundHandler {
                     }
                     self.decoder = decoder
                 } catch {
-                    close(reason: "undecodable \(receiveFraming?.rawValue ?? "") data from peer: \(error)")
+                    close(reason: "undecodable \(receiveFraming?.rawValue ?? "") data from peer: \(error)", peerFault: true)
                 }
                 if inbound.readableBytes == 0 { inbound.clear() } else { inbound.discardReadBytes() }
                 return
@@ -327,11 +329,13 @@ final class Connection: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
-    /// Closes the connection, logging `reason`.
-    func close(reason: String) {
+    /// Closes the connection, logging `reason` (as a warning when `peerFault`: the peer broke
+    /// the protocol after the handshake, which operators want to see).
+    func close(reason: String, peerFault: Bool = false) {
         guard state != .closed, !closing else { return }
         closing = true
         closeReason = reason
+        self.peerFault = peerFault
         if let context, state == .established {
             // Packets written this tick are not flushed yet: flush them and close once they are
             // out (a node shutting down must not lose what it just sent), but do not wait on a
@@ -358,7 +362,9 @@ final class Connection: ChannelInboundHandler {
         state = .closed
         handshakeTimer?.cancel()
         handshakeTimer = nil
-        if wasEstablished {
+        if wasEstablished && peerFault {
+            logger.warning("cutting off a peer that broke the protocol", metadata: ["reason": "\(reason)"])
+        } else if wasEstablished {
             logger.info("connection closed", metadata: ["reason": "\(reason)"])
         } else if reason.hasPrefix("already connected") || reason.hasPrefix("I refuse to talk to myself") {
             // Routine: crossing dials and a seed list naming ourselves (aemp-protocol §4.1, §9).

@@ -197,6 +197,11 @@ public struct GatewaySettings: Sendable {
             let s = trim(String(decoding: bytes, as: UTF8.self))
             if s.isEmpty { p.append("\(v) is empty") } else { c.node.secret = Array(s.utf8) }
         },
+        number(
+            "handshake-timeout",
+            "Seconds a mesh connection may take to authenticate; a peer that accepts and never answers is cut off after it.",
+            0.1...3600
+        ) { $1.node.handshakeTimeout = .nanoseconds(Int64($0 * 1e9)) },
         text("standalone-bind", "Where a standalone gateway's node listens.") { v, c, p in
             if isAddress(v) { c.standaloneBind = v } else { p.append("\(v.debugDescription) is not host:port") }
         },

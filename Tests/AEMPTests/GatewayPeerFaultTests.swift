@@ -1,0 +1,151 @@
+import AEMPTestSupport
+import Foundation
+import NIOCore
+import Testing
+
+@testable import AEMP
+
+// The `aemp-gateway` process against mesh peers that misbehave (issue 7): a seed that accepts
+// and never answers, and one that completes the handshake and then sends garbage. The gateway
+// must cut each off with a logged reason, keep serving HTTP, and keep dialling.
+//
+// These live with the wire tests because the misbehaving seed is a `ScriptedListener` playing
+// Perl's side of the handshake; the gateway is a real child process and is asked over real HTTP.
+
+@Suite("gateway process: misbehaving mesh peers", .serialized, .timeLimit(.minutes(2)))
+struct GatewayPeerFaultTests {
+
+    @Test("a seed that accepts and never answers is cut off after --handshake-timeout and logged; the gateway joins the good seed")
+    func silentSeed() async throws {
+        let silent = try await ScriptedListener.start()
+        defer { Task { await silent.close() } }
+        let seedAddress = "127.0.0.1:\(try freePort())"
+        let seed = try ChildProcess(
+            "aemp", ["seed", "--bind", seedAddress, "--secret", testSecret, "--node-id", "pf-seed-%u"])
+        defer { seed.stop() }
+        let seedID = try bannerNodeID(try await seed.readLine())
+
+        let gateway = try await GatewayChild.start(seeds: [silent.address, seedAddress], handshakeTimeout: 1)
+        defer { gateway.child.stop() }
+
+        let peer = try await silent.accept(within: 10)
+        let accepted = ContinuousClock.now
+        let (unread, _) = try await peer.waitForClose(within: 10)
+        let held = ContinuousClock.now - accepted
+        #expect(String(decoding: unread, as: UTF8.self).hasPrefix("aemp;1;"), "the gateway greeted first, as a node does")
+        #expect(held >= .milliseconds(800), "cut off by the handshake timeout (1 s), not by something else: \(held)")
+        #expect(held < .seconds(5), "cut off soon after the handshake timeout: \(held)")
+
+        // Ready through the good seed meanwhile.
+        await eventually(within: 10, "the gateway is ready (its master is the good seed)") {
+            (try? await gateway.get("/readyz").status) == 200
+        }
+        let node = try await gateway.get("/v1/node")
+        #expect(node.status == 200)
+        #expect(node.body.contains(seedID), "the gateway's master is the good seed: \(node.body)")
+
+        // The reason is in the log at the default level, with the silent seed's address.
+        let port = silent.address.split(separator: ":").last.map(String.init) ?? "?"
+        await eventually(within: 5, "the log names the handshake timeout and the silent seed") {
+            gateway.child.errorText().split(separator: "\n").contains { line in
+                line.contains("handshake timeout") && line.contains(":\(port)")
+            }
+        }
+        // It does not give up on the silent seed either: it dials again later.
+        let again = try await silent.accept(within: 15)
+        await again.close()
+        #expect(try await gateway.get("/healthz").status == 200)
+    }
+
+    @Test(
+        "a seed that sends garbage after auth is cut off with a warning; the gateway keeps serving and dials again",
+        arguments: ["json", "cbor"])
+    func garbageAfterAuth(framing: String) async throws {
+        let hostile = try await ScriptedListener.start()
+        defer { Task { await hostile.close() } }
+        let gateway = try await GatewayChild.start(seeds: [hostile.address], handshakeTimeout: 5)
+        defer { gateway.child.stop() }
+
+        let peer = try await hostile.accept(within: 10)
+        let options = ScriptedHandshakeOptions(
+            greeting1: ScriptedPeer.perlGreeting(
+                nodeID: "pf-hostile-\(framing)", framings: framing, peerAddr: ScriptedPeer.format(peer.channel.remoteAddress)),
+            greeting2: ScriptedPeer.nonce())
+        let handshake = try await peer.handshake(options)
+        #expect(handshake.nodeTokenValid, "the gateway authenticated with the shared secret")
+        #expect(handshake.ourFraming == framing)
+
+        // Well-formed for a moment (a no-op packet), then garbage in the chosen framing.
+        try await peer.send([])
+        let garbage: [UInt8] =
+            framing == "json"
+            ? Array("[\"\",\"g_slave\",{\"x\":}]\nthis is not JSON\n".utf8)  // a closed packet that does not parse
+            : [0x82, 0x40, 0xFF, 0x1C, 0xFF, 0xFF, 0xFF, 0xFF]  // a break code and a reserved head: invalid CBOR
+        try await peer.write(garbage)
+        _ = try await peer.waitForClose(within: 5)
+
+        await eventually(within: 5, "a warning names the protocol violation and the peer") {
+            gateway.child.errorText().split(separator: "\n").contains { line in
+                line.contains("warning") && line.contains("cutting off a peer that broke the protocol")
+                    && line.contains("undecodable \(framing) data") && line.contains("pf-hostile-\(framing)")
+            }
+        }
+        #expect(try await gateway.get("/healthz").status == 200)
+        let ready = try await gateway.get("/readyz")
+        #expect(ready.status == 503, "no master: the only seed is hostile")
+        #expect(ready.body.contains("mesh_unavailable") || ready.body.contains("master"), "\(ready.body)")
+
+        // The gateway dials its seed again (it is its only way into the mesh).
+        let again = try await hostile.accept(within: 15)
+        await again.close()
+        #expect(try await gateway.get("/healthz").status == 200)
+    }
+}
+
+/// An `aemp-gateway` child process joined to `seeds`, HTTP on a free port, logging at info.
+struct GatewayChild {
+    let child: ChildProcess
+    let port: Int
+
+    static func start(seeds: [String], handshakeTimeout: Double) async throws -> GatewayChild {
+        let inherited = ProcessInfo.processInfo.environment.keys.filter { $0.hasPrefix("AEMP_GATEWAY_") }
+        let child = try ChildProcess(
+            "aemp-gateway",
+            [
+                "--http", "127.0.0.1:0", "--seeds", seeds.joined(separator: ","), "--secret", testSecret,
+                "--node-id", "pf-gateway-%u", "--handshake-timeout", "\(handshakeTimeout)", "--log-level", "info",
+            ],
+            unsetEnvironment: ["AEMP_SECRET", "XDG_STATE_HOME", "PERL_ANYEVENT_MP_RC"] + inherited,
+            collectOutput: true)
+        do {
+            for _ in 0..<5 {
+                // aemp-gateway <node-id> serving http://127.0.0.1:<port>
+                let words = try await child.readLine().split(separator: " ")
+                if words.count >= 4, words[2] == "serving", let colon = words[3].lastIndex(of: ":"),
+                    let port = Int(words[3][words[3].index(after: colon)...])
+                {
+                    return GatewayChild(child: child, port: port)
+                }
+            }
+            throw ChildProcess.ChildError.noLine("aemp-gateway printed no serving line; stderr: \(child.errorText())")
+        } catch {
+            child.stop()
+            throw error
+        }
+    }
+
+    /// One HTTP/1.1 GET over a fresh connection (`Connection: close`): status and body.
+    func get(_ path: String) async throws -> (status: Int, body: String) {
+        let connection = try await ScriptedPeer.dial("127.0.0.1:\(port)")
+        defer { Task { await connection.close() } }
+        try await connection.write("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        let (bytes, _) = try await connection.waitForClose(within: 10)
+        let text = String(decoding: bytes, as: UTF8.self)
+        let statusLine = text.prefix { $0 != "\r" }.split(separator: " ")
+        guard statusLine.count >= 2, let status = Int(statusLine[1]) else {
+            throw ScriptedPeerError.protocolViolation("no HTTP status line in \(text.prefix(200).debugDescription)")
+        }
+        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
+        return (status, body)
+    }
+}
