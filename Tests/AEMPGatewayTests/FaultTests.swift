@@ -87,7 +87,7 @@ struct FaultTests {
 /// The gateway's master is killed (issue 7).
 @Suite("gateway: master failover", .serialized, .timeLimit(.minutes(3)))
 struct MasterFailoverTests {
-    @Test("two global seeds, the gateway's master killed: it re-attaches within 5 s, its keys are back everywhere, its feeds carry on without a silent gap")
+    @Test("two global seeds, the gateway's master killed: it re-attaches within 5 s, its keys are back everywhere, SSE and long-poll feeds carry on without a silent gap; with no global left /readyz is 503 until one is back")
     func masterKilled() async throws {
         try await Cleanup.scope { cleanup in
             let seedA = try await SeedProcess.start(id: "gw-ga-%u")
@@ -105,13 +105,17 @@ struct MasterFailoverTests {
             let http = try await gateway.client()
             cleanup.add { await http.close() }
 
-            // The gateway's own key, and a feed of the family.
+            // The gateway's own key, an SSE feed and a long-poll follower of the family.
             #expect(try await http.request("PUT", "/v1/db/fofam/gw", json: "from the gateway").status == 200)
             try await eventually("the node sees the gateway's key") { await node.dbFamily("fofam")["gw"] == "from the gateway" }
             let feed = try await gateway.sse("/v1/db/fofam/watch")
             cleanup.add { await feed.close() }
             let snapshot = try await feed.next()
             #expect(snapshot.event == "snapshot" && snapshot.json?.objectValue?["values"]?.objectValue?["gw"] == "from the gateway", "\(snapshot)")
+            var sseView = snapshot.json?.objectValue?["values"]?.objectValue ?? [:]
+            let poller = try await FeedPoller.start(gateway, family: "fofam")
+            cleanup.add { await poller.stop() }
+            #expect(poller.view["gw"] == "from the gateway")
 
             // Kill the gateway's master.
             let info = try await http.request("GET", "/v1/node")
@@ -135,34 +139,154 @@ struct MasterFailoverTests {
             let took = try #require(reattached, "not re-attached within 10 s")
             #expect(took < .seconds(5), "re-attached after \(took)")
             // It is usually a few ms: the gateway holds a connection to every public node, so the
-            // survivor is at hand when the master's connection drops; the gap is shorter than a poll
-            // here (the 503 of a gap is tested in OperationsTests, where no survivor exists).
+            // survivor is at hand when the master's connection drops; the gap is shorter than a
+            // poll. The second part below makes a gap that lasts.
 
-            // The gateway's key is back in every view; the node's new key reaches the feed.
+            // The gateway's key is back in every view; the node's new keys reach both feeds, in order.
             try await eventually(within: 10, "the gateway's key on the node after the failover") {
                 await node.dbFamily("fofam")["gw"] == "from the gateway"
             }
-            node.dbSet("fofam", "after", "set after the failover")
-            // Every event after the kill: changes in order, or a reset snapshot; never a silent gap.
-            var seen: [String: Value] = ["gw": "from the gateway"]
-            let deadline = ContinuousClock.now + .seconds(15)
-            while seen["after"] != "set after the failover", ContinuousClock.now < deadline {
-                let e = try await feed.next(within: 15)
-                let o = e.json?.objectValue ?? [:]
-                switch e.event {
-                case "change":
-                    for (k, v) in (o["added"]?.objectValue ?? [:]).merging(o["changed"]?.objectValue ?? [:], uniquingKeysWith: { a, _ in a }) {
-                        seen[k] = v
+            #expect(try await http.request("GET", "/v1/db/fofam").json?.objectValue?["values"]?.objectValue?["gw"] == "from the gateway")
+            for n in 1...3 { node.dbSet("fofam", "after", .int(Int64(n))) }
+            var expected: [String: Value] = ["gw": "from the gateway", "after": 3]
+            try await follow(feed, into: &sseView, until: expected)
+            try await poller.wait(for: expected)
+            #expect(poller.sawOnlyOrderedValues(of: "after"), "the long-poll saw 'after' go backwards: \(poller.history("after"))")
+
+            // Now no global at all: the survivor dies too. The gap is real: /readyz is 503, the
+            // database is 503 mesh_unavailable, until a seed is back at one of the addresses.
+            survivor.child.signal(SIGKILL)
+            try await eventually(within: 5, "/readyz is 503 with no master") {
+                try await http.request("GET", "/readyz").status == 503
+            }
+            expectProblem(try await http.request("GET", "/v1/db/fofam", timeout: 20), 503, "mesh_unavailable")
+            #expect(try await http.request("GET", "/healthz").status == 200, "alive, only not ready")
+
+            let revived = try await SeedProcess.start(id: "gw-gc-%u", bind: survivor.address)
+            cleanup.add { revived.child.stop() }
+            try await eventually(within: 20, "/readyz is 200 again once a seed is back") {
+                try await http.request("GET", "/readyz").status == 200
+            }
+            let after = try await http.request("GET", "/v1/node")
+            #expect(after.json?.objectValue?["master"]?.stringValue == revived.id, "\(after)")
+            // The new global learns the gateway's key from the gateway itself (g_slave), and the
+            // node's once the node is back too; both feeds converge, changes or a reset snapshot.
+            try await eventually(within: 15, "the revived global has the gateway's key") {
+                await node.dbFamily("fofam")["gw"] == "from the gateway"
+            }
+            node.dbSet("fofam", "revived", true)
+            expected["revived"] = true
+            try await follow(feed, into: &sseView, until: expected)
+            try await poller.wait(for: expected)
+        }
+    }
+
+    /// Applies SSE feed events to `view` until it equals `expected` (15 s at most). A snapshot
+    /// mid-stream must say `reset`: that is the only allowed way to skip changes.
+    private func follow(_ feed: SSEStream, into view: inout [String: Value], until expected: [String: Value]) async throws {
+        let deadline = ContinuousClock.now + .seconds(15)
+        while view != expected, ContinuousClock.now < deadline {
+            let e = try await feed.next(within: 15)
+            let o = e.json?.objectValue ?? [:]
+            switch e.event {
+            case "change": FeedPoller.apply(o, to: &view)
+            case "snapshot":
+                #expect(o["reset"] == true, "a snapshot mid-stream must say reset: \(e)")
+                view = o["values"]?.objectValue ?? [:]
+            default: break
+            }
+        }
+        #expect(view == expected, "SSE view \(view)")
+    }
+}
+
+/// A long-poll client of a family feed, as a web client would write it: it passes the last `id`
+/// as `index`, applies `changes`, replaces its view on a `reset` snapshot, and retries after a
+/// 503. Every value it ever saw per key is kept, to check order.
+final class FeedPoller: Sendable {
+    private struct State {
+        var view: [String: Value] = [:]
+        var history: [String: [Value]] = [:]
+        var resets = 0
+        var unavailable = 0
+        var failures: [String] = []
+    }
+    private let state = Watched(State())
+    private let task: Watched<Task<Void, Never>?> = Watched(nil)
+
+    static func start(_ gateway: GatewayProcess, family: String) async throws -> FeedPoller {
+        let poller = FeedPoller()
+        let http = try await gateway.client()
+        let first = try await http.request("GET", "/v1/db/\(family)/watch")
+        guard first.status == 200, let o = first.json?.objectValue, case .string(let id)? = o["id"] else {
+            await http.close()
+            throw HTTPTestError.timeout("no first snapshot from the long-poll feed: \(first)")
+        }
+        poller.state.update { $0.view = o["values"]?.objectValue ?? [:] }
+        let t = Task {
+            var index = id
+            while !Task.isCancelled {
+                guard let r = try? await http.request("GET", "/v1/db/\(family)/watch?index=\(index)&wait=2", timeout: 25) else {
+                    try? await Task.sleep(for: .milliseconds(100))
+                    continue
+                }
+                guard r.status == 200, let o = r.json?.objectValue, case .string(let next)? = o["id"] else {
+                    poller.state.update { s in
+                        if r.status == 503 { s.unavailable += 1 } else { s.failures.append("\(r)") }
                     }
-                    for k in o["deleted"]?.arrayValue ?? [] { if let k = k.stringValue { seen[k] = nil } }
-                case "snapshot":
-                    #expect(o["reset"] == true, "a snapshot mid-stream must say reset: \(e)")
-                    seen = o["values"]?.objectValue ?? [:]
-                default:
-                    break
+                    try? await Task.sleep(for: .milliseconds(100))
+                    continue
+                }
+                index = next
+                poller.state.update { s in
+                    if let changes = o["changes"]?.arrayValue {
+                        for c in changes.compactMap(\.objectValue) {
+                            FeedPoller.apply(c, to: &s.view)
+                            for (k, v) in (c["added"]?.objectValue ?? [:]).merging(c["changed"]?.objectValue ?? [:], uniquingKeysWith: { a, _ in a }) {
+                                s.history[k, default: []].append(v)
+                            }
+                        }
+                    } else if o["reset"] == true {
+                        s.resets += 1
+                        s.view = o["values"]?.objectValue ?? [:]
+                    } else {
+                        s.failures.append("a snapshot without reset after the first answer: \(r)")
+                    }
                 }
             }
-            #expect(seen == ["gw": "from the gateway", "after": "set after the failover"], "\(seen)")
+            await http.close()
         }
+        poller.task.update { $0 = t }
+        return poller
+    }
+
+    var view: [String: Value] { state.read { $0.view } }
+    func history(_ key: String) -> [Value] { state.read { $0.history[key] ?? [] } }
+
+    /// Whether the integer values seen for `key` never went down.
+    func sawOnlyOrderedValues(of key: String) -> Bool {
+        let values = history(key).compactMap(\.integerValue)
+        return values == values.sorted()
+    }
+
+    /// Waits until the follower's view is `expected`; records what went wrong otherwise.
+    func wait(for expected: [String: Value], within seconds: Double = 15, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let reached = try await state.wait(within: seconds) { $0.view == expected ? true : nil }
+        let s = state.read { ($0.view, $0.failures, $0.resets, $0.unavailable) }
+        #expect(reached == true, "long-poll view \(s.0) (resets \(s.2), 503s \(s.3))", sourceLocation: sourceLocation)
+        #expect(s.1.isEmpty, "long-poll answers that break the contract: \(s.1)", sourceLocation: sourceLocation)
+    }
+
+    func stop() async {
+        let t = task.read { $0 }
+        t?.cancel()
+        await t?.value
+    }
+
+    /// Applies one `change` object (added, changed, deleted) to a view.
+    static func apply(_ change: [String: Value], to view: inout [String: Value]) {
+        for (k, v) in change["added"]?.objectValue ?? [:] { view[k] = v }
+        for (k, v) in change["changed"]?.objectValue ?? [:] { view[k] = v }
+        for k in change["deleted"]?.arrayValue ?? [] { if let k = k.stringValue { view[k] = nil } }
     }
 }

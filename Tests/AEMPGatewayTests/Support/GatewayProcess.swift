@@ -150,10 +150,13 @@ struct SeedProcess: Sendable {
     let id: String
     let address: String
 
-    static func start(id: String = "gw-seed-%u", secret: String = gatewayTestSecret, seeds: [String] = []) async throws -> SeedProcess {
+    /// `bind` picks the address (e.g. a dead seed's, to bring one back where the others look).
+    static func start(
+        id: String = "gw-seed-%u", secret: String = gatewayTestSecret, seeds: [String] = [], bind: String = "127.0.0.1:0"
+    ) async throws -> SeedProcess {
         let child = try ChildProcess(
             "aemp",
-            ["seed", "--bind", "127.0.0.1:0", "--secret", secret, "--node-id", id, "--log-level", "\(testLogLevel)"]
+            ["seed", "--bind", bind, "--secret", secret, "--node-id", id, "--log-level", "\(testLogLevel)"]
                 + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]))
         do {
             let line = try await child.readLine()
