@@ -1,5 +1,5 @@
 # Entry points for people and CI. `make test` is what .ci/run calls.
-.PHONY: deps build run test bench
+.PHONY: deps build run test bench soak
 
 deps:
 	@scripts/deps
@@ -20,3 +20,8 @@ test: deps
 # Extra flags: make bench ARGS="--scenarios 1,2 --duration 5".
 bench: deps
 	scripts/bench $(ARGS)
+
+# Soak (issue 7): mixed load on a standalone gateway, then RSS, descriptors and losses checked.
+# CI variant by default (90 s); the long one: make soak ARGS="--duration 600".
+soak: deps
+	scripts/soak $(ARGS)

@@ -49,7 +49,7 @@ public final class Gateway: HTTPHandler, Sendable {
         self.node = try Node(configuration: c.node)
         self.timers = MultiThreadedEventLoopGroup.singleton.next()
         self.timeouts = Timeouts(loop: timers)
-        self.mailboxes = MailboxRegistry(limit: c.maxMailboxes)
+        self.mailboxes = MailboxRegistry(limit: c.maxMailboxes, remembered: c.rememberedMailboxes)
         self.openAPI = openAPIDocument
     }
 

@@ -69,6 +69,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-mailboxes"), help: ArgumentHelp(GatewaySettings.help("max-mailboxes")))
     var maxMailboxes: [String] = []
 
+    @Option(name: .customLong("remembered-mailboxes"), help: ArgumentHelp(GatewaySettings.help("remembered-mailboxes")))
+    var rememberedMailboxes: [String] = []
+
     @Option(name: .customLong("max-subscribers-per-family"), help: ArgumentHelp(GatewaySettings.help("max-subscribers-per-family")))
     var maxSubscribersPerFamily: [String] = []
 
@@ -146,6 +149,7 @@ struct GatewayCommand: AsyncParsableCommand {
             "stream-backlog": streamBacklog,
             "max-mailboxes": maxMailboxes,
             "max-subscribers-per-family": maxSubscribersPerFamily,
+            "remembered-mailboxes": rememberedMailboxes,
             "mailbox-queue": mailboxQueue,
             "max-mailbox-queue": maxMailboxQueue,
             "mailbox-ttl": mailboxTTL,

@@ -16,7 +16,9 @@ struct Sink: AsyncParsableCommand {
             also prints `reached <N> <ns>` when the N-th message arrives (ns: CLOCK_MONOTONIC, so a \
             sender on the same machine can time the run). With --bind it listens (with the same \
             address in --seeds it is its own seed), and --framings sets what it accepts from peers \
-            (json, cbor: peers send in the first one they support).
+            (json, cbor: peers send in the first one they support). With --echo it also prints \
+            `echo <port id>`: a port that answers each message whose last element is a port ID by \
+            sending the other elements there (what `cal` expects; soak tests call it).
             """,
         shouldDisplay: false)
 
@@ -33,6 +35,9 @@ struct Sink: AsyncParsableCommand {
 
     @Option(help: "Framings accepted from peers, in order of preference (comma-separated: json, cbor).")
     var framings: String = "cbor,json"
+
+    @Flag(help: "Also create an echo port (printed as `echo <port id>`) that replies to `cal` requests.")
+    var echo = false
 
     func run() async throws {
         let stop = terminationSignal()
@@ -59,6 +64,13 @@ struct Sink: AsyncParsableCommand {
             }
         }
         writeLine("sink \(port)")
+        if echo {
+            let echoPort = node.port { message in
+                guard let last = message.last?.stringValue, let reply = PortID(last) else { return }
+                node.snd(reply, Array(message.dropLast()))
+            }
+            writeLine("echo \(echoPort)")
+        }
         let reporter = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(nanoseconds: UInt64(report * 1e9))

@@ -277,6 +277,17 @@ struct MailboxTests {
         }
     }
 
+    @Test("--remembered-mailboxes bounds the names kept for 410: the oldest deleted names fall back to 404")
+    func rememberedNames() async throws {
+        try await GatewayNetwork.with(gatewayArguments: ["--remembered-mailboxes", "3"]) { net in
+            var names: [String] = []
+            for _ in 0..<5 { names.append(try await net.createMailbox().name) }
+            for name in names { #expect(try await net.http.request("DELETE", "/v1/ports/\(name)").status == 200) }
+            for name in names.prefix(2) { expectProblem(try await net.poll(name), 404, "unknown_mailbox") }
+            for name in names.suffix(3) { expectProblem(try await net.poll(name), 410, "mailbox_gone") }
+        }
+    }
+
     @Test("an idle mailbox expires after its ttl: 410, and its port dies")
     func expiry() async throws {
         try await GatewayNetwork.with { net in

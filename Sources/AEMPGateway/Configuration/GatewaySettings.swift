@@ -234,6 +234,11 @@ public struct GatewaySettings: Sendable {
         integer("max-subscribers-per-family", "SSE and long-poll clients per family.", 1...1_000_000) {
             $1.maxSubscribersPerFamily = $0
         },
+        integer(
+            "remembered-mailboxes",
+            "Names of deleted and expired mailboxes kept for 410 mailbox_gone answers (about 60 bytes each; older ones get 404).",
+            0...10_000_000
+        ) { $1.rememberedMailboxes = $0 },
         integer("mailbox-queue", "Default max_queue of a mailbox.", 1...10_000_000) { $1.mailboxQueue = $0 },
         integer("max-mailbox-queue", "Largest max_queue a client may ask for.", 1...10_000_000) { $1.maxMailboxQueue = $0 },
         integer("mailbox-ttl", "Default idle TTL of a mailbox, seconds.", 1...31_536_000) { $1.mailboxTTL = $0 },
