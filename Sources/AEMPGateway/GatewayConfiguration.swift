@@ -18,7 +18,7 @@ public struct GatewayConfiguration: Sendable {
     /// Mailboxes one gateway holds at most.
     public var maxMailboxes: Int = 100_000
     /// Names of deleted and expired mailboxes kept, so that clients get 410 mailbox_gone rather
-    /// than 404 (about 60 bytes each).
+    /// than 404 (under 100 bytes each).
     public var rememberedMailboxes: Int = 100_000
     /// Messages a mailbox keeps undelivered before it drops the oldest (default, and upper bound
     /// of `max_queue`).

@@ -236,7 +236,7 @@ public struct GatewaySettings: Sendable {
         },
         integer(
             "remembered-mailboxes",
-            "Names of deleted and expired mailboxes kept for 410 mailbox_gone answers (about 60 bytes each; older ones get 404).",
+            "Names of deleted and expired mailboxes kept for 410 mailbox_gone answers (under 100 bytes each; older ones get 404).",
             0...10_000_000
         ) { $1.rememberedMailboxes = $0 },
         integer("mailbox-queue", "Default max_queue of a mailbox.", 1...10_000_000) { $1.mailboxQueue = $0 },

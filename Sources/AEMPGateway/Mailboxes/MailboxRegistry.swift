@@ -13,7 +13,7 @@ final class MailboxRegistry: Sendable {
     let limit: Int
 
     /// Names of mailboxes that are gone, with why, for `capacity` names at most (oldest out first).
-    /// Keyed by the name's 64-bit hash: about 60 bytes a name instead of about 170 (a collision,
+    /// Keyed by the name's 64-bit hash: under 100 bytes a name (85 measured) instead of about 170 (a collision,
     /// about one in 10^9 at 100,000 names, would turn one 404 into a 410).
     struct Tombstones {
         var reasons: [Int: (why: String, reason: Value?)] = [:]
