@@ -81,6 +81,9 @@ final class Connection: ChannelInboundHandler {
     var isEstablished: Bool { state == .established && !closing }
     /// The remote address as `host:port`, for logs.
     private(set) var remoteAddress = "?"
+    /// Bytes received and not yet consumed (a handshake line or packet in progress); bounded by
+    /// `maxHandshakeBuffer` and `maxPacketSize` plus one read.
+    var bufferedInboundBytes: Int { inbound.readableBytes }
 
     init(origin: Origin, settings: ConnectionSettings, delegate: any ConnectionDelegate, logger: Logger) {
         self.origin = origin
