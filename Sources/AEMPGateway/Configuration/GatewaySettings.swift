@@ -215,8 +215,12 @@ public struct GatewaySettings: Sendable {
             if c.tokens.isEmpty { p.append("\(v) holds no token") }
         },
         list("cors-origin", "Origin allowed by CORS (repeatable; * = any).") { v, c, _ in c.corsOrigins = Set(v) },
-        list("allow-node-port-tag", "Node-port tag HTTP clients may send, e.g. time (repeatable).") { v, c, _ in
-            c.allowedNodePortTags = Set(v)
+        list("allow-node-port-tag", "Node-port tag HTTP clients may send: time, can or devnull (repeatable).") { v, c, p in
+            let harmful = v.filter { !Destination.harmlessNodePortTags.contains($0) }
+            for tag in harmful {
+                p.append("\(tag.debugDescription) cannot be allowed: only time, can and devnull run no code and change nothing on a node")
+            }
+            if harmful.isEmpty { c.allowedNodePortTags = Set(v) }
         },
         integer("max-body", "Largest request body in bytes.", 1...(1 << 30)) { $1.http.maxBodySize = $0 },
         integer("max-connections", "HTTP connections served at once (more get 503).", 1...19_000) { $1.http.maxConnections = $0 },
