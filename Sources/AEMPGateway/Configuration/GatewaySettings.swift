@@ -149,7 +149,7 @@ public struct GatewaySettings: Sendable {
             problems += local.map { "\(origin): \($0)" }
         }
         if c.node.secret.isEmpty, values["secret"] == nil, values["secret-file"] == nil,
-            let s = environment["AEMP_SECRET"], !s.isEmpty
+            let s = environment["AEMP_SECRET"], !trim(s).isEmpty
         {
             c.node.secret = Array(s.utf8)
         }
@@ -190,7 +190,7 @@ public struct GatewaySettings: Sendable {
             }
         },
         text("secret", "Shared secret of the network (prefer --secret-file).") { v, c, p in
-            if v.isEmpty { p.append("the secret is empty") } else { c.node.secret = Array(v.utf8) }
+            if trim(v).isEmpty { p.append("the secret is empty") } else { c.node.secret = Array(v.utf8) }
         },
         text("secret-file", "File holding the shared secret (trailing newline ignored).") { v, c, p in
             guard let bytes = readBytes(v) else { return p.append("cannot read \(v) (\(String(cString: strerror(errno))))") }
