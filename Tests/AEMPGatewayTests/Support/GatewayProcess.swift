@@ -150,10 +150,12 @@ struct SeedProcess: Sendable {
     let id: String
     let address: String
 
-    static func start(id: String = "gw-seed-%u", secret: String = gatewayTestSecret, seeds: [String] = []) async throws -> SeedProcess {
+    static func start(
+        id: String = "gw-seed-%u", secret: String = gatewayTestSecret, seeds: [String] = [], logLevel: Logger.Level = testLogLevel
+    ) async throws -> SeedProcess {
         let child = try ChildProcess(
             "aemp",
-            ["seed", "--bind", "127.0.0.1:0", "--secret", secret, "--node-id", id, "--log-level", "\(testLogLevel)"]
+            ["seed", "--bind", "127.0.0.1:0", "--secret", secret, "--node-id", id, "--log-level", "\(logLevel)"]
                 + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]))
         do {
             let line = try await child.readLine()
@@ -348,11 +350,12 @@ struct GatewayNetwork: Sendable {
 
     /// Runs `body` with a fresh network; everything is stopped afterwards, also when `body` throws.
     static func with(
-        gatewayArguments: [String] = [], authHeaders: [(String, String)] = [],
+        gatewayArguments: [String] = [], authHeaders: [(String, String)] = [], seedLogLevel: Logger.Level = testLogLevel,
         _ body: (GatewayNetwork) async throws -> Void
     ) async throws {
         try await Cleanup.scope { cleanup in
-            let net = try await start(gatewayArguments: gatewayArguments, authHeaders: authHeaders, cleanup: cleanup)
+            let net = try await start(
+                gatewayArguments: gatewayArguments, authHeaders: authHeaders, seedLogLevel: seedLogLevel, cleanup: cleanup)
             do {
                 try await body(net)
             } catch {
@@ -365,9 +368,9 @@ struct GatewayNetwork: Sendable {
     }
 
     static func start(
-        gatewayArguments: [String], authHeaders: [(String, String)], cleanup: Cleanup
+        gatewayArguments: [String], authHeaders: [(String, String)], seedLogLevel: Logger.Level = testLogLevel, cleanup: Cleanup
     ) async throws -> GatewayNetwork {
-        let seed = try await SeedProcess.start()
+        let seed = try await SeedProcess.start(logLevel: seedLogLevel)
         cleanup.add { seed.child.stop() }
         let node = try makeNode(id: "gw-node-%u", binds: ["127.0.0.1:0"], seeds: [seed.address])
         cleanup.add { await node.shutdown() }
