@@ -3,8 +3,18 @@ import AEMP
 /// Turns a port ID given by an HTTP client into a destination, refusing node ports whatever the
 /// spelling: a Perl node runs `eval` and function-call requests that arrive at its node port.
 enum Destination {
+    /// The node-port requests an operator may open to HTTP clients (`--allow-node-port-tag`): those
+    /// that run no code and change nothing (aemp-protocol §7.1). Every other tag runs code (`eval`,
+    /// any function name), relays (`snd`), or kills or monitors ports for the gateway's node.
+    static let harmlessNodePortTags: Set<String> = ["time", "can", "devnull"]
+
+    /// Where an allowed node-port request names the port its answer goes to (`time @reply`,
+    /// `can tag @reply`): a node port there would make the node send `eval` on the client's behalf.
+    private static let replyPortIndex: [String: Int] = ["time": 1, "can": 2]
+
     /// Parses `node#name`. Node ports (`node`, `node#`, blanks, percent-encoded `#`) are refused
-    /// unless the message's tag is one the operator allowed.
+    /// unless the message's tag is a harmless one the operator allowed and its reply port (if any)
+    /// is not a node port either.
     static func parse(_ raw: Value, message: [Value]? = nil, allowedTags: Set<String> = []) throws(Problem) -> PortID {
         guard case .string(let given) = raw else {
             throw .invalidPort("\"port\" must be a string \"node#name\"")
@@ -33,7 +43,11 @@ enum Destination {
         let nodeID = trimmed(String(node))
         guard !nodeID.isEmpty else { throw .invalidPort("\(given.debugDescription) has no node ID before '#'") }
         if portName.isEmpty {
-            if let tag = message?.first?.stringValue, allowedTags.contains(tag) {
+            if let message, let tag = message.first?.stringValue, allowedTags.contains(tag), harmlessNodePortTags.contains(tag) {
+                if let i = replyPortIndex[tag], i < message.count {
+                    // `["time", "perl#", "eval", "code"]` would answer into a node port: Perl runs that.
+                    _ = try parse(message[i])
+                }
                 return PortID(node: nodeID, name: "")
             }
             throw .nodePortForbidden(given)

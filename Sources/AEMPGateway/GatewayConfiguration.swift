@@ -47,7 +47,8 @@ public struct GatewayConfiguration: Sendable {
     public var streamBacklog: Int = 1 << 20
     /// Messages in one batch `send`.
     public var maxBatch: Int = 10_000
-    /// Node-port tags HTTP clients may send (e.g. `time`, `devnull`); none by default.
+    /// Node-port tags HTTP clients may send; none by default. Only `Destination.harmlessNodePortTags`
+    /// (`time`, `can`, `devnull`) are ever honoured, whatever else this holds.
     public var allowedNodePortTags: Set<String> = []
     /// Bearer tokens; empty = no authentication.
     public var tokens: [String: TokenScope] = [:]

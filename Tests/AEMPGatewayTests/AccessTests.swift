@@ -2,69 +2,14 @@ import AEMP
 import Foundation
 import Testing
 
-/// Bearer tokens (`--token-file`, read-write and read-only) and CORS (`--cors-origin`), on
-/// successful, error, timeout and streaming responses.
-@Suite("gateway: tokens and CORS", .serialized, .timeLimit(.minutes(3)))
+/// CORS (`--cors-origin`) on successful, error, timeout and streaming responses, also with bearer
+/// tokens configured (the tokens themselves: SecurityTests).
+@Suite("gateway: CORS", .serialized, .timeLimit(.minutes(3)))
 struct AccessTests {
     static let origin = "https://app.example.org"
 
-    @Test("with a token file: 401 without a valid token, 403 read_only_token for writes with a read-only one")
-    func bearerTokens() async throws {
-        let file = try TokenFile("# tokens for the test\nrw-token-0123456789 rw\n\nro-token-9876543210\tro\n")
-        defer { file.remove() }
-        let rw = [("Authorization", "Bearer rw-token-0123456789")]
-        let ro = [("Authorization", "Bearer ro-token-9876543210")]
-        try await GatewayNetwork.with(gatewayArguments: ["--token-file", file.path], authHeaders: rw) { net in
-            let http = net.http
-            for headers in [[], [("Authorization", "Bearer wrong")], [("Authorization", "Basic cnctdG9rZW4=")],
-                [("Authorization", "Bearer rw-token-012345678")], [("Authorization", "Bearer rw-token-01234567890")],
-                [("Authorization", "Bearer ")]] as [[(String, String)]]
-            {
-                let r = try await http.request("GET", "/v1/node", headers: headers)
-                expectProblem(r, 401, "unauthorized")
-                #expect(r.header("WWW-Authenticate")?.hasPrefix("Bearer") == true, "\(r)")
-                expectProblem(try await http.request("POST", "/v1/ports", headers: headers), 401, "unauthorized")
-            }
-            // Health and the contract need no token.
-            #expect(try await http.request("GET", "/healthz").status == 200)
-            #expect(try await http.request("GET", "/openapi.json").status == 200)
-
-            // Read-only: every read works, every write is refused.
-            #expect(try await http.request("GET", "/v1/node", headers: ro).status == 200)
-            #expect(try await http.request("GET", "/v1/db/f", headers: ro).status == 200)
-            let box = try await net.createMailbox()  // with the rw token
-            #expect(try await http.request("GET", "/v1/ports/\(box.name)/messages?wait=0", headers: ro).status == 200)
-            let sse = try await net.gateway.sse("/v1/ports/\(box.name)/messages", headers: ro)
-            #expect(sse.status == 200)
-            await sse.close()
-            let unauthorizedStream = try await net.gateway.sse("/v1/nodes/events")
-            #expect(unauthorizedStream.status == 401)
-            await unauthorizedStream.close()
-            let writes: [(String, String, Value?)] = [
-                ("POST", "/v1/ports", nil),
-                ("POST", "/v1/send", ["port": .string(box.port), "message": [1]]),
-                ("POST", "/v1/call", ["port": .string(box.port), "message": [1]]),
-                ("DELETE", "/v1/ports/\(box.name)", nil),
-                ("POST", "/v1/ports/\(box.name)/monitor", ["port": "x#y"]),
-                ("PUT", "/v1/db/f/k", 1),
-                ("DELETE", "/v1/db/f/k", nil),
-                ("POST", "/v1/db/f/reg", ["port": .string(box.name)]),
-            ]
-            for (method, path, body) in writes {
-                let r: HTTPTestResponse
-                if let body {
-                    r = try await http.request(method, path, json: body, headers: ro)
-                } else {
-                    r = try await http.request(method, path, headers: ro)
-                }
-                expectProblem(r, 403, "read_only_token")
-            }
-            // The mailbox survived the refused DELETE, and the read-write token may write.
-            let send = try await http.request("POST", "/v1/send", json: ["port": .string(box.port), "message": ["rw"]], headers: rw)
-            #expect(send.status == 202, "\(send)")
-            #expect(GatewayNetwork.messages(try await http.request("GET", "/v1/ports/\(box.name)/messages?wait=5", headers: ro)) == [["rw"]])
-        }
-    }
+    // Bearer tokens on every route (401 without one, 403 read_only_token for writes with a
+    // read-only one) are SecurityTests.tokensOnEveryRoute, derived from the contract.
 
     @Test("CORS headers for an allowed origin on success, errors, timeouts and streams; none for others")
     func cors() async throws {

@@ -7,44 +7,8 @@ import Testing
 @Suite("gateway: errors", .serialized, .timeLimit(.minutes(3)))
 struct ProblemTests {
 
-    /// Spellings of node `id`'s node port: all must be refused.
-    static func nodePortSpellings(_ id: String) -> [String] {
-        let encoded = id.utf8.map { String(format: "%%%02X", $0) }.joined()
-        return [
-            id, "\(id)#", " \(id)# ", "\(id)%23", "\(id)%2523", "\(id)%252523", "\(id)%25%32%33", "\t\(id)#\n",
-            "\(id)#\t", "\r\n\(id)", "\u{00A0}\(id)#\u{2003}", "%20\(id)%23%20", "\(id) #", "\(id)# ", "\(id)#%20",
-            "\(encoded)%23", "\(id)%09",
-        ]
-    }
-
-    @Test("node-port destinations are refused with 403 node_port_forbidden in every spelling, on send, batch, call and monitor")
-    func nodePortForbidden() async throws {
-        try await GatewayNetwork.with { net in
-            let (port, inbox) = net.node.mailbox()
-            var messages = inbox.makeAsyncIterator()
-            let box = try await net.createMailbox()
-            for spelling in Self.nodePortSpellings(net.node.id) {
-                let target = Value.string(spelling)
-                let send = try await net.post("/v1/send", json: ["port": target, "message": ["eval", "die"]])
-                expectProblem(send, 403, "node_port_forbidden")
-                let batch = try await net.post(
-                    "/v1/send",
-                    json: [["port": .string(port.description), "message": ["fine"]], ["port": target, "message": ["time"]]])
-                let p = expectProblem(batch, 403, "node_port_forbidden")
-                #expect(p["index"] == 1, "\(batch)")
-                let call = try await net.post("/v1/call", json: ["port": target, "message": ["time"], "timeout": 1])
-                expectProblem(call, 403, "node_port_forbidden")
-                let monitor = try await net.post("/v1/ports/\(box.name)/monitor", json: ["port": target])
-                expectProblem(monitor, 403, "node_port_forbidden")
-            }
-            // A JSON escape is no way around it either.
-            let escaped = #"{"port": "\#(net.node.id)\u0023", "message": ["eval", "1"]}"#
-            expectProblem(try await net.http.request("POST", "/v1/send", body: Array(escaped.utf8)), 403, "node_port_forbidden")
-            // None of the refused batches sent their valid first item: the next message is the first.
-            #expect(try await net.post("/v1/send", json: ["port": .string(port.description), "message": ["only"]]).status == 202)
-            #expect(try await next(&messages) == ["only"])
-        }
-    }
+    // Node-port destinations (403 node_port_forbidden in every spelling, on every route that
+    // takes a port) are SecurityTests.nodePortsUnreachable.
 
     @Test("malformed JSON is 400 malformed_json, wherever a body is read")
     func malformedJSON() async throws {

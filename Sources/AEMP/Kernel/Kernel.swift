@@ -15,6 +15,9 @@ public typealias MessageHandler = @Sendable (_ message: [Value]) -> Void
 public typealias MonitorAction = @Sendable (_ reason: [Value]) -> Void
 /// A node up/down callback; runs on the node's event loop.
 public typealias NodeEventHandler = @Sendable (_ node: String, _ isUp: Bool) -> Void
+/// Sees a request that arrived at the node port (tag first) and the node it came from; runs on
+/// the node's event loop.
+public typealias NodePortObserver = @Sendable (_ request: [Value], _ source: String) -> Void
 
 /// Port names and handle tokens; usable from any thread, so `Node` can hand out IDs at once.
 final class IDGenerator: Sendable {
@@ -116,6 +119,8 @@ final class Kernel {
     // Remote nodes
     var peers: [String: Peer] = [:]
     var nodeWatchers: [UInt64: NodeEventHandler] = [:]
+    /// Observers of every node-port request (`Node.observeNodePort`).
+    var nodePortObservers: [UInt64: NodePortObserver] = [:]
 
     // Listeners
     var listeners: [any Channel] = []
@@ -304,6 +309,7 @@ final class Kernel {
     ]
 
     func handleNodeRequest(_ message: [Value], from source: String) {
+        for (_, observer) in nodePortObservers.sorted(by: { $0.key < $1.key }) { observer(message, source) }
         guard let tagValue = message.first else { return }  // [] / [""]: keepalive
         let tag = tagValue.stringValue ?? ""
         let args = Array(message.dropFirst())
@@ -336,15 +342,16 @@ final class Kernel {
             kill(port: name, reason: Array(args.dropFirst()))
         case "snd":
             guard let target = args.first?.stringValue.flatMap(PortID.init) else { return }
+            guard !target.isNodePort else { return refuseNodePortTarget(tag, target, from: source) }
             send(to: target, Array(args.dropFirst()))
         case "can":
             guard let asked = args.first?.stringValue else { return }
             let known = Self.nodeRequests.contains(asked) || (isGlobal && Self.globalRequests.contains(asked))
-            reply(Array(args.dropFirst()), with: [.string(known ? "1" : "")])
+            reply(Array(args.dropFirst()), with: [.string(known ? "1" : "")], request: tag, from: source)
         case "time":
             var now = timespec()
             clock_gettime(CLOCK_REALTIME, &now)
-            reply(args, with: [.double(Double(now.tv_sec) + Double(now.tv_nsec) / 1e9)])
+            reply(args, with: [.double(Double(now.tv_sec) + Double(now.tv_nsec) / 1e9)], request: tag, from: source)
         case "g_global":
             globals.insert(source)
         case "g_found":
@@ -371,9 +378,19 @@ final class Kernel {
     }
 
     /// Sends `result` appended to a reply specification `[portid, msg…]` (aemp-protocol §7.1 `@reply`).
-    private func reply(_ spec: [Value], with result: [Value]) {
+    private func reply(_ spec: [Value], with result: [Value], request tag: String, from source: String) {
         guard let target = spec.first?.stringValue.flatMap(PortID.init) else { return }
+        guard !target.isNodePort else { return refuseNodePortTarget(tag, target, from: source) }
         send(to: target, Array(spec.dropFirst()) + result)
+    }
+
+    /// A relay (`snd`) or a reply (`time`, `can`) that names a node port is dropped: `["","snd",
+    /// "perl#","eval",code]` or `["","time","perl#","eval",code]` would otherwise make this node
+    /// send `eval` to a Perl node in its own name. Perl relays these; this node never does.
+    private func refuseNodePortTarget(_ what: String, _ target: PortID, from source: String) {
+        logger.warning(
+            "refusing to send to a node port on request of a peer",
+            metadata: ["from": "\(source)", "request": "\(what)", "target": "\(target)"])
     }
 
     // MARK: - Packets from connections

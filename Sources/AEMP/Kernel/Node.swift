@@ -267,7 +267,19 @@ public final class Node: Sendable {
         onLoop {
             $0.nodeWatchers[watch.token] = nil
             $0.masterWatchers[watch.token] = nil
+            $0.nodePortObservers[watch.token] = nil
         }
+    }
+
+    /// Calls `observer(request, source)` with every request that arrives at this node's node port
+    /// (aemp-protocol §7), from peers and from this node itself, before the node acts on it (or
+    /// refuses it): for audit logs, and for tests that must show nothing arrived. Cancel with
+    /// `cancel(_:)`. The observer runs on the node's loop and must not block.
+    @discardableResult
+    public func observeNodePort(_ observer: @escaping NodePortObserver) -> NodeWatch {
+        let token = ids.nextToken()
+        onLoop { $0.nodePortObservers[token] = observer }
+        return NodeWatch(token: token)
     }
 
     /// Keeps a connection to `node` open, reconnecting with backoff whenever it drops. A private

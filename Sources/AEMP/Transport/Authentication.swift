@@ -53,13 +53,10 @@ public struct Authenticator: Sendable {
         token(method, first: remote, second: local)
     }
 
-    /// Compares two tokens in time independent of where they differ.
+    /// Compares two tokens in time independent of where they differ and of their lengths
+    /// (`ConstantTime.equal`).
     public static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
-        guard x.count == y.count else { return false }
-        var diff: UInt8 = 0
-        for i in 0..<x.count { diff |= x[i] ^ y[i] }
-        return diff == 0
+        ConstantTime.equal(a, b)
     }
 
     static func hex(_ bytes: [UInt8]) -> String {

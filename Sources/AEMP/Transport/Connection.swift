@@ -267,7 +267,9 @@ final class Connection: ChannelInboundHandler {
 
     private func verify(method: AuthMethod, token: String) -> Bool {
         let expected = settings.authenticator.tokenExpected(method, local: localLines, remote: (remoteLine1, remoteNonce))
-        return Authenticator.constantTimeEqual(expected, token)
+        // Constant time, lengths included (a cleartext token's length is the secret's), never
+        // String equality (SecurityTests checks that this stays so).
+        return ConstantTime.equal(expected, token)
     }
 
     private func writeLine(_ line: String) {

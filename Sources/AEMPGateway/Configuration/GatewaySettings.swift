@@ -149,7 +149,7 @@ public struct GatewaySettings: Sendable {
             problems += local.map { "\(origin): \($0)" }
         }
         if c.node.secret.isEmpty, values["secret"] == nil, values["secret-file"] == nil,
-            let s = environment["AEMP_SECRET"], !s.isEmpty
+            let s = environment["AEMP_SECRET"], !trim(s).isEmpty
         {
             c.node.secret = Array(s.utf8)
         }
@@ -190,7 +190,7 @@ public struct GatewaySettings: Sendable {
             }
         },
         text("secret", "Shared secret of the network (prefer --secret-file).") { v, c, p in
-            if v.isEmpty { p.append("the secret is empty") } else { c.node.secret = Array(v.utf8) }
+            if trim(v).isEmpty { p.append("the secret is empty") } else { c.node.secret = Array(v.utf8) }
         },
         text("secret-file", "File holding the shared secret (trailing newline ignored).") { v, c, p in
             guard let bytes = readBytes(v) else { return p.append("cannot read \(v) (\(String(cString: strerror(errno))))") }
@@ -220,8 +220,12 @@ public struct GatewaySettings: Sendable {
             if c.tokens.isEmpty { p.append("\(v) holds no token") }
         },
         list("cors-origin", "Origin allowed by CORS (repeatable; * = any).") { v, c, _ in c.corsOrigins = Set(v) },
-        list("allow-node-port-tag", "Node-port tag HTTP clients may send, e.g. time (repeatable).") { v, c, _ in
-            c.allowedNodePortTags = Set(v)
+        list("allow-node-port-tag", "Node-port tag HTTP clients may send: time, can or devnull (repeatable).") { v, c, p in
+            let harmful = v.filter { !Destination.harmlessNodePortTags.contains($0) }
+            for tag in harmful {
+                p.append("\(tag.debugDescription) cannot be allowed: only time, can and devnull run no code and change nothing on a node")
+            }
+            if harmful.isEmpty { c.allowedNodePortTags = Set(v) }
         },
         integer("max-body", "Largest request body in bytes.", 1...(1 << 30)) { $1.http.maxBodySize = $0 },
         integer("max-connections", "HTTP connections served at once (more get 503).", 1...19_000) { $1.http.maxConnections = $0 },

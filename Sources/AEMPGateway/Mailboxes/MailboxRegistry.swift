@@ -5,7 +5,9 @@ import Synchronization
 /// The gateway's mailboxes by name, and the names that are gone (so clients get 410, not 404).
 ///
 /// A name is `<instance>.<random>`: `instance` is fixed for the life of the process, so a name
-/// from an earlier gateway process is recognised as gone; the random part carries 132 bits.
+/// from an earlier gateway process is recognised as gone. The random part is 17 bytes from the
+/// system CSPRNG (`SystemRandomNumberGenerator`: getrandom(2)), 136 bits in 23 URL-safe base64
+/// characters (22 × 6 bits, and 4 in the last).
 final class MailboxRegistry: Sendable {
     let instance: String
     private let mailboxes = Mutex<[String: Mailbox]>([:])

@@ -110,8 +110,13 @@ extension Gateway {
             pendingCalls.wrappingSubtract(1, ordering: .relaxed)
             exchange.respond(response)
         }
-        let reply = node.port { message in
+        // The reply port's name is unguessable, like a mailbox's: a counter name (`node.port()`)
+        // would let any client send to it and forge the answer to another client's call.
+        guard let reply = node.port(named: "call-\(randomToken(bytes: 17))", { message in
             finish(.json(200, ["reply": .array(message)]))
+        }) else {
+            pendingCalls.wrappingSubtract(1, ordering: .relaxed)
+            throw Problem(500, "internal_error", "Internal error", "could not create a reply port for the call")
         }
         let monitor = node.mon(target) { [self] reason in
             var p = Problem(

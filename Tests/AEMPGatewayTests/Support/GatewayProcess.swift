@@ -152,11 +152,12 @@ struct SeedProcess: Sendable {
 
     /// `bind` picks the address (e.g. a dead seed's, to bring one back where the others look).
     static func start(
-        id: String = "gw-seed-%u", secret: String = gatewayTestSecret, seeds: [String] = [], bind: String = "127.0.0.1:0"
+        id: String = "gw-seed-%u", secret: String = gatewayTestSecret, seeds: [String] = [], bind: String = "127.0.0.1:0",
+        logLevel: Logger.Level = testLogLevel
     ) async throws -> SeedProcess {
         let child = try ChildProcess(
             "aemp",
-            ["seed", "--bind", bind, "--secret", secret, "--node-id", id, "--log-level", "\(testLogLevel)"]
+            ["seed", "--bind", bind, "--secret", secret, "--node-id", id, "--log-level", "\(logLevel)"]
                 + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]))
         do {
             let line = try await child.readLine()
@@ -351,11 +352,12 @@ struct GatewayNetwork: Sendable {
 
     /// Runs `body` with a fresh network; everything is stopped afterwards, also when `body` throws.
     static func with(
-        gatewayArguments: [String] = [], authHeaders: [(String, String)] = [],
+        gatewayArguments: [String] = [], authHeaders: [(String, String)] = [], seedLogLevel: Logger.Level = testLogLevel,
         _ body: (GatewayNetwork) async throws -> Void
     ) async throws {
         try await Cleanup.scope { cleanup in
-            let net = try await start(gatewayArguments: gatewayArguments, authHeaders: authHeaders, cleanup: cleanup)
+            let net = try await start(
+                gatewayArguments: gatewayArguments, authHeaders: authHeaders, seedLogLevel: seedLogLevel, cleanup: cleanup)
             do {
                 try await body(net)
             } catch {
@@ -368,9 +370,9 @@ struct GatewayNetwork: Sendable {
     }
 
     static func start(
-        gatewayArguments: [String], authHeaders: [(String, String)], cleanup: Cleanup
+        gatewayArguments: [String], authHeaders: [(String, String)], seedLogLevel: Logger.Level = testLogLevel, cleanup: Cleanup
     ) async throws -> GatewayNetwork {
-        let seed = try await SeedProcess.start()
+        let seed = try await SeedProcess.start(logLevel: seedLogLevel)
         cleanup.add { seed.child.stop() }
         let node = try makeNode(id: "gw-node-%u", binds: ["127.0.0.1:0"], seeds: [seed.address])
         cleanup.add { await node.shutdown() }
