@@ -15,6 +15,7 @@ run: deps
 
 test: deps
 	swift test
+	scripts/soak
 
 # Benchmarks (not part of the tests): release build, C baseline, all scenarios of issue 6.
 # Extra flags: make bench ARGS="--scenarios 1,2 --duration 5".
