@@ -87,7 +87,7 @@ struct FaultTests {
 /// The gateway's master is killed (issue 7).
 @Suite("gateway: master failover", .serialized, .timeLimit(.minutes(3)))
 struct MasterFailoverTests {
-    @Test("two global seeds, the gateway's master killed: it re-attaches within 5 s, its keys are back everywhere, SSE and long-poll feeds carry on without a silent gap; with no global left /readyz is 503 until one is back")
+    @Test("two global seeds, the gateway's master killed: it re-attaches within 5 s, its keys are back everywhere, SSE and long-poll feeds carry on without a silent gap, a node's 200 messages to a mailbox across the kill all arrive in order; with no global left /readyz is 503 until one is back")
     func masterKilled() async throws {
         try await Cleanup.scope { cleanup in
             let seedA = try await SeedProcess.start(id: "gw-ga-%u")
@@ -116,6 +116,20 @@ struct MasterFailoverTests {
             let poller = try await FeedPoller.start(gateway, family: "fofam")
             cleanup.add { await poller.stop() }
             #expect(poller.view["gw"] == "from the gateway")
+
+            // A mailbox the node writes to throughout: node -> gateway traffic does not go through
+            // the master, and not one message may go missing or out of order across the failover.
+            let made = try await http.request("POST", "/v1/ports")
+            let box = try #require(made.json?.objectValue?["name"]?.stringValue, "\(made)")
+            let boxPort = try #require(made.json?.objectValue?["port"]?.stringValue.flatMap(PortID.init), "\(made)")
+            try await gateway.waitForConnection(to: node.id)
+            let writer = Task {
+                for n in 1...200 {
+                    node.snd(boxPort, ["seq", .int(Int64(n))])
+                    try? await Task.sleep(for: .milliseconds(10))
+                }
+            }
+            cleanup.add { writer.cancel() }
 
             // Kill the gateway's master.
             let info = try await http.request("GET", "/v1/node")
@@ -152,6 +166,19 @@ struct MasterFailoverTests {
             try await follow(feed, into: &sseView, until: expected)
             try await poller.wait(for: expected)
             #expect(poller.sawOnlyOrderedValues(of: "after"), "the long-poll saw 'after' go backwards: \(poller.history("after"))")
+
+            // Every message of the node reached the mailbox, in order.
+            await writer.value
+            var received: [Value] = []
+            var acked = 0
+            let reading = ContinuousClock.now
+            while received.count < 200, ContinuousClock.now - reading < .seconds(15) {
+                let r = try await http.request("GET", "/v1/ports/\(box)/messages?after=\(acked)&wait=5", timeout: 15)
+                let o = try #require(r.json?.objectValue, "\(r)")
+                received += (o["messages"]?.arrayValue ?? []).compactMap { $0.objectValue?["message"]?.arrayValue?.last }
+                acked = Int(o["last"]?.integerValue ?? Int64(acked))
+            }
+            #expect(received == (1...200).map { .int(Int64($0)) }, "mailbox got \(received.count) of 200, in order: \(received == received.sorted { ($0.integerValue ?? 0) < ($1.integerValue ?? 0) })")
 
             // Now no global at all: the survivor dies too. The gap is real: /readyz is 503, the
             // database is 503 mesh_unavailable, until a seed is back at one of the addresses.
