@@ -34,12 +34,7 @@ struct HandshakeFuzzTests {
                 ? (0..<Int.random(in: 0...600, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
                 : WireAbuseTests.mutate(capture.handshake + capture.data.prefix(200), using: &rng)
             let harness = try Harness(origin: round % 2 == 0 ? .accepted : .dialed(address: "127.0.0.1:4040"))
-            var peak = 0
-            for piece in Self.pieces(input, using: &rng) {
-                harness.feed(piece)
-                peak = max(peak, harness.connection.bufferedInboundBytes - piece.count)
-                if harness.delegate.closed != nil { break }
-            }
+            let peak = harness.feed(pieces: Self.pieces(input, using: &rng))
             #expect(peak <= Self.settings.maxHandshakeBuffer, "round \(round) (\(capture.name)): \(peak) bytes held")
             if harness.delegate.closed == nil && !harness.delegate.established {
                 harness.channel.embeddedEventLoop.advanceTime(by: .seconds(6))
@@ -68,12 +63,7 @@ struct HandshakeFuzzTests {
             let input = round % 4 == 0
                 ? (0..<Int.random(in: 0...2000, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
                 : WireAbuseTests.mutate(capture.data, using: &rng)
-            var peak = 0
-            for piece in Self.pieces(input, using: &rng) {
-                harness.feed(piece)
-                peak = max(peak, harness.connection.bufferedInboundBytes - piece.count)
-                if harness.delegate.closed != nil { break }
-            }
+            let peak = harness.feed(pieces: Self.pieces(input, using: &rng))
             #expect(peak <= Self.settings.maxPacketSize, "round \(round) (\(capture.name)): \(peak) bytes held")
             if let reason = harness.delegate.closed {
                 #expect(!reason.isEmpty)
@@ -135,6 +125,17 @@ private final class Harness {
         connection = Connection(origin: origin, settings: HandshakeFuzzTests.settings, delegate: delegate, logger: logger)
         try channel.pipeline.syncOperations.addHandler(connection)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4041)).wait()
+    }
+
+    /// Feeds `pieces` until the connection closes; returns the most it held beyond the last piece.
+    func feed(pieces: [[UInt8]]) -> Int {
+        var peak = 0
+        for piece in pieces {
+            feed(piece)
+            peak = max(peak, connection.bufferedInboundBytes - piece.count)
+            if delegate.closed != nil { break }
+        }
+        return peak
     }
 
     func feed(_ bytes: [UInt8]) {
