@@ -46,7 +46,8 @@ public struct HTTPServerSettings: Sendable {
     /// that libmicrohttpd refuses them. The process may hold 20,000 descriptors here.
     public var maxConnections: Int = 16_000
     public var maxBodySize: Int = 1 << 20
-    /// Idle keep-alive connections are closed after this many seconds (suspended ones never time out).
+    /// Seconds a request may take to arrive completely (header and body; `RequestDeadlines`), and
+    /// an idle keep-alive connection may stay open (suspended ones never time out).
     public var connectionTimeout: Int = 60
     /// libmicrohttpd's per-connection memory pool (8 KiB measured best, conventions).
     public var connectionMemory: Int = 8 * 1024
@@ -182,6 +183,8 @@ public final class HTTPServer: Sendable {
     let refusedConnections = Mutex<Set<UInt>>([])
     /// Connections open now (for metrics and tests).
     public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
+    /// Connections whose request is still arriving, cut off when it takes too long.
+    let deadlines: RequestDeadlines
     /// The bound address, with the real port.
     public let boundAddress: String
     private let listenFD: Int32
@@ -191,6 +194,7 @@ public final class HTTPServer: Sendable {
         self.settings = settings
         self.handler = handler
         self.resumer = try Resumer()
+        self.deadlines = RequestDeadlines(seconds: settings.connectionTimeout)
         if (settings.tlsCertificate == nil) != (settings.tlsKey == nil) { throw HTTPServerError.tlsIncomplete }
         let (fd, bound) = try Self.listen(settings.address)
         self.listenFD = fd
@@ -296,6 +300,12 @@ public final class HTTPServer: Sendable {
             settings.pass {
                 _ = MHD_run(d.pointer)
             }
+            let cut = deadlines.sweep()
+            if cut > 0 {
+                settings.logger.notice(
+                    "closed connections whose request did not arrive in time",
+                    metadata: ["connections": "\(cut)", "seconds": "\(settings.connectionTimeout)"])
+            }
         }
     }
 
@@ -390,7 +400,8 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         // First call: headers only. Answer on a later call (keep-alive stays on, conventions).
         let context = RequestContext()
         reqCls.pointee = Unmanaged.passRetained(context).toOpaque()
-        if server.refusedConnections.withLock({ $0.contains(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(connection)))) }) {
+        if server.refusedConnections.withLock({ $0.contains(connectionKey(connection)) }) {
+            server.deadlines.arrived(connectionKey(connection))
             context.overCapacity = true
             let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
             guard let response = exchange.takeOrSuspend() else { return .YES }
@@ -401,6 +412,7 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         {
             // Refuse now, without reading the body: libmicrohttpd (0.9.75) takes a response only
             // before the upload starts or after it ended, and closes the connection after this one.
+            server.deadlines.arrived(connectionKey(connection))
             context.tooLarge = true
             let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
             guard let response = exchange.takeOrSuspend() else { return .YES }
@@ -427,6 +439,8 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         uploadSize.pointee = 0
         return .YES
     }
+    // The request is complete (a later call of a suspended exchange changes nothing).
+    server.deadlines.arrived(connectionKey(connection))
 
     if context.exchange == nil, !context.tooLarge, !context.overCapacity, let url, let method,
         let response = server.handler.quickAnswer(
@@ -528,17 +542,23 @@ private let mhdFreeStream: MHD_ContentReaderFreeCallback = { cls in
 private let mhdConnection: MHD_NotifyConnectionCallback = { cls, connection, _, code in
     guard let cls, let connection else { return }
     let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
-    let key = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(connection)))
+    let key = connectionKey(connection)
     if code == .CONNECTION_NOTIFY_STARTED {
         let open = server.openConnections.wrappingAdd(1, ordering: .relaxed).newValue
         if open > server.settings.maxConnections { server.refusedConnections.withLock { _ = $0.insert(key) } }
+        server.deadlines.opened(key, fd: aemp_mhd_connection_fd(connection))
     } else {
         server.openConnections.wrappingSubtract(1, ordering: .relaxed)
         server.refusedConnections.withLock { _ = $0.remove(key) }
+        server.deadlines.closed(key)
     }
 }
 
-private let mhdCompleted: MHD_RequestCompletedCallback = { _, _, reqCls, _ in
+private let mhdCompleted: MHD_RequestCompletedCallback = { cls, connection, reqCls, _ in
+    if let cls, let connection {
+        // The next request on this connection (keep-alive) has as long to arrive as the first.
+        Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue().deadlines.answered(connectionKey(connection))
+    }
     guard let reqCls, let raw = reqCls.pointee else { return }
     let context = Unmanaged<RequestContext>.fromOpaque(raw).takeRetainedValue()
     context.exchange?.complete()
@@ -561,6 +581,11 @@ private let mhdLog: MHD_LogCallback = {
 private let mhdNoUnescape: @convention(c) (UnsafeMutableRawPointer?, OpaquePointer?, UnsafeMutablePointer<CChar>?) -> Int = {
     _, _, s in
     s.map { strlen($0) } ?? 0
+}
+
+/// The key of a connection in the server's tables.
+private func connectionKey(_ connection: OpaquePointer) -> UInt {
+    UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(connection)))
 }
 
 private func lookup(_ connection: OpaquePointer, _ kind: MHD_ValueKind, _ key: String) -> String? {
