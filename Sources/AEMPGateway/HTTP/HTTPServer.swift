@@ -461,7 +461,7 @@ private func makeExchange(
 ) -> Exchange {
     let request = HTTPRequest(
         method: method.map { String(cString: $0) } ?? "GET",
-        path: url.map { String(cString: $0) } ?? "/",
+        path: url.map(requestPath) ?? "/",
         query: queryArguments(connection.pointer),
         headers: values(connection.pointer, .HEADER_KIND),
         body: context.body,
@@ -586,6 +586,21 @@ private let mhdNoUnescape: @convention(c) (UnsafeMutableRawPointer?, OpaquePoint
 /// The key of a connection in the server's tables.
 private func connectionKey(_ connection: OpaquePointer) -> UInt {
     UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(connection)))
+}
+
+/// The raw path as text. Bytes that are not UTF-8 are kept percent-encoded (`%FF`) rather than
+/// replaced with U+FFFD: the router then refuses the path (400 invalid_path) instead of, say,
+/// writing a key of a family named "\u{FFFD}".
+private func requestPath(_ url: UnsafePointer<CChar>) -> String {
+    if let valid = String(validatingCString: url) { return valid }
+    var out = ""
+    var p = UnsafeRawPointer(url).assumingMemoryBound(to: UInt8.self)
+    while p.pointee != 0 {
+        let b = p.pointee
+        if b < 0x80 { out.unicodeScalars.append(Unicode.Scalar(b)) } else { out += "%" + String(b, radix: 16, uppercase: true) }
+        p += 1
+    }
+    return out
 }
 
 private func lookup(_ connection: OpaquePointer, _ kind: MHD_ValueKind, _ key: String) -> String? {
