@@ -18,6 +18,8 @@ public protocol HTTPHandler: Sendable {
     func shuttingDown(_ request: HTTPRequest) -> HTTPResponse
     /// The answer to a request on a connection beyond the connection limit (then closed).
     func tooManyConnections(_ request: HTTPRequest, limit: Int) -> HTTPResponse
+    /// The answer to a request whose body boundary is ambiguous (then the connection is closed).
+    func ambiguousFraming(_ request: HTTPRequest, _ why: String) -> HTTPResponse
     /// Headers added to every response of this request (e.g. CORS), however it is answered.
     func commonHeaders(for request: HTTPRequest) -> [(String, String)]
     /// A response was queued for `exchange`, once per request, on libmicrohttpd's thread (metrics).
@@ -157,6 +159,8 @@ final class RequestContext {
     var body: [UInt8] = []
     var tooLarge = false
     var overCapacity = false
+    /// Why the request's framing is ambiguous (it is refused unread).
+    var ambiguousFraming: String?
     var exchange: Exchange?
 }
 
@@ -407,6 +411,16 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
             guard let response = exchange.takeOrSuspend() else { return .YES }
             return queue(response, on: connectionRef, exchange: exchange, server: server)
         }
+        if let why = ambiguousFraming(connection) {
+            // Where the body ends depends on which field one believes: a proxy in front may believe
+            // another than libmicrohttpd (request smuggling). Refused, and the connection closed
+            // (RFC 9112 6.1 and 6.3).
+            server.deadlines.arrived(connectionKey(connection))
+            context.ambiguousFraming = why
+            let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
+            guard let response = exchange.takeOrSuspend() else { return .YES }
+            return queue(response, on: connectionRef, exchange: exchange, server: server)
+        }
         if let length = lookup(connection, .HEADER_KIND, "Content-Length").flatMap({ Int($0) }),
             length > server.settings.maxBodySize
         {
@@ -442,7 +456,7 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
     // The request is complete (a later call of a suspended exchange changes nothing).
     server.deadlines.arrived(connectionKey(connection))
 
-    if context.exchange == nil, !context.tooLarge, !context.overCapacity, let url, let method,
+    if context.exchange == nil, !context.tooLarge, !context.overCapacity, context.ambiguousFraming == nil, let url, let method,
         let response = server.handler.quickAnswer(
             method: String(cString: method), path: url, body: context.body,
             header: { lookup(connection, .HEADER_KIND, $0) })
@@ -471,6 +485,10 @@ private func makeExchange(
     context.exchange = exchange
     if context.overCapacity {
         var response = server.handler.tooManyConnections(request, limit: server.settings.maxConnections)
+        response.headers.append(("Connection", "close"))
+        exchange.respond(response)
+    } else if let why = context.ambiguousFraming {
+        var response = server.handler.ambiguousFraming(request, why)
         response.headers.append(("Connection", "close"))
         exchange.respond(response)
     } else if context.tooLarge {
@@ -601,6 +619,18 @@ private func requestPath(_ url: UnsafePointer<CChar>) -> String {
         p += 1
     }
     return out
+}
+
+/// Why the end of the request's body is ambiguous, if it is: `Content-Length` given more than
+/// once with different values (libmicrohttpd 0.9.75 silently takes the first), or together with
+/// `Transfer-Encoding`. Nil for the common case, also without looking at every field.
+private func ambiguousFraming(_ connection: OpaquePointer) -> String? {
+    guard lookup(connection, .HEADER_KIND, "Content-Length") != nil else { return nil }
+    if lookup(connection, .HEADER_KIND, "Transfer-Encoding") != nil {
+        return "the request has both Content-Length and Transfer-Encoding"
+    }
+    let lengths = Set(values(connection, .HEADER_KIND).filter { asciiCaseInsensitiveEqual($0.name, "Content-Length") }.map(\.value))
+    return lengths.count > 1 ? "the request has several different Content-Length fields" : nil
 }
 
 private func lookup(_ connection: OpaquePointer, _ kind: MHD_ValueKind, _ key: String) -> String? {
