@@ -22,7 +22,7 @@ bench: deps
 	scripts/bench $(ARGS)
 
 # Fuzzes the HTTP API against openapi/openapi.yaml with schemathesis (issue 7): a debug build of
-# the gateway, standalone on a free port; about 2 minutes. Extra settings through the environment,
+# the gateway, standalone on a free port; about 2.5 minutes. Extra settings through the environment,
 # e.g. make http-fuzz HTTP_FUZZ_SEED=7 (see the script's header).
 http-fuzz: deps
 	scripts/http-fuzz
