@@ -232,8 +232,35 @@ struct HostileInputTests {
                 chunked += Array("10000\r\n".utf8) + x[offset..<(offset + 65_536)] + [13, 10]
             }
             chunked += Array("0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8)
-            for _ in 0..<3 {
-                let answer = try await gateway.raw(chunked, timeout: 30)
+            // Three at once, the gateway's RSS sampled meanwhile: a body kept whole would show as
+            // 10 MB each; what is kept is at most the 1 MiB limit.
+            enum Upload: Sendable { case answer([UInt8]), highestRSS(Int) }
+            let chunkedBody = chunked
+            let sampledBefore = try gateway.residentMegabytes()
+            var uploading: [[UInt8]] = []
+            var highest = sampledBefore
+            try await withThrowingTaskGroup(of: Upload.self) { group in
+                for _ in 0..<3 { group.addTask { .answer(try await gateway.raw(chunkedBody, timeout: 30)) } }
+                group.addTask {
+                    var highest = 0
+                    // Until the uploads are done (then cancelled), at most 10 s.
+                    for _ in 0..<2_000 where !Task.isCancelled {
+                        highest = max(highest, try gateway.residentMegabytes())
+                        try? await Task.sleep(for: .milliseconds(5))
+                    }
+                    return .highestRSS(highest)
+                }
+                for try await result in group {
+                    switch result {
+                    case .answer(let bytes):
+                        uploading.append(bytes)
+                        if uploading.count == 3 { group.cancelAll() }
+                    case .highestRSS(let mb): highest = max(highest, mb)
+                    }
+                }
+            }
+            #expect(highest < sampledBefore + 8, "RSS went from \(sampledBefore) MB to \(highest) MB during three 10 MB uploads")
+            for answer in uploading {
                 expectProblem(try Self.response(answer), 413, "body_too_large")
                 let text = String(decoding: answer, as: UTF8.self)
                 #expect(text.contains("HTTP/1.1 200 OK") && text.hasSuffix(#"{"status":"ok"}"#), "the request after the chunked body: \(text.suffix(300))")
@@ -249,7 +276,7 @@ struct HostileInputTests {
             // About 60 MB went by; the gateway kept at most its 1 MiB limit of any of it.
             let after = try gateway.residentMegabytes()
             #expect(after < before + 20, "RSS grew from \(before) MB to \(after) MB")
-            _ = http
+            try await gateway.expectAnswers(http, after: "the 10 MB bodies")
         }
     }
 
