@@ -1,5 +1,5 @@
 # Entry points for people and CI. `make test` is what .ci/run calls.
-.PHONY: deps build run test bench soak
+.PHONY: deps build run test bench soak http-fuzz
 
 deps:
 	@scripts/deps
@@ -16,6 +16,7 @@ run: deps
 test: deps
 	swift test
 	scripts/soak
+	scripts/http-fuzz
 
 # Benchmarks (not part of the tests): release build, C baseline, all scenarios of issue 6.
 # Extra flags: make bench ARGS="--scenarios 1,2 --duration 5".
@@ -26,3 +27,9 @@ bench: deps
 # CI variant by default (90 s); the long one: make soak ARGS="--duration 600".
 soak: deps
 	scripts/soak $(ARGS)
+
+# Fuzzes the HTTP API against openapi/openapi.yaml with schemathesis (issue 7): a debug build of
+# the gateway, standalone on a free port; about 2.5 minutes. Extra settings through the environment,
+# e.g. make http-fuzz HTTP_FUZZ_SEED=7 (see the script's header).
+http-fuzz: deps
+	scripts/http-fuzz

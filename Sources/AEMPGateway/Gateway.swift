@@ -154,6 +154,13 @@ public final class Gateway: HTTPHandler, Sendable {
         return problem.response(requestID: request.requestID)
     }
 
+    public func ambiguousFraming(_ request: HTTPRequest, _ why: String) -> HTTPResponse {
+        let problem = Problem(
+            400, "malformed_request", "Malformed request", "Where the body ends is ambiguous: \(why); the connection is closed")
+        log(request, problem)
+        return problem.response(requestID: request.requestID)
+    }
+
     public func shuttingDown(_ request: HTTPRequest) -> HTTPResponse {
         Problem.shuttingDown().response(requestID: request.requestID)
     }

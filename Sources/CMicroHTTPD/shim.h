@@ -11,6 +11,11 @@ static inline int aemp_mhd_epoll_fd(struct MHD_Daemon *daemon) {
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_EPOLL_FD);
     return info ? info->epoll_fd : -1;
 }
+/* MHD_get_connection_info is variadic too: the socket of a connection (-1 if unknown). */
+static inline int aemp_mhd_connection_fd(struct MHD_Connection *connection) {
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return info ? info->connect_fd : -1;
+}
 #include <sys/eventfd.h>
 /* malloc_trim: the gateway hands freed heap back to the system after a burst of connections. */
 #include <malloc.h>

@@ -63,6 +63,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("connection-memory"), help: ArgumentHelp(GatewaySettings.help("connection-memory")))
     var connectionMemory: [String] = []
 
+    @Option(name: .customLong("connection-timeout"), help: ArgumentHelp(GatewaySettings.help("connection-timeout")))
+    var connectionTimeout: [String] = []
+
     @Option(name: .customLong("stream-backlog"), help: ArgumentHelp(GatewaySettings.help("stream-backlog")))
     var streamBacklog: [String] = []
 
@@ -146,6 +149,7 @@ struct GatewayCommand: AsyncParsableCommand {
             "max-body": maxBody,
             "max-connections": maxConnections,
             "connection-memory": connectionMemory,
+            "connection-timeout": connectionTimeout,
             "stream-backlog": streamBacklog,
             "max-mailboxes": maxMailboxes,
             "max-subscribers-per-family": maxSubscribersPerFamily,

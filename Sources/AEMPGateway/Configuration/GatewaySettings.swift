@@ -234,6 +234,11 @@ public struct GatewaySettings: Sendable {
             "Bytes libmicrohttpd keeps per HTTP connection (request header block included); 4096 cuts an idle SSE subscriber from about 14 to 10 KB but refuses header blocks over about 3 KB (431).",
             2048...1_048_576
         ) { $1.http.connectionMemory = $0 },
+        integer(
+            "connection-timeout",
+            "Seconds an HTTP request may take to arrive completely (header and body), and an idle keep-alive connection may stay open.",
+            1...86_400
+        ) { $1.http.connectionTimeout = $0 },
         integer("max-mailboxes", "Mailboxes the gateway holds at most.", 0...10_000_000) { $1.maxMailboxes = $0 },
         integer("max-subscribers-per-family", "SSE and long-poll clients per family.", 1...1_000_000) {
             $1.maxSubscribersPerFamily = $0

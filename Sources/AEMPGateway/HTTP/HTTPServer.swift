@@ -18,6 +18,8 @@ public protocol HTTPHandler: Sendable {
     func shuttingDown(_ request: HTTPRequest) -> HTTPResponse
     /// The answer to a request on a connection beyond the connection limit (then closed).
     func tooManyConnections(_ request: HTTPRequest, limit: Int) -> HTTPResponse
+    /// The answer to a request whose body boundary is ambiguous (then the connection is closed).
+    func ambiguousFraming(_ request: HTTPRequest, _ why: String) -> HTTPResponse
     /// Headers added to every response of this request (e.g. CORS), however it is answered.
     func commonHeaders(for request: HTTPRequest) -> [(String, String)]
     /// A response was queued for `exchange`, once per request, on libmicrohttpd's thread (metrics).
@@ -46,7 +48,8 @@ public struct HTTPServerSettings: Sendable {
     /// that libmicrohttpd refuses them. The process may hold 20,000 descriptors here.
     public var maxConnections: Int = 16_000
     public var maxBodySize: Int = 1 << 20
-    /// Idle keep-alive connections are closed after this many seconds (suspended ones never time out).
+    /// Seconds a request may take to arrive completely (header and body; `RequestDeadlines`), and
+    /// an idle keep-alive connection may stay open (suspended ones never time out).
     public var connectionTimeout: Int = 60
     /// libmicrohttpd's per-connection memory pool (8 KiB measured best, conventions).
     public var connectionMemory: Int = 8 * 1024
@@ -156,6 +159,8 @@ final class RequestContext {
     var body: [UInt8] = []
     var tooLarge = false
     var overCapacity = false
+    /// Why the request's framing is ambiguous (it is refused unread).
+    var ambiguousFraming: String?
     var exchange: Exchange?
 }
 
@@ -182,6 +187,8 @@ public final class HTTPServer: Sendable {
     let refusedConnections = Mutex<Set<UInt>>([])
     /// Connections open now (for metrics and tests).
     public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
+    /// Connections whose request is still arriving, cut off when it takes too long.
+    let deadlines: RequestDeadlines
     /// The bound address, with the real port.
     public let boundAddress: String
     private let listenFD: Int32
@@ -191,6 +198,7 @@ public final class HTTPServer: Sendable {
         self.settings = settings
         self.handler = handler
         self.resumer = try Resumer()
+        self.deadlines = RequestDeadlines(seconds: settings.connectionTimeout)
         if (settings.tlsCertificate == nil) != (settings.tlsKey == nil) { throw HTTPServerError.tlsIncomplete }
         let (fd, bound) = try Self.listen(settings.address)
         self.listenFD = fd
@@ -296,6 +304,12 @@ public final class HTTPServer: Sendable {
             settings.pass {
                 _ = MHD_run(d.pointer)
             }
+            let cut = deadlines.sweep()
+            if cut > 0 {
+                settings.logger.notice(
+                    "closed connections whose request did not arrive in time",
+                    metadata: ["connections": "\(cut)", "seconds": "\(settings.connectionTimeout)"])
+            }
         }
     }
 
@@ -390,8 +404,19 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         // First call: headers only. Answer on a later call (keep-alive stays on, conventions).
         let context = RequestContext()
         reqCls.pointee = Unmanaged.passRetained(context).toOpaque()
-        if server.refusedConnections.withLock({ $0.contains(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(connection)))) }) {
+        if server.refusedConnections.withLock({ $0.contains(connectionKey(connection)) }) {
+            server.deadlines.arrived(connectionKey(connection))
             context.overCapacity = true
+            let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
+            guard let response = exchange.takeOrSuspend() else { return .YES }
+            return queue(response, on: connectionRef, exchange: exchange, server: server)
+        }
+        if let why = ambiguousFraming(connection) {
+            // Where the body ends depends on which field one believes: a proxy in front may believe
+            // another than libmicrohttpd (request smuggling). Refused, and the connection closed
+            // (RFC 9112 6.1 and 6.3).
+            server.deadlines.arrived(connectionKey(connection))
+            context.ambiguousFraming = why
             let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
             guard let response = exchange.takeOrSuspend() else { return .YES }
             return queue(response, on: connectionRef, exchange: exchange, server: server)
@@ -401,6 +426,7 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         {
             // Refuse now, without reading the body: libmicrohttpd (0.9.75) takes a response only
             // before the upload starts or after it ended, and closes the connection after this one.
+            server.deadlines.arrived(connectionKey(connection))
             context.tooLarge = true
             let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
             guard let response = exchange.takeOrSuspend() else { return .YES }
@@ -427,8 +453,10 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         uploadSize.pointee = 0
         return .YES
     }
+    // The request is complete (a later call of a suspended exchange changes nothing).
+    server.deadlines.arrived(connectionKey(connection))
 
-    if context.exchange == nil, !context.tooLarge, !context.overCapacity, let url, let method,
+    if context.exchange == nil, !context.tooLarge, !context.overCapacity, context.ambiguousFraming == nil, let url, let method,
         let response = server.handler.quickAnswer(
             method: String(cString: method), path: url, body: context.body,
             header: { lookup(connection, .HEADER_KIND, $0) })
@@ -447,7 +475,7 @@ private func makeExchange(
 ) -> Exchange {
     let request = HTTPRequest(
         method: method.map { String(cString: $0) } ?? "GET",
-        path: url.map { String(cString: $0) } ?? "/",
+        path: url.map(requestPath) ?? "/",
         query: queryArguments(connection.pointer),
         headers: values(connection.pointer, .HEADER_KIND),
         body: context.body,
@@ -457,6 +485,10 @@ private func makeExchange(
     context.exchange = exchange
     if context.overCapacity {
         var response = server.handler.tooManyConnections(request, limit: server.settings.maxConnections)
+        response.headers.append(("Connection", "close"))
+        exchange.respond(response)
+    } else if let why = context.ambiguousFraming {
+        var response = server.handler.ambiguousFraming(request, why)
         response.headers.append(("Connection", "close"))
         exchange.respond(response)
     } else if context.tooLarge {
@@ -528,17 +560,23 @@ private let mhdFreeStream: MHD_ContentReaderFreeCallback = { cls in
 private let mhdConnection: MHD_NotifyConnectionCallback = { cls, connection, _, code in
     guard let cls, let connection else { return }
     let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
-    let key = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(connection)))
+    let key = connectionKey(connection)
     if code == .CONNECTION_NOTIFY_STARTED {
         let open = server.openConnections.wrappingAdd(1, ordering: .relaxed).newValue
         if open > server.settings.maxConnections { server.refusedConnections.withLock { _ = $0.insert(key) } }
+        server.deadlines.opened(key, fd: aemp_mhd_connection_fd(connection))
     } else {
         server.openConnections.wrappingSubtract(1, ordering: .relaxed)
         server.refusedConnections.withLock { _ = $0.remove(key) }
+        server.deadlines.closed(key)
     }
 }
 
-private let mhdCompleted: MHD_RequestCompletedCallback = { _, _, reqCls, _ in
+private let mhdCompleted: MHD_RequestCompletedCallback = { cls, connection, reqCls, _ in
+    if let cls, let connection {
+        // The next request on this connection (keep-alive) has as long to arrive as the first.
+        Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue().deadlines.answered(connectionKey(connection))
+    }
     guard let reqCls, let raw = reqCls.pointee else { return }
     let context = Unmanaged<RequestContext>.fromOpaque(raw).takeRetainedValue()
     context.exchange?.complete()
@@ -561,6 +599,38 @@ private let mhdLog: MHD_LogCallback = {
 private let mhdNoUnescape: @convention(c) (UnsafeMutableRawPointer?, OpaquePointer?, UnsafeMutablePointer<CChar>?) -> Int = {
     _, _, s in
     s.map { strlen($0) } ?? 0
+}
+
+/// The key of a connection in the server's tables.
+private func connectionKey(_ connection: OpaquePointer) -> UInt {
+    UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(connection)))
+}
+
+/// The raw path as text. Bytes that are not UTF-8 are kept percent-encoded (`%FF`) rather than
+/// replaced with U+FFFD: the router then refuses the path (400 invalid_path) instead of, say,
+/// writing a key of a family named "\u{FFFD}".
+private func requestPath(_ url: UnsafePointer<CChar>) -> String {
+    if let valid = String(validatingCString: url) { return valid }
+    var out = ""
+    var p = UnsafeRawPointer(url).assumingMemoryBound(to: UInt8.self)
+    while p.pointee != 0 {
+        let b = p.pointee
+        if b < 0x80 { out.unicodeScalars.append(Unicode.Scalar(b)) } else { out += "%" + String(b, radix: 16, uppercase: true) }
+        p += 1
+    }
+    return out
+}
+
+/// Why the end of the request's body is ambiguous, if it is: `Content-Length` given more than
+/// once with different values (libmicrohttpd 0.9.75 silently takes the first), or together with
+/// `Transfer-Encoding`. Nil for the common case, also without looking at every field.
+private func ambiguousFraming(_ connection: OpaquePointer) -> String? {
+    guard lookup(connection, .HEADER_KIND, "Content-Length") != nil else { return nil }
+    if lookup(connection, .HEADER_KIND, "Transfer-Encoding") != nil {
+        return "the request has both Content-Length and Transfer-Encoding"
+    }
+    let lengths = Set(values(connection, .HEADER_KIND).filter { asciiCaseInsensitiveEqual($0.name, "Content-Length") }.map(\.value))
+    return lengths.count > 1 ? "the request has several different Content-Length fields" : nil
 }
 
 private func lookup(_ connection: OpaquePointer, _ kind: MHD_ValueKind, _ key: String) -> String? {

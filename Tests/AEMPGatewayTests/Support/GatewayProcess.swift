@@ -140,6 +140,9 @@ final class ChildProcess: Sendable {
         try await collected.wait(within: seconds) { $0.exit }
     }
 
+    /// Whether the child still runs.
+    var isRunning: Bool { collected.read { $0.exit == nil } }
+
     /// Standard error so far (the child's log).
     var errorText: String { collected.read { String(decoding: $0.stderr, as: UTF8.self) } }
 }

@@ -51,6 +51,19 @@ struct HTTPTestResponse: Sendable, CustomStringConvertible {
         return "HTTP \(status) \(headers.map { "\($0.0): \($0.1)" }.joined(separator: "; ")) \(shown)"
     }
 
+    /// Whether `raw` holds a complete first response: its head and a body of its `Content-Length`
+    /// (or a chunked body to its last chunk). A response without either ends with the connection.
+    static func isComplete(_ raw: [UInt8]) -> Bool {
+        guard let end = raw.firstRange(of: [13, 10, 13, 10]) else { return false }
+        let head = String(decoding: raw[..<end.lowerBound], as: UTF8.self).lowercased()
+        for line in head.split(separator: "\r\n") where line.hasPrefix("content-length:") {
+            guard let length = Int(String(line.dropFirst(15).filter { $0 != " " && $0 != "\t" })) else { return false }
+            return raw.count - end.upperBound >= length
+        }
+        if head.contains("transfer-encoding: chunked") { return raw[end.upperBound...].firstRange(of: Array("0\r\n\r\n".utf8)) != nil }
+        return false
+    }
+
     /// Parses the first response in raw bytes (status line, headers, a `Content-Length` or chunked
     /// body, or everything up to the end for a response that ends with the connection).
     static func parse(_ raw: [UInt8]) -> HTTPTestResponse? {
@@ -275,31 +288,69 @@ final class HTTPTestClient: Sendable {
         host: String = "127.0.0.1", port: Int, _ bytes: [UInt8], timeout: Double = 10,
         until complete: (@Sendable ([UInt8]) -> Bool)? = nil
     ) async throws -> [UInt8] {
-        let inbox = Watched(RawInbox())
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.seconds(5))
+        let connection = try await RawConnection(host: host, port: port)
+        defer { connection.close() }
+        // A server that answers early and closes may reset the rest of a large write: what it
+        // answered still counts, so a failed write is not an error here.
+        await connection.send(bytes)
+        guard let result = try await connection.wait(within: timeout, until: complete) else {
+            throw HTTPTestError.timeout(
+                "raw exchange: the server neither closed the connection nor completed an answer within \(timeout) s; got \(String(decoding: connection.received, as: UTF8.self).debugDescription)"
+            )
+        }
+        return result
+    }
+}
+
+/// A TCP connection that writes bytes as they are and collects what comes back: for malformed,
+/// slow and flooding clients (`HTTPTestClient.rawExchange` is one request on one of them).
+final class RawConnection: Sendable {
+    private let channel: any Channel
+    private let inbox = Watched(RawInbox())
+
+    /// Connects to `host:port` (failing after `connectTimeout` seconds).
+    init(host: String = "127.0.0.1", port: Int, connectTimeout: Int64 = 5) async throws {
+        let inbox = self.inbox
+        channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.seconds(connectTimeout))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(RawCollector(inbox: inbox))
                 }
             }
             .connect(host: host, port: port).get()
-        defer { channel.close(promise: nil) }
-        // A server that answers early and closes may reset the rest of a large write: what it
-        // answered still counts, so a failed write is not an error here.
-        try? await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get()
-        let result = try await inbox.wait(within: timeout) { s -> [UInt8]? in
+    }
+
+    /// Writes `bytes`; false if the write failed (the server closed or reset the connection).
+    @discardableResult
+    func send(_ bytes: [UInt8]) async -> Bool {
+        (try? await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get()) != nil
+    }
+
+    /// Everything received so far.
+    var received: [UInt8] { inbox.read { $0.bytes } }
+
+    /// Whether the server closed the connection (or it failed).
+    var isClosed: Bool { inbox.read { $0.closed } }
+
+    /// Waits until the server closed the connection, or until `complete` says the bytes received
+    /// are enough; returns them; nil after `seconds`.
+    func wait(within seconds: Double, until complete: (@Sendable ([UInt8]) -> Bool)? = nil) async throws -> [UInt8]? {
+        try await inbox.wait(within: seconds) { s -> [UInt8]? in
             if s.closed { return s.bytes }
             if let complete, complete(s.bytes) { return s.bytes }
             return nil
         }
-        guard let result else {
-            let got = inbox.read { $0.bytes }
-            throw HTTPTestError.timeout(
-                "raw exchange: the server neither closed the connection nor completed an answer within \(timeout) s; got \(String(decoding: got, as: UTF8.self).debugDescription)"
-            )
-        }
-        return result
+    }
+
+    /// Waits until the server closed the connection; false after `seconds`.
+    func waitForClose(within seconds: Double) async throws -> Bool {
+        try await inbox.wait(within: seconds) { s in s.closed ? true : nil } ?? false
+    }
+
+    /// Closes the connection (from this side).
+    func close() {
+        channel.close(promise: nil)
     }
 }
 
