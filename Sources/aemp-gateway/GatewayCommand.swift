@@ -133,6 +133,7 @@ struct GatewayCommand: AsyncParsableCommand {
     var config: [String] = []
 
     func run() async throws {
+        Gateway.limitMallocArenas()
         let environment = ProcessInfoEnvironment.all()
         var settings = GatewaySettings()
         settings.addFlags([
