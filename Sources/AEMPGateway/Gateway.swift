@@ -34,6 +34,8 @@ public final class Gateway: HTTPHandler, Sendable {
     /// The highest load (connections + mailboxes) since memory was last returned, the load a second
     /// ago, and for how many seconds it has not grown (`returnFreedMemory`).
     let loadMark = Mutex<(high: Int, last: Int, quietSeconds: Int)>((0, 0, 0))
+    /// Seconds since the heap's free space was last looked at (`returnFreedMemory`).
+    let heapCheckClock = Atomic<Int>(0)
     let openAPI: [UInt8]
     let metrics = GatewayMetrics()
 
@@ -258,7 +260,14 @@ public final class Gateway: HTTPHandler, Sendable {
             m.high = load
             return true
         }
-        if trim { _ = malloc_trim(0) }
+        // Bursts that hold no connections or mailboxes leave freed heap too (a peer's backlog, a
+        // stream that fell behind, big bodies): every 10 s, trim when more than 8 MiB lie free.
+        var heapCheck = false
+        if heapCheckClock.wrappingAdd(1, ordering: .relaxed).newValue >= 10 {
+            heapCheckClock.store(0, ordering: .relaxed)
+            heapCheck = mallinfo2().fordblks > 8 << 20
+        }
+        if trim || heapCheck { _ = malloc_trim(0) }
     }
 
     /// Two malloc arenas, unless `MALLOC_ARENA_MAX` says otherwise; call before other threads start.
