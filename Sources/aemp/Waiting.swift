@@ -1,5 +1,5 @@
+import AEMP
 import Dispatch
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -13,7 +13,7 @@ final class OneShot<T: Sendable>: Sendable {
         var waiters: [CheckedContinuation<T, Never>] = []
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Sets the value unless one is set already; returns whether this call set it.
     @discardableResult

@@ -50,7 +50,7 @@ struct PortHandlers: Sendable {
 /// thread (`port`, `rcv`, `kil`), so a port exists the moment its ID is handed out: NIO may read
 /// a socket before it runs tasks queued from other threads.
 final class PortTable: Sendable {
-    private let table = Mutex<[String: PortHandlers]>([:])
+    private let table = Locked<[String: PortHandlers]>([:])
 
     func insert(_ name: String, _ handlers: PortHandlers) {
         table.withLock { $0[name] = handlers }

@@ -1,7 +1,6 @@
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -35,7 +34,7 @@ public final class Node: Sendable {
     private let ports: PortTable
     /// Work handed over from other threads, run on the loop in arrival order; one loop wake-up
     /// serves everything queued until it runs (a burst of `snd`s costs one hop, not one each).
-    private let inbox = Mutex(Inbox())
+    private let inbox = Locked(Inbox())
 
     struct Inbox {
         var work: [@Sendable (Kernel) -> Void] = []

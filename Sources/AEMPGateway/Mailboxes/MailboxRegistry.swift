@@ -1,6 +1,5 @@
 import AEMP
 import NIOCore
-import Synchronization
 
 /// The gateway's mailboxes by name, and the names that are gone (so clients get 410, not 404).
 ///
@@ -8,8 +7,8 @@ import Synchronization
 /// from an earlier gateway process is recognised as gone; the random part carries 132 bits.
 final class MailboxRegistry: Sendable {
     let instance: String
-    private let mailboxes = Mutex<[String: Mailbox]>([:])
-    private let tombstones = Mutex(Tombstones())
+    private let mailboxes = Locked<[String: Mailbox]>([:])
+    private let tombstones = Locked(Tombstones())
     let limit: Int
 
     struct Tombstones {
