@@ -49,6 +49,9 @@ extension Kernel: ConnectionDelegate {
             return
         }
         let me = NIOLoopBound(self, eventLoop: loop)
+        // The connection the channel initializer made: a failed connect must drop it from
+        // `connections` itself (its channel never became active, so it never reports closing).
+        let made = NIOLoopBoundBox<Connection?>(nil, eventLoop: loop)
         let future = ClientBootstrap(group: loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -60,15 +63,19 @@ extension Kernel: ConnectionDelegate {
                         origin: .dialed(address: address), settings: kernel.settings, delegate: kernel,
                         logger: kernel.logger)
                     kernel.connections[ObjectIdentifier(connection)] = connection
+                    made.value = connection
                     try channel.pipeline.syncOperations.addHandler(connection)
                 }
             }
             .connect(host: host, port: port)
         future.assumeIsolated().whenComplete { [self] result in
+            let connection = made.value
+            made.value = nil
             switch result {
             case .success(let channel):
                 if isShutDown { channel.close(promise: nil) }
             case .failure(let error):
+                if let connection { connections[ObjectIdentifier(connection)] = nil }
                 logger.debug("connect failed", metadata: ["address": "\(address)", "error": "\(error)"])
                 onFailure("\(error)")
             }

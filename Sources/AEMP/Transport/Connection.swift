@@ -95,6 +95,18 @@ final class Connection: ChannelInboundHandler {
         if context.channel.isActive { start(context: context) }
     }
 
+    /// The channel closed and the pipeline let go of us: drop the context, or it and this handler
+    /// keep each other (and the channel, its pipeline and buffers) alive forever. A channel that
+    /// never became active (its connect failed) gets no `channelInactive`: it ends here, quietly,
+    /// as the dialer's failure callback reports it.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        if state != .closed {
+            state = .closed
+            delegate = nil
+        }
+    }
+
     func channelActive(context: ChannelHandlerContext) {
         start(context: context)
         context.fireChannelActive()
