@@ -125,6 +125,9 @@ public final class Gateway: HTTPHandler, Sendable {
         }
         for (_, stream) in nodeStreams.withLock({ $0 }) { stream.finish(with: final) }
         for s in allServers { s.stop(finalEvent: final) }
+        // The servers hold this gateway as their handler: let go of them, or neither is ever freed.
+        server.withLock { $0 = nil }
+        extraServers.withLock { $0 = [] }
         await node.shutdown()
     }
 

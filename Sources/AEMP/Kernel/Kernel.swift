@@ -89,6 +89,16 @@ final class PortTable: Sendable {
         table.withLock { $0.removeValue(forKey: name) }
     }
 
+    /// Removes every port (no monitor fires): the node is shutting down.
+    func removeAll() {
+        // Taken out and released after the lock: a handler's captures may call back in on deinit.
+        let gone = table.withLock { t -> [String: PortHandlers] in
+            defer { t = [:] }
+            return t
+        }
+        withExtendedLifetime(gone) {}
+    }
+
     var count: Int { table.withLock { $0.count } }
 }
 

@@ -97,6 +97,13 @@ public final class Node: Sendable {
             let closes = k.listeners.map { $0.close() }
             k.listeners.removeAll()
             for connection in k.connections.values { connection.close(reason: "node shutting down") }
+            // Let go of every handler, monitor and watcher: they often capture their owner, who
+            // holds this node, and that cycle would keep both alive after the node is gone.
+            k.ports.removeAll()
+            k.watchers.removeAll()
+            k.nodeWatchers.removeAll()
+            k.masterWatchers.removeAll()
+            k.families.removeAll()
             return EventLoopFuture.andAllComplete(closes, on: k.loop)
         }
         try? await future.get()
