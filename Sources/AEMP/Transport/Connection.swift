@@ -136,8 +136,9 @@ final class Connection: ChannelInboundHandler {
         var out = context.channel.allocator.buffer(capacity: 256)
         out.writeString(localLines.0 + "\n" + localLines.1 + "\n")
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: settings.handshakeTimeout) { [weak self] in
-            self?.close(reason: "handshake timeout: the peer did not complete the handshake in time")
+        // Holds the connection until it fires or `finish`/the handshake cancels it (every way out).
+        handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: settings.handshakeTimeout) { [self] in
+            close(reason: "handshake timeout: the peer did not complete the handshake in time")
         }
     }
 
