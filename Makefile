@@ -1,5 +1,5 @@
 # Entry points for people and CI. `make test` is what .ci/run calls.
-.PHONY: deps build run test bench
+.PHONY: deps build run test bench sanitize
 
 deps:
 	@scripts/deps
@@ -15,6 +15,11 @@ run: deps
 
 test: deps
 	swift test
+
+# The test suite under ThreadSanitizer, then AddressSanitizer with leak checks; any report fails.
+# One of them: make sanitize ARGS=thread (or ARGS=address).
+sanitize: deps
+	scripts/sanitize $(ARGS)
 
 # Benchmarks (not part of the tests): release build, C baseline, all scenarios of issue 6.
 # Extra flags: make bench ARGS="--scenarios 1,2 --duration 5".
