@@ -57,7 +57,11 @@ struct TimeoutsTests {
                 group.addTask {
                     for i in 0..<2500 {
                         let n = t * 2500 + i
-                        let handle = timeouts.after(Double(n % 20) * 0.01) { fired.update { _ = $0.insert(n) } }
+                        // A cancelled one is due 1 s later than a kept one: on a loaded machine the
+                        // setting thread can be descheduled between `after` and `cancel` for longer
+                        // than 10 ms, and a timeout that fired first cannot be cancelled.
+                        let delay = Double(n % 20) * 0.01 + (n % 2 == 1 ? 1 : 0)
+                        let handle = timeouts.after(delay) { fired.update { _ = $0.insert(n) } }
                         if n % 2 == 1 { handle.cancel() }
                     }
                 }
@@ -68,8 +72,8 @@ struct TimeoutsTests {
         // threads takes seconds, so a fixed sleep after it was not enough) …
         let allFired = try await fired.wait(within: 30) { $0.isSuperset(of: kept) ? true : nil }
         #expect(allFired == true)
-        // … and once the longest delay (0.19 s) has passed for every one, no cancelled one has.
-        try await Task.sleep(for: .milliseconds(300))
+        // … and once the longest delay (1.19 s) has passed for every one, no cancelled one has.
+        try await Task.sleep(for: .milliseconds(1300))
         #expect(fired.read { $0 } == kept)
     }
 }
