@@ -211,6 +211,10 @@ extension Kernel: ConnectionDelegate {
             if keepNew {
                 peer.connection = connection
                 existing.close(reason: "switched connections")
+                // The peer closes its end of the old connection as a duplicate and reads nothing
+                // more from it, so what we announced there (g_global) may be lost: announce again
+                // on the connection both ends keep.
+                globalNodeUp(peer)
             } else {
                 connection.close(reason: "duplicate connection")
             }
