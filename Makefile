@@ -1,5 +1,5 @@
 # Entry points for people and CI. `make test` is what .ci/run calls.
-.PHONY: deps build run test bench soak http-fuzz
+.PHONY: deps build run test bench soak http-fuzz sanitize
 
 deps:
 	@scripts/deps
@@ -17,6 +17,12 @@ test: deps
 	swift test
 	scripts/soak
 	scripts/http-fuzz
+	scripts/sanitize
+
+# The test suite under ThreadSanitizer, then AddressSanitizer with leak checks; any report fails.
+# One of them: make sanitize ARGS=thread (or ARGS=address).
+sanitize: deps
+	scripts/sanitize $(ARGS)
 
 # Benchmarks (not part of the tests): release build, C baseline, all scenarios of issue 6.
 # Extra flags: make bench ARGS="--scenarios 1,2 --duration 5".

@@ -90,6 +90,7 @@ let package = Package(
         .target(
             name: "AEMPTestSupport",
             dependencies: [
+                "AEMP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

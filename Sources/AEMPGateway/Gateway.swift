@@ -21,19 +21,19 @@ public final class Gateway: HTTPHandler, Sendable {
     /// Long-poll, call and query deadlines (on `timers`).
     let timeouts: Timeouts
     let mailboxes: MailboxRegistry
-    let feeds = Mutex<[String: FamilyFeed]>([:])
-    let nodeStreams = Mutex<[UInt64: EventStream]>([:])
-    let masterState = Mutex<String?>(nil)
+    let feeds = Locked<[String: FamilyFeed]>([:])
+    let nodeStreams = Locked<[UInt64: EventStream]>([:])
+    let masterState = Locked<String?>(nil)
     /// Keys this gateway set (family → subkeys): only those can be deleted through it.
-    let ownedKeys = Mutex<[String: Set<String>]>([:])
+    let ownedKeys = Locked<[String: Set<String>]>([:])
     let pendingCalls = Atomic<Int>(0)
     let tokens = Atomic<UInt64>(0)
-    let server = Mutex<HTTPServer?>(nil)
-    let extraServers = Mutex<[HTTPServer]>([])
+    let server = Locked<HTTPServer?>(nil)
+    let extraServers = Locked<[HTTPServer]>([])
     let isStopping = Atomic<Bool>(false)
     /// The highest load (connections + mailboxes) since memory was last returned, the load a second
     /// ago, and for how many seconds it has not grown (`returnFreedMemory`).
-    let loadMark = Mutex<(high: Int, last: Int, quietSeconds: Int)>((0, 0, 0))
+    let loadMark = Locked<(high: Int, last: Int, quietSeconds: Int)>((0, 0, 0))
     /// Seconds since the heap's free space was last looked at (`returnFreedMemory`).
     let heapCheckClock = Atomic<Int>(0)
     let openAPI: [UInt8]
@@ -127,6 +127,9 @@ public final class Gateway: HTTPHandler, Sendable {
         }
         for (_, stream) in nodeStreams.withLock({ $0 }) { stream.finish(with: final) }
         for s in allServers { s.stop(finalEvent: final) }
+        // The servers hold this gateway as their handler: let go of them, or neither is ever freed.
+        server.withLock { $0 = nil }
+        extraServers.withLock { $0 = [] }
         await node.shutdown()
     }
 

@@ -1,5 +1,5 @@
+import AEMP
 import NIOCore
-import Synchronization
 
 /// The gateway's timeouts (long-poll waits, call and query deadlines): slots of 10 ms on one
 /// event loop. Setting or cancelling one, from any thread, is a short lock; only a new earliest
@@ -24,7 +24,7 @@ final class Timeouts: Sendable {
 
     private static let slotNanoseconds: Int64 = 10_000_000
     private let loop: any EventLoop
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     init(loop: any EventLoop) {
         self.loop = loop

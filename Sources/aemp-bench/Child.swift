@@ -1,5 +1,5 @@
+import AEMP
 import Foundation
-import Synchronization
 
 /// A process the benchmark started: its output lines are collected as they come, so the run can
 /// wait for a line, and its memory and CPU time are read from /proc.
@@ -88,7 +88,7 @@ final class Child: Sendable {
 
 /// Output lines of a child, filled by the pipe's reader.
 final class LineBuffer: Sendable {
-    let state = Mutex<(all: [String], partial: [UInt8])>(([], []))
+    let state = Locked<(all: [String], partial: [UInt8])>(([], []))
 
     func append(_ data: Data) {
         state.withLock { s in

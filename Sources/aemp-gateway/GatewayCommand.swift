@@ -3,7 +3,6 @@ import AEMPGateway
 import ArgumentParser
 import Dispatch
 import Logging
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -320,7 +319,7 @@ func writeLine(_ line: String) {
 /// Suspends until SIGINT or SIGTERM.
 func waitForTermination() async {
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let resumed = Mutex(false)
+        let resumed = Locked(false)
         for sig in [SIGINT, SIGTERM] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())

@@ -1,5 +1,5 @@
+import AEMP
 import Logging
-import Synchronization
 
 /// Why a node could not join, as far as its log tells: the latest handshake failure (a wrong
 /// shared secret shows up here) and the latest seed that could not be reached. The library has no
@@ -11,7 +11,7 @@ final class JoinDiagnostics: Sendable {
         var authFailedAddresses: Set<String> = []
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let seedCount: Int
     /// Fires once authentication failed with as many distinct addresses as there are seeds: no
     /// seed will ever take us, so there is no point waiting out the connect timeout.

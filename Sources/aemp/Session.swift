@@ -123,10 +123,7 @@ struct Session: Sendable {
         try await node.start()
         let attached = OneShot<String?>()
         Task { attached.resolve(await node.waitForMaster(timeout: .nanoseconds(Int64(client.connectTimeout * 1e9)))) }
-        Task {
-            await diagnostics.refusedEverywhere.value()
-            attached.resolve(nil)
-        }
+        diagnostics.refusedEverywhere.whenResolved { attached.resolve(nil) }
         guard let master = await attached.value() else {
             await node.shutdown()
             if diagnostics.refusedEverywhere.isResolved {

@@ -1,5 +1,5 @@
+import AEMP
 import Dispatch
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -11,22 +11,38 @@ final class OneShot<T: Sendable>: Sendable {
     private struct State {
         var value: T?
         var waiters: [CheckedContinuation<T, Never>] = []
+        var actions: [@Sendable (T) -> Void] = []
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Sets the value unless one is set already; returns whether this call set it.
     @discardableResult
     func resolve(_ value: T) -> Bool {
-        let waiters = state.withLock { s -> [CheckedContinuation<T, Never>]? in
+        let waiting = state.withLock { s -> ([CheckedContinuation<T, Never>], [@Sendable (T) -> Void])? in
             guard s.value == nil else { return nil }
             s.value = value
-            defer { s.waiters.removeAll() }
-            return s.waiters
+            defer {
+                s.waiters.removeAll()
+                s.actions.removeAll()
+            }
+            return (s.waiters, s.actions)
         }
-        guard let waiters else { return false }
+        guard let (waiters, actions) = waiting else { return false }
         for w in waiters { w.resume(returning: value) }
+        for a in actions { a(value) }
         return true
+    }
+
+    /// Runs `action` with the value once it is set (now, if it is). Unlike a task awaiting
+    /// `value()`, nothing is left suspended forever when the value never comes.
+    func whenResolved(_ action: @escaping @Sendable (T) -> Void) {
+        let ready = state.withLock { s -> T? in
+            if let v = s.value { return v }
+            s.actions.append(action)
+            return nil
+        }
+        if let ready { action(ready) }
     }
 
     /// Resolves with `value` after `seconds`, unless something resolved it first.

@@ -3,7 +3,6 @@ import AEMPGateway
 import Foundation
 import Logging
 import NIOCore
-import Synchronization
 import Testing
 
 // The gateway against its contract, openapi/openapi.yaml: real gateways in this process
@@ -949,7 +948,7 @@ struct OpenAPIConformanceTests {
 
 /// Which documented answers were produced: `<operation> <status> <media type> <code or event:name>`.
 final class SpecCoverage: Sendable {
-    private let state = Mutex<Set<String>>([])
+    private let state = Locked<Set<String>>([])
 
     func record(_ key: String) { state.withLock { _ = $0.insert(key) } }
     var seen: Set<String> { state.withLock { $0 } }

@@ -1,6 +1,5 @@
 import AEMP
 import Foundation
-import Synchronization
 import Testing
 
 /// `POST /v1/send` and `POST /v1/call` against a real network: an `aemp seed` child, an in-process
@@ -126,7 +125,7 @@ struct SendTests {
     func callTargetDies() async throws {
         try await GatewayNetwork.with { net in
             let node = net.node
-            let doomed = Mutex<PortID?>(nil)
+            let doomed = Locked<PortID?>(nil)
             let port = node.port { _ in
                 if let me = doomed.withLock({ $0 }) { node.kil(me, reason: ["boom", "no reply for you", 42]) }
             }

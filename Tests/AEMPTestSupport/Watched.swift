@@ -1,6 +1,6 @@
+import AEMP
 import NIOCore
 import NIOPosix
-import Synchronization
 
 /// State shared between NIO handlers (or reader threads) and a test, with a way to wait until it
 /// satisfies a condition, bounded by a deadline (an NIO timer, never polling or a bare sleep).
@@ -12,11 +12,11 @@ public final class Watched<State: Sendable>: Sendable {
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
     }
 
-    private let box: Mutex<Box>
+    private let box: Locked<Box>
     private let timerLoop: any EventLoop
 
     public init(_ state: State) {
-        box = Mutex(Box(state: state))
+        box = Locked(Box(state: state))
         timerLoop = MultiThreadedEventLoopGroup.singleton.next()
     }
 

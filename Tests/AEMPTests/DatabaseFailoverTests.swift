@@ -1,11 +1,10 @@
 import AEMP
 import Foundation
-import Synchronization
 import Testing
 
 /// Every delivery of a `db_mon` watcher, kept for checks over the whole history.
 final class FeedLog: Sendable {
-    private let changes = Mutex<[FamilyChange]>([])
+    private let changes = Locked<[FamilyChange]>([])
 
     func append(_ change: FamilyChange) { changes.withLock { $0.append(change) } }
 

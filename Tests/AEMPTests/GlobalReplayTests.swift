@@ -1,6 +1,5 @@
 import Foundation
 import NIOCore
-import Synchronization
 import Testing
 
 @testable import AEMP
@@ -630,7 +629,7 @@ func value<T: Sendable>(
 
 /// True for the first caller only.
 final class ResumeOnce: Sendable {
-    private let done = Mutex(false)
+    private let done = Locked(false)
 
     func claim() -> Bool {
         done.withLock { d in

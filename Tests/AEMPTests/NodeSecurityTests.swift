@@ -164,7 +164,7 @@ final class CapturedLog: Sendable {
         var description: String { "\(level) \(message) \(metadata.sorted { $0.key < $1.key })" }
     }
 
-    let records = Mutex<[Record]>([])
+    let records = Locked<[Record]>([])
 
     /// A logger (every level) that writes here.
     func logger() -> Logger {

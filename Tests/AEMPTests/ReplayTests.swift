@@ -175,7 +175,9 @@ struct ReplayTests {
     @Test("handshake and packets arriving one byte per write, and an auth line coalesced with packets",
           arguments: ["json", "cbor"])
     func segmentation(_ framing: String) async throws {
-        try await withPublicNode { node, address, res in
+        // A handshake of some 330 one-byte writes, each awaited: under ThreadSanitizer on a busy
+        // machine it took longer than the usual 5 s handshake timeout, and the node hung up.
+        try await withPublicNode(handshakeTimeout: .seconds(60)) { node, address, res in
             // One byte per TCP write: greeting lines, auth line and packets.
             let slow = res.peer(try await ScriptedPeer.dial(address))
             let g1 = ScriptedPeer.perlGreeting(nodeID: "slow-\(framing)", framings: framing, peerAddr: address)
@@ -276,11 +278,12 @@ struct ReplayTests {
 
     /// A public node on 127.0.0.1:0 for tests that dial it.
     private func withPublicNode(
+        handshakeTimeout: TimeAmount = .seconds(5),
         _ body: (Node, String, ScriptedResources) async throws -> Void
     ) async throws {
         try await ScriptedResources.with { res in
             let node = res.node(try Node(configuration: scriptedNodeConfiguration(
-                id: "replay-tol-%u", binds: ["127.0.0.1:0"])))
+                id: "replay-tol-%u", binds: ["127.0.0.1:0"], handshakeTimeout: handshakeTimeout)))
             try await node.start()
             let address = try #require(await node.listenAddresses().first)
             try await body(node, address, res)

@@ -49,6 +49,9 @@ extension Kernel: ConnectionDelegate {
             return
         }
         let me = NIOLoopBound(self, eventLoop: loop)
+        // The connection the channel initializer made: a failed connect must drop it from
+        // `connections` itself (its channel never became active, so it never reports closing).
+        let made = NIOLoopBoundBox<Connection?>(nil, eventLoop: loop)
         let future = ClientBootstrap(group: loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -60,15 +63,19 @@ extension Kernel: ConnectionDelegate {
                         origin: .dialed(address: address), settings: kernel.settings, delegate: kernel,
                         logger: kernel.logger)
                     kernel.connections[ObjectIdentifier(connection)] = connection
+                    made.value = connection
                     try channel.pipeline.syncOperations.addHandler(connection)
                 }
             }
             .connect(host: host, port: port)
         future.assumeIsolated().whenComplete { [self] result in
+            let connection = made.value
+            made.value = nil
             switch result {
             case .success(let channel):
                 if isShutDown { channel.close(promise: nil) }
             case .failure(let error):
+                if let connection { connections[ObjectIdentifier(connection)] = nil }
                 logger.debug("connect failed", metadata: ["address": "\(address)", "error": "\(error)"])
                 onFailure("\(error)")
             }
@@ -204,6 +211,10 @@ extension Kernel: ConnectionDelegate {
             if keepNew {
                 peer.connection = connection
                 existing.close(reason: "switched connections")
+                // The peer closes its end of the old connection as a duplicate and reads nothing
+                // more from it, so what we announced there (g_global) may be lost: announce again
+                // on the connection both ends keep.
+                globalNodeUp(peer)
             } else {
                 connection.close(reason: "duplicate connection")
             }

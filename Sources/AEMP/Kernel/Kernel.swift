@@ -53,7 +53,7 @@ struct PortHandlers: Sendable {
 /// thread (`port`, `rcv`, `kil`), so a port exists the moment its ID is handed out: NIO may read
 /// a socket before it runs tasks queued from other threads.
 final class PortTable: Sendable {
-    private let table = Mutex<[String: PortHandlers]>([:])
+    private let table = Locked<[String: PortHandlers]>([:])
 
     func insert(_ name: String, _ handlers: PortHandlers) {
         table.withLock { $0[name] = handlers }
@@ -90,6 +90,16 @@ final class PortTable: Sendable {
     /// Removes the port; returns its handlers if it was there.
     func remove(_ name: String) -> PortHandlers? {
         table.withLock { $0.removeValue(forKey: name) }
+    }
+
+    /// Removes every port (no monitor fires): the node is shutting down.
+    func removeAll() {
+        // Taken out and released after the lock: a handler's captures may call back in on deinit.
+        let gone = table.withLock { t -> [String: PortHandlers] in
+            defer { t = [:] }
+            return t
+        }
+        withExtendedLifetime(gone) {}
     }
 
     var count: Int { table.withLock { $0.count } }

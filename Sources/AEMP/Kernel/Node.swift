@@ -1,7 +1,6 @@
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -35,7 +34,7 @@ public final class Node: Sendable {
     private let ports: PortTable
     /// Work handed over from other threads, run on the loop in arrival order; one loop wake-up
     /// serves everything queued until it runs (a burst of `snd`s costs one hop, not one each).
-    private let inbox = Mutex(Inbox())
+    private let inbox = Locked(Inbox())
 
     struct Inbox {
         var work: [@Sendable (Kernel) -> Void] = []
@@ -98,6 +97,13 @@ public final class Node: Sendable {
             let closes = k.listeners.map { $0.close() }
             k.listeners.removeAll()
             for connection in k.connections.values { connection.close(reason: "node shutting down") }
+            // Let go of every handler, monitor and watcher: they often capture their owner, who
+            // holds this node, and that cycle would keep both alive after the node is gone.
+            k.ports.removeAll()
+            k.watchers.removeAll()
+            k.nodeWatchers.removeAll()
+            k.masterWatchers.removeAll()
+            k.families.removeAll()
             return EventLoopFuture.andAllComplete(closes, on: k.loop)
         }
         try? await future.get()

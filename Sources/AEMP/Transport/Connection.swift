@@ -100,6 +100,18 @@ final class Connection: ChannelInboundHandler {
         if context.channel.isActive { start(context: context) }
     }
 
+    /// The channel closed and the pipeline let go of us: drop the context, or it and this handler
+    /// keep each other (and the channel, its pipeline and buffers) alive forever. A channel that
+    /// never became active (its connect failed) gets no `channelInactive`: it ends here, quietly,
+    /// as the dialer's failure callback reports it.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        if state != .closed {
+            state = .closed
+            delegate = nil
+        }
+    }
+
     func channelActive(context: ChannelHandlerContext) {
         start(context: context)
         context.fireChannelActive()
@@ -129,8 +141,9 @@ final class Connection: ChannelInboundHandler {
         var out = context.channel.allocator.buffer(capacity: 256)
         out.writeString(localLines.0 + "\n" + localLines.1 + "\n")
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: settings.handshakeTimeout) { [weak self] in
-            self?.close(reason: "handshake timeout: the peer did not complete the handshake in time")
+        // Holds the connection until it fires or `finish`/the handshake cancels it (every way out).
+        handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: settings.handshakeTimeout) { [self] in
+            close(reason: "handshake timeout: the peer did not complete the handshake in time")
         }
     }
 

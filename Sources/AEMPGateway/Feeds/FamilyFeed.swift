@@ -1,6 +1,5 @@
 import AEMP
 import NIOCore
-import Synchronization
 
 /// One family's change feed: a single `db_mon` subscription shared by every HTTP client of the
 /// family, with a numbered history so clients resume without gaps.
@@ -38,7 +37,7 @@ final class FamilyFeed: Sendable {
         var idleSince: NIODeadline? = .now()
     }
 
-    let state = Mutex(State())
+    let state = Locked(State())
 
     init(family: String, historyLimit: Int) {
         self.family = family

@@ -1,6 +1,6 @@
+import AEMP
 import CMicroHTTPD
 import NIOPosix
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -22,7 +22,7 @@ public final class EventStream: Sendable {
         var onClose: (@Sendable () -> Void)?
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// Bytes a slow client may fall behind before it is cut off.
     public let limit: Int
 
@@ -146,7 +146,7 @@ struct ConnectionRef: @unchecked Sendable {
 final class Resumer: Sendable {
     /// Readable when connections wait to be resumed.
     let fd: Int32
-    private let queue = Mutex<(connections: [ConnectionRef], signalled: Bool)>(([], false))
+    private let queue = Locked<(connections: [ConnectionRef], signalled: Bool)>(([], false))
 
     init() throws {
         fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))

@@ -1,3 +1,4 @@
+import AEMP
 import CMicroHTTPD
 import Logging
 import Synchronization
@@ -100,7 +101,7 @@ public final class Exchange: Sendable {
     let received = ContinuousClock.now
     /// The route the handler matched, as the handler numbers them (-1 until it says), for metrics.
     let route = Atomic<Int>(-1)
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private unowned let server: HTTPServer
 
     init(connection: ConnectionRef, request: HTTPRequest, server: HTTPServer) {
@@ -169,13 +170,13 @@ final class RequestContext {
 /// event streams (conventions: libmicrohttpd notes).
 public final class HTTPServer: Sendable {
     /// Exchanges not yet answered (answered with `shuttingDown` at stop).
-    let pending = Mutex<[ObjectIdentifier: Exchange]>([:])
+    let pending = Locked<[ObjectIdentifier: Exchange]>([:])
     /// Event streams still open (ended at stop).
-    let streams = Mutex<[ObjectIdentifier: EventStream]>([:])
+    let streams = Locked<[ObjectIdentifier: EventStream]>([:])
     let handler: any HTTPHandler
     let settings: HTTPServerSettings
-    private let daemon = Mutex<DaemonRef?>(nil)
-    private let poller = Mutex<pthread_t?>(nil)
+    private let daemon = Locked<DaemonRef?>(nil)
+    private let poller = Locked<pthread_t?>(nil)
     private let stopping = Atomic<Bool>(false)
     /// Resumes connections for other threads, on the polling thread.
     let resumer: Resumer
@@ -184,7 +185,7 @@ public final class HTTPServer: Sendable {
     let openConnections = Atomic<Int>(0)
     /// Connections that arrived beyond the limit: each of their requests is answered 503 (decided
     /// once per connection, so a connection within the limit is never refused later).
-    let refusedConnections = Mutex<Set<UInt>>([])
+    let refusedConnections = Locked<Set<UInt>>([])
     /// Connections open now (for metrics and tests).
     public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
     /// Connections whose request is still arriving, cut off when it takes too long.

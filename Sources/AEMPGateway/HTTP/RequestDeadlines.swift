@@ -1,4 +1,4 @@
-import Synchronization
+import AEMP
 
 #if canImport(Glibc)
 import Glibc
@@ -21,8 +21,8 @@ final class RequestDeadlines: Sendable {
         var since: ContinuousClock.Instant?
     }
 
-    private let entries = Mutex<[UInt: Entry]>([:])
-    private let nextSweep = Mutex<ContinuousClock.Instant>(.now)
+    private let entries = Locked<[UInt: Entry]>([:])
+    private let nextSweep = Locked<ContinuousClock.Instant>(.now)
     let limit: Duration
 
     init(seconds: Int) {

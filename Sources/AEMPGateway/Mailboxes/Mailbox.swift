@@ -1,6 +1,5 @@
 import AEMP
 import NIOCore
-import Synchronization
 
 /// A port owned by the gateway whose messages wait for web clients (long-poll or SSE).
 ///
@@ -50,7 +49,7 @@ final class Mailbox: Sendable {
         var killReason: Value?
     }
 
-    let state = Mutex(State())
+    let state = Locked(State())
 
     init(name: String, port: PortID, maxQueue: Int, ttl: TimeAmount, metrics: GatewayMetrics? = nil) {
         self.name = name

@@ -1,6 +1,5 @@
 import AEMP
 import NIOCore
-import Synchronization
 
 /// The gateway's mailboxes by name, and the names that are gone (so clients get 410, not 404).
 ///
@@ -10,8 +9,8 @@ import Synchronization
 /// characters (22 × 6 bits, and 4 in the last).
 final class MailboxRegistry: Sendable {
     let instance: String
-    private let mailboxes = Mutex<[String: Mailbox]>([:])
-    private let tombstones: Mutex<Tombstones>
+    private let mailboxes = Locked<[String: Mailbox]>([:])
+    private let tombstones: Locked<Tombstones>
     let limit: Int
 
     /// Names of mailboxes that are gone, with why, for `capacity` names at most (oldest out first).
@@ -43,7 +42,7 @@ final class MailboxRegistry: Sendable {
     init(limit: Int, remembered: Int = 100_000) {
         self.limit = limit
         self.instance = randomToken(bytes: 6)
-        self.tombstones = Mutex(Tombstones(capacity: remembered))
+        self.tombstones = Locked(Tombstones(capacity: remembered))
     }
 
     var count: Int { mailboxes.withLock { $0.count } }

@@ -1,5 +1,5 @@
+import AEMP
 import Prometheus
-import Synchronization
 
 /// The gateway's metrics, in a Prometheus registry of its own: served as text at `GET /metrics`.
 ///
@@ -98,7 +98,7 @@ final class RouteMetrics: Sendable {
     let route: RouteTemplate
     let latency: DurationHistogram
     private let registry: PrometheusCollectorRegistry
-    private let byStatus = Mutex<[Int: Counter]>([:])
+    private let byStatus = Locked<[Int: Counter]>([:])
 
     init(route: RouteTemplate, registry: PrometheusCollectorRegistry, latency: DurationHistogram) {
         self.route = route

@@ -1,6 +1,5 @@
 import AEMP
 import NIOCore
-import Synchronization
 
 /// `POST /v1/send` and `POST /v1/call`.
 extension Gateway {
@@ -153,7 +152,7 @@ final class PendingCall: Sendable {
         var timer: Timeouts.Handle?
         var finished = false
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Hands over the resources; returns true if the call already finished (the caller releases them).
     func start(reply: PortID, monitor: Monitor, timer: Timeouts.Handle) -> Bool {

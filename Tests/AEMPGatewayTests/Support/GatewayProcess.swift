@@ -3,7 +3,6 @@ import AEMP
 import Foundation
 import Logging
 import NIOCore
-import Synchronization
 import Testing
 
 // The built `aemp` and `aemp-gateway` executables as child processes, and a test network made of
@@ -286,7 +285,7 @@ struct GatewayProcess: Sendable {
 
 /// Things to stop at the end of a test, in reverse order, whatever happened.
 final class Cleanup: Sendable {
-    private let actions = Mutex<[@Sendable () async -> Void]>([])
+    private let actions = Locked<[@Sendable () async -> Void]>([])
 
     func add(_ action: @escaping @Sendable () async -> Void) {
         actions.withLock { $0.append(action) }

@@ -166,7 +166,7 @@ final class HTTPTestClientHandler: ChannelDuplexHandler {
 final class HTTPTestClient: Sendable {
     let host: String
     let port: Int
-    private let channel: Mutex<(any Channel)?>
+    private let channel: Locked<(any Channel)?>
     private let sequence = AsyncLock()
     /// Connections opened so far (1 after `init`): tells whether keep-alive held.
     var connectionsOpened: Int { opened.load(ordering: .relaxed) }
@@ -175,7 +175,7 @@ final class HTTPTestClient: Sendable {
     init(host: String = "127.0.0.1", port: Int) async throws {
         self.host = host
         self.port = port
-        self.channel = Mutex(nil)
+        self.channel = Locked(nil)
         let c = try await Self.connect(host: host, port: port)
         opened.add(1, ordering: .relaxed)
         channel.withLock { $0 = c }

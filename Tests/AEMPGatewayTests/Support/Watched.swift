@@ -1,7 +1,7 @@
+import AEMP
 import AEMPTestSupport
 import NIOCore
 import NIOPosix
-import Synchronization
 
 /// A lock for async code: one holder at a time, waiters served in order.
 final class AsyncLock: Sendable {
@@ -9,7 +9,7 @@ final class AsyncLock: Sendable {
         var locked = false
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Runs `body` while holding the lock.
     func withLock<T: Sendable>(_ body: () async throws -> T) async throws -> T {
@@ -50,7 +50,7 @@ final class AsyncLock: Sendable {
 func bounded<T: Sendable>(
     _ seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
-    let once = Mutex(false)
+    let once = Locked(false)
     return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
         let finish: @Sendable (Result<T, any Error>) -> Void = { result in
             let first = once.withLock { done -> Bool in

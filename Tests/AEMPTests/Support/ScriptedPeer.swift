@@ -1,7 +1,6 @@
 import Foundation
 import NIOCore
 import NIOPosix
-import Synchronization
 import Testing
 
 @testable import AEMP
@@ -366,7 +365,7 @@ struct ScriptedClosed: Sendable {
 final class ScriptedListener: Sendable {
     let channel: any Channel
     private let accepted: Watched<[ScriptedPeer]>
-    private let taken = Mutex(0)
+    private let taken = Locked(0)
     /// `127.0.0.1:<port>`.
     let address: String
 
@@ -553,7 +552,7 @@ struct ReplayCapture: Sendable {
 
 /// Collects things to close at the end of a test, success or failure.
 final class ScriptedResources: Sendable {
-    private let closers = Mutex<[@Sendable () async -> Void]>([])
+    private let closers = Locked<[@Sendable () async -> Void]>([])
 
     func add(_ closer: @escaping @Sendable () async -> Void) {
         closers.withLock { $0.append(closer) }
