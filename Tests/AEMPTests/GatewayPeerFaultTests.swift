@@ -33,7 +33,8 @@ struct GatewayPeerFaultTests {
         let (unread, _) = try await peer.waitForClose(within: 10)
         let held = ContinuousClock.now - accepted
         #expect(String(decoding: unread, as: UTF8.self).hasPrefix("aemp;1;"), "the gateway greeted first, as a node does")
-        #expect(held >= .milliseconds(500), "held until about the handshake timeout (1 s; the gateway started it at connect, before this accept returned): \(held)")
+        // No lower bound: under a sanitizer the gateway's first attempt may time out before this
+        // accept returns. The log line below names the reason.
         #expect(held < .seconds(5), "cut off soon after the handshake timeout: \(held)")
 
         // Ready through the good seed meanwhile.
