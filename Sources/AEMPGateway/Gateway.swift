@@ -274,9 +274,9 @@ public final class Gateway: HTTPHandler, Sendable {
     }
 
     /// Two malloc arenas, unless `MALLOC_ARENA_MAX` says otherwise; call before other threads start.
-    /// With glibc's default (8 per core) the RSS of a gateway under mixed load climbed in steps as
-    /// threads met new arenas, +18% over a 10-minute soak, none of it returned; with two it stays
-    /// flat, and send and batch throughput measured the same (scripts/soak, scripts/bench).
+    /// A soak with MALLOC_ARENA_MAX=2 in the environment kept a flat RSS where glibc's default (8
+    /// arenas per core) climbed in steps; called from `run()`, after the runtime's threads exist, it
+    /// did not help as much, so the environment variable is the surer setting (README, Memory).
     public static func limitMallocArenas() {
         if getenv("MALLOC_ARENA_MAX") == nil { _ = mallopt(M_ARENA_MAX, 2) }
     }
