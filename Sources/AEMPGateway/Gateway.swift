@@ -15,6 +15,8 @@ import Synchronization
 /// hand-off is a message: nothing here blocks libmicrohttpd's thread on the network.
 public final class Gateway: HTTPHandler, Sendable {
     public let configuration: GatewayConfiguration
+    /// The configured bearer tokens, reduced once for `ConstantTime` comparison (`lookupToken`).
+    let tokenDigests: [(digest: ConstantTime.Digest, scope: TokenScope)]
     public let node: Node
     let logger: Logger
     let timers: any EventLoop
@@ -47,6 +49,7 @@ public final class Gateway: HTTPHandler, Sendable {
             c.node.seeds = [c.standaloneBind]
         }
         self.configuration = c
+        self.tokenDigests = c.tokens.map { (ConstantTime.digest($0.key.utf8), $0.value) }
         self.logger = c.logger
         self.node = try Node(configuration: c.node)
         self.timers = MultiThreadedEventLoopGroup.singleton.next()

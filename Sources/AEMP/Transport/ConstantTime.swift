@@ -11,17 +11,31 @@ public enum ConstantTime {
     /// The per-process HMAC key: the digests cannot be precomputed or compared across processes.
     private static let key = SymmetricKey(size: .bits256)
 
-    /// Whether `a` and `b` hold the same bytes, in time independent of where they differ.
-    public static func equal(_ a: some Sequence<UInt8>, _ b: some Sequence<UInt8>) -> Bool {
-        let x = HMAC<SHA256>.authenticationCode(for: Array(a), using: key)
-        let y = HMAC<SHA256>.authenticationCode(for: Array(b), using: key)
-        return x.withUnsafeBytes { p in
-            y.withUnsafeBytes { q in
+    /// A value reduced for comparison: its HMAC-SHA256 under the per-process key. Reduce a stored
+    /// secret once and compare each presented value's digest with it (`equal(_:_:)`).
+    public struct Digest: Sendable {
+        fileprivate let code: HashedAuthenticationCode<SHA256>
+    }
+
+    /// The digest of `a`.
+    public static func digest(_ a: some Sequence<UInt8>) -> Digest {
+        Digest(code: HMAC<SHA256>.authenticationCode(for: Array(a), using: key))
+    }
+
+    /// Whether two digests are the same, by XOR-accumulating every byte.
+    public static func equal(_ x: Digest, _ y: Digest) -> Bool {
+        x.code.withUnsafeBytes { p in
+            y.code.withUnsafeBytes { q in
                 var diff: UInt8 = 0
                 for i in 0..<p.count { diff |= p[i] ^ q[i] }
                 return diff == 0
             }
         }
+    }
+
+    /// Whether `a` and `b` hold the same bytes, in time independent of where they differ.
+    public static func equal(_ a: some Sequence<UInt8>, _ b: some Sequence<UInt8>) -> Bool {
+        equal(digest(a), digest(b))
     }
 
     /// Whether two strings hold the same UTF-8 bytes, in time independent of where they differ.

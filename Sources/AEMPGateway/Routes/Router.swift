@@ -115,11 +115,12 @@ extension Gateway {
 
     /// Compares the presented token with every configured one, always all of them, each with
     /// `ConstantTime.equal` (never String equality or a dictionary lookup): the time taken tells
-    /// neither which token matched nor where, or by how many characters, a wrong one differs.
+    /// neither which token matched nor where, or by how many characters, a wrong one differs. The
+    /// configured tokens are reduced once (`tokenDigests`), the presented one once per request.
     private func lookupToken(_ presented: String) -> TokenScope? {
-        let given = Destination.trimmed(presented)
+        let given = ConstantTime.digest(Destination.trimmed(presented).utf8)
         var found: TokenScope?
-        for (token, scope) in configuration.tokens where ConstantTime.equal(token, given) {
+        for (token, scope) in tokenDigests where ConstantTime.equal(token, given) {
             found = scope
         }
         return found
