@@ -405,35 +405,27 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         // First call: headers only. Answer on a later call (keep-alive stays on, conventions).
         let context = RequestContext()
         reqCls.pointee = Unmanaged.passRetained(context).toOpaque()
+        // Refused from the header alone: answered at once, the body (if any) never read.
         if server.refusedConnections.withLock({ $0.contains(connectionKey(connection)) }) {
-            server.deadlines.arrived(connectionKey(connection))
             context.overCapacity = true
-            let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
-            guard let response = exchange.takeOrSuspend() else { return .YES }
-            return queue(response, on: connectionRef, exchange: exchange, server: server)
-        }
-        if let why = ambiguousFraming(connection) {
+        } else if let why = ambiguousFraming(connection) {
             // Where the body ends depends on which field one believes: a proxy in front may believe
             // another than libmicrohttpd (request smuggling). Refused, and the connection closed
             // (RFC 9112 6.1 and 6.3).
-            server.deadlines.arrived(connectionKey(connection))
             context.ambiguousFraming = why
-            let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
-            guard let response = exchange.takeOrSuspend() else { return .YES }
-            return queue(response, on: connectionRef, exchange: exchange, server: server)
-        }
-        if let length = lookup(connection, .HEADER_KIND, "Content-Length").flatMap({ Int($0) }),
+        } else if let length = lookup(connection, .HEADER_KIND, "Content-Length").flatMap({ Int($0) }),
             length > server.settings.maxBodySize
         {
             // Refuse now, without reading the body: libmicrohttpd (0.9.75) takes a response only
             // before the upload starts or after it ended, and closes the connection after this one.
-            server.deadlines.arrived(connectionKey(connection))
             context.tooLarge = true
-            let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
-            guard let response = exchange.takeOrSuspend() else { return .YES }
-            return queue(response, on: connectionRef, exchange: exchange, server: server)
+        } else {
+            return .YES
         }
-        return .YES
+        server.deadlines.arrived(connectionKey(connection))
+        let exchange = makeExchange(connectionRef, url: url, method: method, context: context, server: server)
+        guard let response = exchange.takeOrSuspend() else { return .YES }
+        return queue(response, on: connectionRef, exchange: exchange, server: server)
     }
     let context = Unmanaged<RequestContext>.fromOpaque(raw).takeUnretainedValue()
 
