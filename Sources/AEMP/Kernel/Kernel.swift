@@ -319,7 +319,9 @@ final class Kernel {
     ]
 
     func handleNodeRequest(_ message: [Value], from source: String) {
-        for (_, observer) in nodePortObservers.sorted(by: { $0.key < $1.key }) { observer(message, source) }
+        if !nodePortObservers.isEmpty {  // every node-port request passes here: no sort without observers
+            for (_, observer) in nodePortObservers.sorted(by: { $0.key < $1.key }) { observer(message, source) }
+        }
         guard let tagValue = message.first else { return }  // [] / [""]: keepalive
         let tag = tagValue.stringValue ?? ""
         let args = Array(message.dropFirst())
