@@ -219,7 +219,7 @@ struct HostileInputTests {
             let started = ContinuousClock.now
             let early = try await gateway.raw(head("Content-Length: \(tenMB)\r\n") + Array("{\"port\":".utf8), timeout: 10) { HTTPTestResponse.isComplete($0) }
             expectProblem(try Self.response(early), 413, "body_too_large")
-            #expect(ContinuousClock.now - started < .seconds(3), "the 413 must not wait for the body")
+            #expect(ContinuousClock.now - started < promptly(.seconds(3)), "the 413 must not wait for the body")
 
             // Content-Length lies low: its 100 bytes are the body (not JSON: 400), and the rest of the
             // 10 MB is no request: libmicrohttpd answers it itself and closes the connection.
@@ -335,7 +335,7 @@ struct HostileInputTests {
                 for _ in 0..<50 { group.addTask { try Self.response(try await gateway.raw(cases[0].1, timeout: 20)).status } }
                 let started = ContinuousClock.now
                 let health = try await http.request("GET", "/healthz")
-                #expect(health.status == 200 && ContinuousClock.now - started < .seconds(2), "\(health)")
+                #expect(health.status == 200 && ContinuousClock.now - started < promptly(.seconds(2)), "\(health)")
                 for try await status in group { #expect(status == 431) }
             }
             // Ordinary header blocks are ordinary requests. (With the default --connection-memory of
@@ -394,12 +394,12 @@ struct HostileInputTests {
                 #expect(r.status == 200, "\(r)")
                 try await Task.sleep(for: .seconds(1))
             }
-            #expect(slowest < .seconds(1), "an honest request took \(slowest) while slow clients were connected")
+            #expect(slowest < promptly(.seconds(1)), "an honest request took \(slowest) while slow clients were connected")
             #expect(cutAfter.count == slow.count, "\(slow.count - cutAfter.count) slow connections were still open after 8 s (connection timeout 2 s)")
             for (i, after) in cutAfter {
                 // Cut after the timeout (2 s), within the once-a-second sweep (+1 s) and our own
                 // once-a-second look (+1 s), with a second to spare for a loaded machine.
-                #expect(after >= .milliseconds(1_900) && after < .seconds(6), "connection \(i) cut after \(after)")
+                #expect(after >= .milliseconds(1_900) && after < promptly(.seconds(6)), "connection \(i) cut after \(after)")
                 // Nothing was answered on them (beyond the keep-alive connection's first request).
                 let received = slow[i].received
                 if slow[i] !== keepAlive { #expect(received.isEmpty, "connection \(i) got \(String(decoding: received, as: UTF8.self))") }

@@ -1039,7 +1039,7 @@ final class SpecGateway: Sendable {
     ) async throws -> SpecGateway {
         var node = NodeConfiguration(secret: gatewayTestSecret)
         node.nodeID = "conf-\(label)-%u"
-        node.handshakeTimeout = .seconds(5)
+        node.handshakeTimeout = stretched(.seconds(5))
         node.connectTimeout = .seconds(3)
         node.connectInterval = .milliseconds(300)
         node.seedBackoffLimit = .seconds(2)

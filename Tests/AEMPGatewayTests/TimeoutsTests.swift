@@ -14,12 +14,13 @@ struct TimeoutsTests {
         let fired = Watched<[ContinuousClock.Instant]>([])
         let start = ContinuousClock.now
         _ = timeouts.after(0.1) { fired.update { $0.append(.now) } }
-        try await Task.sleep(for: .milliseconds(1000))
-        let times = fired.read { $0 }
-        #expect(times.count == 1)
-        let elapsed = try #require(times.first) - start
+        let first = try await fired.wait(within: 30) { $0.first }
+        let elapsed = try #require(first) - start
         #expect(elapsed >= .milliseconds(100))
-        #expect(elapsed < .milliseconds(600))  // a slot of 10 ms, plus a loaded machine's delay
+        #expect(elapsed < promptly(.milliseconds(600)))  // a slot of 10 ms, plus a loaded machine's delay
+        // Once only, whatever else waits on the same slots.
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(fired.read { $0.count } == 1)
     }
 
     @Test("a cancelled timeout never fires; the others of its slot still do")
@@ -29,7 +30,11 @@ struct TimeoutsTests {
         _ = timeouts.after(0.05) { fired.update { _ = $0.insert(2) } }
         a.cancel()
         a.cancel()
-        try await Task.sleep(for: .milliseconds(300))
+        // The kept one fires (waited for, not slept for: a loaded machine may take its time) …
+        let kept = try await fired.wait(within: 30) { $0.contains(2) ? true : nil }
+        #expect(kept == true)
+        // … and the cancelled one of the same slot did not, then or a while after.
+        try await Task.sleep(for: .milliseconds(200))
         #expect(fired.read { $0 } == [2])
     }
 
@@ -39,12 +44,10 @@ struct TimeoutsTests {
         let start = ContinuousClock.now
         _ = timeouts.after(1.0) { fired.update { $0.append((2, .now)) } }
         _ = timeouts.after(0.05) { fired.update { $0.append((1, .now)) } }
-        try await Task.sleep(for: .milliseconds(1500))
-        let events = fired.read { $0 }
+        let events = try #require(try await fired.wait(within: 30) { $0.count >= 2 ? $0 : nil })
         #expect(events.map(\.0) == [1, 2])
         // The short one did not wait for the long one's slot.
-        let first = try #require(events.first)
-        #expect(first.1 - start < .milliseconds(800))
+        #expect(events[0].1 - start < promptly(.milliseconds(800)))
         #expect(events[1].1 - start >= .seconds(1))
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Synchronization
 import Testing
 
@@ -83,4 +84,51 @@ private func canBind(_ port: Int) -> Bool {
     return withUnsafePointer(to: &addr) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     } == 0
+}
+
+/// How much slower than a plain debug build this test process runs: 1, or more under a sanitizer
+/// (`scripts/sanitize` sets `AEMP_SANITIZER`). ThreadSanitizer makes every memory access several
+/// times dearer, and every process of a test pays it, so scheduling latencies grow with it.
+public let sanitizerSlowdown: Double = {
+    switch ProcessInfo.processInfo.environment["AEMP_SANITIZER"] {
+    case "thread": 6
+    case "address": 3
+    case nil: 1
+    default: 3
+    }
+}()
+
+/// An upper bound on how long something may take, for a check of promptness (an event loop's
+/// latency, a reply under load). Stretched by `sanitizerSlowdown`: under a sanitizer the suite
+/// checks memory and thread safety, and a bound that holds only at full speed would fail it for
+/// the wrong reason. Bounds the product promises (the 5 s failover) are checked by the plain run.
+public func promptly(_ bound: Duration) -> Duration {
+    bound * sanitizerSlowdown
+}
+
+/// A node timeout a test relies on not firing (the handshake), stretched the same way.
+public func stretched(_ timeout: TimeAmount) -> TimeAmount {
+    .nanoseconds(Int64(Double(timeout.nanoseconds) * sanitizerSlowdown))
+}
+
+/// What a process that should have exited is doing, from /proc: its state (Z = exited, not yet
+/// reaped by us) and each thread's state, kernel wait channel and name. Put in failure messages, so
+/// a hang seen once in CI says whether the child was stuck, and where, or had exited unnoticed.
+public func processDiagnosis(_ pid: Int32) -> String {
+    func read(_ path: String) -> String? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    guard let status = read("/proc/\(pid)/status") else { return "no /proc entry (reaped)" }
+    let state = status.split(separator: "\n").first { $0.hasPrefix("State:") }.map { $0.dropFirst(6).trimmingCharacters(in: .whitespaces) } ?? "?"
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+    let threads = tasks.sorted().prefix(40).map { tid -> String in
+        let comm = read("/proc/\(pid)/task/\(tid)/comm") ?? "?"
+        let wchan = read("/proc/\(pid)/task/\(tid)/wchan") ?? "?"
+        // The state letter follows the parenthesised name in stat.
+        let stat = read("/proc/\(pid)/task/\(tid)/stat") ?? ""
+        let letter = stat.range(of: ") ").map { String(stat[$0.upperBound...].prefix(1)) } ?? "?"
+        return "\(comm)[\(letter) \(wchan)]"
+    }
+    return "state \(state); \(tasks.count) thread(s): \(threads.joined(separator: " "))"
 }

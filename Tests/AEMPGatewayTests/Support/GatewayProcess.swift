@@ -331,7 +331,7 @@ func makeNode(id: String, binds: [String] = [], seeds: [String] = [], secret: St
     c.nodeID = id
     c.binds = binds
     c.seeds = seeds
-    c.handshakeTimeout = .seconds(5)
+    c.handshakeTimeout = stretched(.seconds(5))
     c.connectTimeout = .seconds(3)
     c.connectInterval = .milliseconds(300)
     c.seedBackoffLimit = .seconds(2)
@@ -469,6 +469,7 @@ func eventually(
     within seconds: Double = 10, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
     _ condition: @Sendable () async throws -> Bool
 ) async throws -> Bool {
+    let seconds = seconds * sanitizerSlowdown  // what must happen may take longer under a sanitizer
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while ContinuousClock.now < deadline {
         if try await condition() { return true }
@@ -483,6 +484,7 @@ func waitFor<T: Sendable>(
     within seconds: Double = 10, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
     _ body: @Sendable () async throws -> T?
 ) async throws -> T {
+    let seconds = seconds * sanitizerSlowdown  // what must happen may take longer under a sanitizer
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while ContinuousClock.now < deadline {
         if let value = try await body() { return value }

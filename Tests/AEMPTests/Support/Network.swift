@@ -24,7 +24,7 @@ func makeNode(
     c.binds = binds
     c.seeds = seeds
     c.framings = framings
-    c.handshakeTimeout = .seconds(5)
+    c.handshakeTimeout = stretched(.seconds(5))
     c.connectTimeout = .seconds(3)
     c.connectInterval = .milliseconds(300)
     c.seedBackoffLimit = .seconds(2)
@@ -37,6 +37,7 @@ func eventually(
     within seconds: Double = 10, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
     _ condition: @Sendable () async -> Bool
 ) async {
+    let seconds = seconds * sanitizerSlowdown  // what must happen may take longer under a sanitizer
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while ContinuousClock.now < deadline {
         if await condition() { return }

@@ -603,7 +603,7 @@ final class ScriptedResources: Sendable {
 /// Builds a node configuration for scripted tests (127.0.0.1 only, short timeouts).
 func scriptedNodeConfiguration(
     id: String, binds: [String] = [], seeds: [String] = [], framings: [Framing] = [.json, .cbor],
-    handshakeTimeout: TimeAmount = .seconds(5)
+    handshakeTimeout: TimeAmount = stretched(.seconds(5))
 ) -> NodeConfiguration {
     var c = NodeConfiguration(secret: testSecret)
     c.nodeID = id

@@ -159,7 +159,8 @@ final class ChildProcess: @unchecked Sendable {
                     + "stderr \(s.stderrClosed ? "closed" : "open")"
             }
             let why = "\(name) \(process.arguments ?? []) still running after \(seconds) s (\(state), "
-                + "pid \(process.processIdentifier) \(kill(process.processIdentifier, 0) == 0 ? "alive" : "gone")); "
+                + "pid \(process.processIdentifier) \(kill(process.processIdentifier, 0) == 0 ? "alive" : "gone"), "
+                + "\(processDiagnosis(process.processIdentifier))); "
                 + "stderr: \(errorText())"
             stop()
             throw ChildError.stillRunning(why)
