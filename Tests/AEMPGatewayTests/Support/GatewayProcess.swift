@@ -106,7 +106,7 @@ final class ChildProcess: Sendable {
     /// The next line of standard output, waiting at most `seconds`.
     func readLine(within seconds: Double = 20) async throws -> String {
         let name = self.name
-        let line = try await collected.wait(within: seconds) { s -> String? in
+        let line = try await collected.wait(within: seconds * sanitizerSlowdown) { s -> String? in
             if let nl = s.stdout.firstIndex(of: 0x0A) {
                 let line = String(decoding: s.stdout[..<nl], as: UTF8.self)
                 s.stdout.removeSubrange(...nl)
@@ -136,7 +136,7 @@ final class ChildProcess: Sendable {
 
     /// Waits until the child exits, at most `seconds`; nil if it still runs.
     func waitForExit(within seconds: Double) async throws -> ChildExit? {
-        try await collected.wait(within: seconds) { $0.exit }
+        try await collected.wait(within: seconds * sanitizerSlowdown) { $0.exit }
     }
 
     /// Whether the child still runs.
@@ -245,6 +245,7 @@ struct GatewayProcess: Sendable {
         sourceLocation: SourceLocation = #_sourceLocation, _ condition: @Sendable ([String: Value]) -> Bool
     ) async throws -> [String: Value] {
         let client = try await client()
+        let seconds = seconds * sanitizerSlowdown
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         var last: HTTPTestResponse?
         while ContinuousClock.now < deadline {

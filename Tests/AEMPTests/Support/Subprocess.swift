@@ -191,8 +191,9 @@ final class ChildProcess: @unchecked Sendable {
         return ChildResult(exit: exit, stdout: child.outputText(), stderr: child.errorText())
     }
 
+    /// Stretched under a sanitizer: every wait here is for something that must happen.
     private static func deadline(_ seconds: Double) -> NIODeadline {
-        .now() + .nanoseconds(Int64(seconds * 1e9))
+        .now() + .nanoseconds(Int64(seconds * sanitizerSlowdown * 1e9))
     }
 }
 
