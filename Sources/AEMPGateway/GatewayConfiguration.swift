@@ -15,6 +15,11 @@ public struct GatewayConfiguration: Sendable {
     /// each; the connection limit applies per address).
     public var additionalHTTPAddresses: [String] = []
 
+    /// Bytes a mesh peer's connection may hold unsent (the peer is reading slower than HTTP
+    /// clients send to it) before `send` and `call` to its ports answer 503 peer_backlogged;
+    /// well below the node's `maxUnsentBytes`, where the peer is cut off and what waits is lost.
+    public var peerBacklog: Int = 32 << 20
+
     /// Mailboxes one gateway holds at most.
     public var maxMailboxes: Int = 100_000
     /// Names of deleted and expired mailboxes kept, so that clients get 410 mailbox_gone rather

@@ -68,6 +68,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("stream-backlog"), help: ArgumentHelp(GatewaySettings.help("stream-backlog")))
     var streamBacklog: [String] = []
 
+    @Option(name: .customLong("peer-backlog"), help: ArgumentHelp(GatewaySettings.help("peer-backlog")))
+    var peerBacklog: [String] = []
+
     @Option(name: .customLong("max-mailboxes"), help: ArgumentHelp(GatewaySettings.help("max-mailboxes")))
     var maxMailboxes: [String] = []
 
@@ -151,6 +154,7 @@ struct GatewayCommand: AsyncParsableCommand {
             "connection-memory": connectionMemory,
             "connection-timeout": connectionTimeout,
             "stream-backlog": streamBacklog,
+            "peer-backlog": peerBacklog,
             "max-mailboxes": maxMailboxes,
             "max-subscribers-per-family": maxSubscribersPerFamily,
             "remembered-mailboxes": rememberedMailboxes,

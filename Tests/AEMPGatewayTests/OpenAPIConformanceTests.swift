@@ -309,6 +309,11 @@ struct OpenAPIConformanceTests {
             opened.append(c)
             try await meshUnavailable(c, remotePort: "\(a.gateway.node.id)#x")
 
+            let e = try await SpecGateway.start("e", coverage: coverage) { c in c.peerBacklog = 65_536 }
+            opened.append(e)
+            try await e.waitForMaster()
+            try await peerBacklogged(e)
+
             let d = try await SpecGateway.start("d", coverage: coverage)
             opened.append(d)
             try await d.waitForMaster()
@@ -903,6 +908,34 @@ struct OpenAPIConformanceTests {
         // The gateway's own mailboxes need no network.
         let mb = try await c.createMailbox()
         try await c.exchange("POST", "/v1/send", json: ["port": .string(mb.port), "message": ["local"]], expect: 202)
+    }
+
+    /// A node that stops reading (an `aemp sink` process, SIGSTOPped): once its connection holds
+    /// more than `peerBacklog` unsent, sends and calls to it are refused with 503 peer_backlogged.
+    func peerBacklogged(_ e: SpecGateway) async throws {
+        let sink = try ChildProcess(
+            "aemp", ["sink", "--seeds", e.bind, "--secret", gatewayTestSecret, "--log-level", "\(testLogLevel)"])
+        defer { sink.stop() }
+        let line = try await sink.readLine()
+        try #require(line.hasPrefix("sink "), "unexpected line from aemp sink: \(line)")
+        let port = Value.string(String(line.dropFirst(5)))
+        sink.signal(SIGSTOP)
+        defer { sink.signal(SIGCONT) }
+        let payload = Value.string(String(repeating: "x", count: 60_000))
+        var refused = false
+        for i in 0..<1_000 {  // 60 MB at most; the socket buffers hold a few MB, then the backlog grows
+            let r = try await e.http.request("POST", "/v1/send", json: ["port": port, "message": ["bulk", .int(Int64(i)), payload]])
+            if r.status == 503 {
+                refused = true
+                break
+            }
+            try #require(r.status == 202, "\(r)")
+        }
+        try #require(refused, "1,000 sends of 60 KB to a stopped node were all accepted")
+        let sent = try await e.exchange("POST", "/v1/send", json: ["port": port, "message": ["more"]], expect: 503, "peer_backlogged")
+        #expect(sent.header("Retry-After") == "1")
+        #expect(sent.json?.objectValue?["node"] == .string(String(port.stringValue?.split(separator: "#").first ?? "")), "\(sent)")
+        try await e.exchange("POST", "/v1/call", json: ["port": port, "message": ["ping"], "timeout": 1], expect: 503, "peer_backlogged")
     }
 
     func shutdown(_ d: SpecGateway) async throws {

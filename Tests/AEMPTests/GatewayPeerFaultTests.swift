@@ -103,19 +103,105 @@ struct GatewayPeerFaultTests {
     }
 }
 
+extension GatewayPeerFaultTests {
+
+    @Test("a node that reads slower than clients send: send and call get 503 peer_backlogged, nothing is cut off, every accepted message arrives in order")
+    func peerBacklog() async throws {
+        let bind = "127.0.0.1:\(try freePort())"
+        let limit = 1 << 20
+        let gateway = try await GatewayChild.start(standaloneBind: bind, extra: ["--peer-backlog", "\(limit)"])
+        defer { gateway.child.stop() }
+
+        // A node of the network joins the standalone gateway, then stops reading.
+        let peer = try await ScriptedPeer.dial(bind)
+        defer { Task { await peer.close() } }
+        let slow = "pf-slow"
+        _ = try await peer.handshake(ScriptedHandshakeOptions(
+            greeting1: ScriptedPeer.perlGreeting(nodeID: slow, framings: "json", peerAddr: bind),
+            greeting2: ScriptedPeer.nonce(), sendFraming: "json"))
+        await eventually(within: 10, "the gateway lists \(slow) as up") {
+            (try? await gateway.get("/v1/node").body.contains("\"\(slow)\"")) == true
+        }
+        try await peer.stopReading()
+
+        // Sends of 60 KB messages to a port of the stalled node: accepted until its connection holds
+        // more than --peer-backlog unsent (the socket buffers fill first), then refused, whole.
+        let payload = String(repeating: "x", count: 60_000)
+        var accepted = 0
+        var refusal: (status: Int, head: String, body: String)?
+        for i in 0..<1_000 {  // 60 MB at most: far below the 256 MiB at which the node cuts a peer off
+            let r = try await gateway.post("/v1/send", json: #"{"port":"\#(slow)#inbox","message":["bulk",\#(i),"\#(payload)"]}"#)
+            if r.status == 202 {
+                accepted += 1
+            } else {
+                refusal = r
+                break
+            }
+        }
+        let refused = try #require(refusal, "1,000 sends of 60 KB to a node that reads nothing were all accepted")
+        #expect(accepted > 0)
+        #expect(refused.status == 503, "\(refused)")
+        let problem = try JSONCodec.decode(Array(refused.body.utf8)).objectValue ?? [:]
+        #expect(problem["code"] == "peer_backlogged", "\(refused.body)")
+        #expect(problem["node"] == .string(slow), "\(refused.body)")
+        #expect(problem["detail"]?.stringValue?.contains("retry later") == true, "\(refused.body)")
+        #expect(refused.head.lowercased().contains("retry-after: 1"), "\(refused.head)")
+        #expect(refused.head.lowercased().contains("application/problem+json"), "\(refused.head)")
+
+        // A batch touching the stalled node is refused whole; a call to it too.
+        let batch = try await gateway.post("/v1/send", json: #"[{"port":"\#(slow)#inbox","message":["batch"]}]"#)
+        #expect(batch.status == 503 && batch.body.contains("peer_backlogged"), "\(batch)")
+        let call = try await gateway.post("/v1/call", json: #"{"port":"\#(slow)#inbox","message":["ping"],"timeout":1}"#)
+        #expect(call.status == 503 && call.body.contains("peer_backlogged"), "\(call)")
+
+        // Nothing else is held up: the gateway's own ports take messages, the node stays connected.
+        let box = try await gateway.post("/v1/ports", json: "{}")
+        #expect(box.status == 201, "\(box)")
+        let boxPort = try #require(try JSONCodec.decode(Array(box.body.utf8)).objectValue?["port"]?.stringValue)
+        let own = try await gateway.post("/v1/send", json: #"{"port":"\#(boxPort)","message":["local"]}"#)
+        #expect(own.status == 202, "\(own)")
+        #expect(try await gateway.get("/v1/node").body.contains("\"\(slow)\""), "the stalled node is still connected")
+        let metrics = try await gateway.get("/metrics").body
+        let counterLine = metrics.split(separator: "\n").first { $0.hasPrefix("aemp_gateway_sends_refused_backlogged_total ") }
+        let refusedCount: Double = counterLine.flatMap { line in line.split(separator: " ").last.flatMap { Double($0) } } ?? 0
+        #expect(refusedCount == 3, "each refusal counted once: \(counterLine.map(String.init) ?? "no counter")")
+
+        // The node reads again: every accepted message arrives, in order, none of the refused ones.
+        try await peer.resumeReading()
+        var next = 0
+        while next < accepted {
+            let packet = try await peer.readPacket(within: 20, "bulk message \(next) of \(accepted)")
+            guard packet.first == "inbox" else { continue }  // the gateway's own traffic (g_global, database)
+            #expect(packet.dropFirst().first == "bulk" && packet.dropFirst(2).first == .int(Int64(next)), "got \(packet.prefix(3))")
+            next += 1
+        }
+        // Once the backlog has drained, sends to the node are accepted again.
+        await eventually(within: 10, "sends to \(slow) are accepted again") {
+            (try? await gateway.post("/v1/send", json: #"{"port":"\#(slow)#inbox","message":["again"]}"#).status) == 202
+        }
+        let after = try await peer.readPacket(within: 10, "the message sent after the drain")
+        #expect(after.first == "inbox" || after.first == "", "\(after.prefix(3))")
+        #expect(gateway.child.errorText().contains("peer stopped reading") == false, "the node was not cut off")
+    }
+}
+
 /// An `aemp-gateway` child process joined to `seeds`, HTTP on a free port, logging at info.
 struct GatewayChild {
     let child: ChildProcess
     let port: Int
 
-    static func start(seeds: [String], handshakeTimeout: Double) async throws -> GatewayChild {
+    /// Joined to `seeds`, or standalone on `standaloneBind` when there are none.
+    static func start(
+        seeds: [String] = [], standaloneBind: String? = nil, handshakeTimeout: Double = 5, extra: [String] = []
+    ) async throws -> GatewayChild {
         let inherited = ProcessInfo.processInfo.environment.keys.filter { $0.hasPrefix("AEMP_GATEWAY_") }
+        let mesh = seeds.isEmpty ? ["--standalone-bind", standaloneBind ?? "127.0.0.1:0"] : ["--seeds", seeds.joined(separator: ",")]
         let child = try ChildProcess(
             "aemp-gateway",
             [
-                "--http", "127.0.0.1:0", "--seeds", seeds.joined(separator: ","), "--secret", testSecret,
+                "--http", "127.0.0.1:0", "--secret", testSecret,
                 "--node-id", "pf-gateway-%u", "--handshake-timeout", "\(handshakeTimeout)", "--log-level", "info",
-            ],
+            ] + mesh + extra,
             unsetEnvironment: ["AEMP_SECRET", "XDG_STATE_HOME", "PERL_ANYEVENT_MP_RC"] + inherited,
             collectOutput: true)
         do {
@@ -137,16 +223,28 @@ struct GatewayChild {
 
     /// One HTTP/1.1 GET over a fresh connection (`Connection: close`): status and body.
     func get(_ path: String) async throws -> (status: Int, body: String) {
+        let r = try await request("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return (r.status, r.body)
+    }
+
+    /// One HTTP/1.1 POST of a JSON body over a fresh connection: status, header block and body.
+    func post(_ path: String, json: String) async throws -> (status: Int, head: String, body: String) {
+        try await request(
+            "POST \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                + "Content-Length: \(json.utf8.count)\r\n\r\n\(json)")
+    }
+
+    private func request(_ text: String) async throws -> (status: Int, head: String, body: String) {
         let connection = try await ScriptedPeer.dial("127.0.0.1:\(port)")
         defer { Task { await connection.close() } }
-        try await connection.write("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        try await connection.write(text)
         let (bytes, _) = try await connection.waitForClose(within: 10)
-        let text = String(decoding: bytes, as: UTF8.self)
-        let statusLine = text.prefix { $0 != "\r" }.split(separator: " ")
+        let answer = String(decoding: bytes, as: UTF8.self)
+        let statusLine = answer.prefix { $0 != "\r" }.split(separator: " ")
         guard statusLine.count >= 2, let status = Int(statusLine[1]) else {
-            throw ScriptedPeerError.protocolViolation("no HTTP status line in \(text.prefix(200).debugDescription)")
+            throw ScriptedPeerError.protocolViolation("no HTTP status line in \(answer.prefix(200).debugDescription)")
         }
-        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
-        return (status, body)
+        guard let end = answer.range(of: "\r\n\r\n") else { return (status, answer, "") }
+        return (status, String(answer[..<end.lowerBound]), String(answer[end.upperBound...]))
     }
 }

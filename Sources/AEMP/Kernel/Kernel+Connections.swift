@@ -210,6 +210,7 @@ extension Kernel: ConnectionDelegate {
             }
             if keepNew {
                 peer.connection = connection
+                backlogs.set(id, connection.unsent)
                 existing.close(reason: "switched connections")
                 // The peer closes its end of the old connection as a duplicate and reads nothing
                 // more from it, so what we announced there (g_global) may be lost: announce again
@@ -221,6 +222,7 @@ extension Kernel: ConnectionDelegate {
             return
         }
         peer.connection = connection
+        backlogs.set(id, connection.unsent)
         peer.stopConnecting()
         if case .dialed(let address) = connection.origin, !peer.addresses.contains(address) {
             peer.addresses.insert(address, at: 0)
@@ -251,6 +253,7 @@ extension Kernel: ConnectionDelegate {
             return
         }
         peer.connection = nil
+        backlogs.remove(id, connection.unsent)
         logger.info("node down", metadata: ["peer": "\(id)", "reason": "\(reason)"])
         for name in watchers.keys { watchers[name]?.remote.remove(id) }
         let wasGlobal = globals.remove(id) != nil

@@ -169,6 +169,8 @@ final class Kernel {
     var dialing: [ObjectIdentifier: any Channel] = [:]
     /// Every live connection (established or in handshake).
     var connections: [ObjectIdentifier: Connection] = [:]
+    /// What each peer's connection has not yet taken, for `Node.unsentBytes(to:)`.
+    let backlogs = PeerBacklogs()
 
     init(configuration: NodeConfiguration, nodeID: String, randomisedID: Bool, loop: any EventLoop, ports: PortTable) {
         self.loop = loop

@@ -32,6 +32,7 @@ public final class Node: Sendable {
     private let configuration: NodeConfiguration
     let ids: IDGenerator
     private let ports: PortTable
+    private let backlogs: PeerBacklogs
     /// Work handed over from other threads, run on the loop in arrival order; one loop wake-up
     /// serves everything queued until it runs (a burst of `snd`s costs one hop, not one each).
     private let inbox = Locked(Inbox())
@@ -63,6 +64,7 @@ public final class Node: Sendable {
         let k = Kernel(configuration: configuration, nodeID: id, randomisedID: randomised, loop: loop, ports: ports)
         self.ports = ports
         self.ids = k.ids
+        self.backlogs = k.backlogs
         self.kernel = NIOLoopBoundBox.makeBoxSendingValue(k, as: Kernel.self, eventLoop: loop)
     }
 
@@ -225,6 +227,14 @@ public final class Node: Sendable {
         onLoop { k in
             for (port, message) in messages { k.send(to: port, message) }
         }
+    }
+
+    /// Bytes sent to `nodeID` that its connection has not yet taken (written to the socket's
+    /// buffer): 0 when the node is keeping up, or has no connection. Packets queued while a
+    /// connection is being opened are not counted. Callable from any thread; a caller that feeds
+    /// this node faster than a peer reads can hold back before `maxUnsentBytes` cuts the peer off.
+    public func unsentBytes(to nodeID: String) -> Int {
+        backlogs.bytes(nodeID)
     }
 
     /// Sends a message to a port given as a string (`node#name`, or a node ID for its node port).

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import Synchronization
 
 /// What a connection tells its owner (the kernel) as the handshake and data phase progress.
 /// Every call happens on the connection's event loop.
@@ -12,6 +13,33 @@ protocol ConnectionDelegate: AnyObject {
     func connection(_ connection: Connection, received packet: [Value])
     /// The connection is gone (it may never have been established).
     func connectionClosed(_ connection: Connection, reason: String)
+}
+
+/// A connection's bytes written but not yet taken by the peer: changed on the connection's loop,
+/// read from any thread (an HTTP thread that decides whether to accept more for that peer).
+final class UnsentBytes: Sendable {
+    private let bytes = Atomic<Int>(0)
+    var value: Int { bytes.load(ordering: .relaxed) }
+    func add(_ n: Int) { bytes.add(n, ordering: .relaxed) }
+}
+
+/// The unsent bytes of each peer's live connection, by node ID: set and removed by the kernel as
+/// connections come and go, read from any thread.
+final class PeerBacklogs: Sendable {
+    private let byPeer = Locked<[String: UnsentBytes]>([:])
+
+    func set(_ id: String, _ counter: UnsentBytes) {
+        byPeer.withLock { $0[id] = counter }
+    }
+
+    /// Forgets `id`'s counter if it is still `counter` (a newer connection may have replaced it).
+    func remove(_ id: String, _ counter: UnsentBytes) {
+        byPeer.withLock { if $0[id] === counter { $0[id] = nil } }
+    }
+
+    func bytes(_ id: String) -> Int {
+        byPeer.withLock { $0[id]?.value ?? 0 }
+    }
 }
 
 /// Handshake and packet settings of a connection (aemp-protocol §3-§5).
@@ -63,7 +91,9 @@ final class Connection: ChannelInboundHandler {
     /// write per tick instead of one per packet).
     private var outgoing: ByteBuffer?
     /// Bytes handed to the channel whose write has not completed yet (the peer has not taken them).
-    private var unsentBytes = 0
+    /// Written on the loop only; read from any thread through `Node.unsentBytes(to:)`.
+    let unsent = UnsentBytes()
+    private var unsentBytes: Int { unsent.value }
 
     private var localLines = ("", "")
     private var remoteLine1 = ""
@@ -328,9 +358,9 @@ final class Connection: ChannelInboundHandler {
         }
         outgoing = nil
         let size = out.readableBytes
-        unsentBytes += size
+        unsent.add(size)
         let written = promise ?? context.eventLoop.makePromise(of: Void.self)
-        written.futureResult.assumeIsolated().whenComplete { [self] _ in unsentBytes -= size }
+        written.futureResult.assumeIsolated().whenComplete { [unsent] _ in unsent.add(-size) }
         context.writeAndFlush(wrapOutboundOut(out), promise: written)
         if unsentBytes > settings.maxUnsentBytes, !closing {
             // A peer that stopped reading would make us buffer without bound.

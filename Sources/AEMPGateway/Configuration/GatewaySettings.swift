@@ -239,6 +239,11 @@ public struct GatewaySettings: Sendable {
             "Seconds an HTTP request may take to arrive completely (header and body), and an idle keep-alive connection may stay open.",
             1...86_400
         ) { $1.http.connectionTimeout = $0 },
+        integer(
+            "peer-backlog",
+            "Bytes a mesh node may leave unread before sends and calls to its ports get 503 peer_backlogged (it is cut off at 256 MiB).",
+            65_536...(128 << 20)
+        ) { $1.peerBacklog = $0 },
         integer("max-mailboxes", "Mailboxes the gateway holds at most.", 0...10_000_000) { $1.maxMailboxes = $0 },
         integer("max-subscribers-per-family", "SSE and long-poll clients per family.", 1...1_000_000) {
             $1.maxSubscribersPerFamily = $0

@@ -87,6 +87,15 @@ extension Problem {
         p.headers["Retry-After"] = "1"
         return p
     }
+    static func peerBacklogged(_ nodeID: String, bytes: Int, limit: Int) -> Problem {
+        var p = Problem(
+            503, "peer_backlogged", "Destination node is not keeping up",
+            "node \(nodeID) has \(bytes) bytes sent to it that it has not read yet (limit \(limit)); "
+                + "nothing of this request was sent, retry later",
+            extra: ["node": .string(nodeID)])
+        p.headers["Retry-After"] = "1"
+        return p
+    }
     static func timeout(_ detail: String) -> Problem {
         Problem(504, "timeout", "Timed out", detail)
     }

@@ -20,6 +20,7 @@ final class GatewayMetrics: Sendable {
     let droppedMessages: Counter
     let masterChanges: Counter
     let messagesSent: Counter
+    let sendsRefusedBacklog: Counter
     let messagesDelivered: Counter
     let requestBytes: Counter
     let responseBytes: Counter
@@ -61,6 +62,10 @@ final class GatewayMetrics: Sendable {
             descriptor: name("master_changes", "total", "Times the gateway's node changed its master (attach and loss included)."))
         messagesSent = registry.makeCounter(
             descriptor: name("messages_sent", "total", "Messages sent into the network through /v1/send and /v1/call."))
+        sendsRefusedBacklog = registry.makeCounter(
+            descriptor: name(
+                "sends_refused_backlogged", "total",
+                "Sends and calls refused with 503 peer_backlogged: the destination node was not reading fast enough."))
         messagesDelivered = registry.makeCounter(
             descriptor: name("mailbox_delivered_messages", "total", "Messages and monitor events delivered into mailboxes."))
         requestBytes = registry.makeCounter(

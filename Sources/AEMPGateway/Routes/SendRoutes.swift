@@ -18,7 +18,8 @@ extension Gateway {
         if !configuration.tokens.isEmpty {
             guard (try? authorize(method: "POST", authorization: authorization())) != nil else { return nil }
         }
-        guard let body = try? JSONCodec.decode(bytes), let count = try? send(body: body) else { return nil }
+        // A refusal is not counted here: the general path answers it, and counts it, again.
+        guard let body = try? JSONCodec.decode(bytes), let count = try? send(body: body, countingRefusals: false) else { return nil }
         let response = Self.accepted(count)
         metrics.requestAnswered(
             .send, status: 202, elapsed: ContinuousClock.now - start, bodyBytesIn: bytes.count, bodyBytesOut: response.body.count)
@@ -31,7 +32,7 @@ extension Gateway {
     }
 
     /// Validates a send body (one envelope or a batch) and sends it; returns how many were sent.
-    private func send(body: Value) throws(Problem) -> Int {
+    private func send(body: Value, countingRefusals: Bool = true) throws(Problem) -> Int {
         let items: [Value]
         let batch: Bool
         switch body {
@@ -58,6 +59,7 @@ extension Gateway {
             }
         }
         if master == nil, sends.contains(where: { $0.0.node != node.id }) { throw .meshUnavailable() }
+        try refuseIfBacklogged(sends.lazy.map(\.port.node), counting: countingRefusals)
         node.snd(batch: sends)
         metrics.messagesSent.increment(by: Int64(sends.count))
         return sends.count
@@ -74,6 +76,23 @@ extension Gateway {
         }
         let destination = try Destination.parse(port, message: message, allowedTags: configuration.allowedNodePortTags)
         return (destination, message)
+    }
+
+    /// Backpressure: a destination node whose connection holds more than `peerBacklog` bytes
+    /// unsent is reading slower than clients send. Taking more would only grow the backlog until
+    /// the node cuts the peer off and loses all of it, so the whole request is refused (503,
+    /// Retry-After) before anything of it is sent.
+    func refuseIfBacklogged<S: Sequence<String>>(_ nodes: S, counting: Bool = true) throws(Problem) {
+        let limit = configuration.peerBacklog
+        var last: String?
+        for id in nodes where id != node.id && id != last {
+            last = id  // batches usually go to one node: ask once per run of the same node
+            let bytes = node.unsentBytes(to: id)
+            if bytes > limit {
+                if counting { metrics.sendsRefusedBacklog.increment() }
+                throw .peerBacklogged(id, bytes: bytes, limit: limit)
+            }
+        }
     }
 
     /// Messages to other nodes need the network: without a master they would be lost.
@@ -95,6 +114,7 @@ extension Gateway {
             timeout = seconds
         }
         try requireMesh(for: [target])
+        try refuseIfBacklogged(CollectionOfOne(target.node))
         let seconds = timeout
         guard pendingCalls.wrappingAdd(1, ordering: .relaxed).newValue <= configuration.maxPendingCalls else {
             pendingCalls.wrappingSubtract(1, ordering: .relaxed)

@@ -178,6 +178,12 @@ final class ScriptedPeer: Sendable {
         try await channel.setOption(.autoRead, value: false).get()
     }
 
+    /// Takes bytes from the socket again (after `stopReading`).
+    func resumeReading() async throws {
+        try await channel.setOption(.autoRead, value: true).get()
+        channel.read()
+    }
+
     /// Closes the connection (idempotent).
     func close() async {
         try? await channel.close()
