@@ -918,7 +918,8 @@ struct OpenAPIConformanceTests {
         defer { sink.stop() }
         let line = try await sink.readLine()
         try #require(line.hasPrefix("sink "), "unexpected line from aemp sink: \(line)")
-        let port = Value.string(String(line.dropFirst(5)))
+        let portID = try #require(PortID(String(line.dropFirst(5))), "unexpected line from aemp sink: \(line)")
+        let port = Value.string(portID.description)
         sink.signal(SIGSTOP)
         defer { sink.signal(SIGCONT) }
         let payload = Value.string(String(repeating: "x", count: 60_000))
@@ -934,7 +935,7 @@ struct OpenAPIConformanceTests {
         try #require(refused, "1,000 sends of 60 KB to a stopped node were all accepted")
         let sent = try await e.exchange("POST", "/v1/send", json: ["port": port, "message": ["more"]], expect: 503, "peer_backlogged")
         #expect(sent.header("Retry-After") == "1")
-        #expect(sent.json?.objectValue?["node"] == .string(String(port.stringValue?.split(separator: "#").first ?? "")), "\(sent)")
+        #expect(sent.json?.objectValue?["node"] == .string(portID.node), "\(sent)")
         try await e.exchange("POST", "/v1/call", json: ["port": port, "message": ["ping"], "timeout": 1], expect: 503, "peer_backlogged")
     }
 
