@@ -214,11 +214,12 @@ final class ScriptedPeer: Sendable {
     // MARK: Reading
 
     /// Runs `parse` on the inbox until it returns a value; throws on timeout or when the connection
-    /// closed first (`parse` still sees what was received before the close).
+    /// closed first (`parse` still sees what was received before the close). Every read waits for
+    /// something that must come, so the wait is stretched under a sanitizer.
     func read<R: Sendable>(
         _ what: String, within seconds: Double, _ parse: (inout ScriptedInbox) throws -> R?
     ) async throws -> R {
-        let deadline = NIODeadline.now() + .milliseconds(Int64(seconds * 1000))
+        let deadline = NIODeadline.now() + .milliseconds(Int64(seconds * sanitizerSlowdown * 1000))
         let result = try await inbox.wait(until: deadline) { s -> R? in
             if let r = try parse(&s) { return r }
             if s.closed {
@@ -244,26 +245,25 @@ final class ScriptedPeer: Sendable {
 
     /// The next packet from the node, decoded in the framing its auth line named.
     func readPacket(within seconds: Double = 5, _ what: String = "a packet") async throws -> [Value] {
-        try await read(what, within: seconds) { s -> [Value]? in
-            guard var decoder = s.decoder else {
-                throw ScriptedPeerError.protocolViolation("readPacket before the handshake")
-            }
-            defer { s.decoder = decoder }
-            return try decoder.next(from: &s.buffer)
-        }
+        try await read(what, within: seconds) { s in try Self.nextPacket(&s, skippingNoOps: false) }
     }
 
     /// The next packet that is not a no-op (`[]`, `[""]`, `["",""]`, `["","devnull",…]`), which
     /// Perl ignores and a node may send as keepalive (aemp-protocol §3).
     func readMeaningfulPacket(within seconds: Double = 5, _ what: String = "a packet") async throws -> [Value] {
-        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        while true {
-            let left = (deadline - ContinuousClock.now).components
-            let seconds = Double(left.seconds) + Double(left.attoseconds) / 1e18
-            let p = try await readPacket(within: max(seconds, 0.001), what)
-            if Self.isNoOp(p) { continue }
-            return p
+        try await read(what, within: seconds) { s in try Self.nextPacket(&s, skippingNoOps: true) }
+    }
+
+    /// The next decodable packet in the inbox (no-ops skipped if asked), or nil for now.
+    private static func nextPacket(_ s: inout ScriptedInbox, skippingNoOps: Bool) throws -> [Value]? {
+        guard var decoder = s.decoder else {
+            throw ScriptedPeerError.protocolViolation("reading a packet before the handshake")
         }
+        defer { s.decoder = decoder }
+        while let p = try decoder.next(from: &s.buffer) {
+            if !skippingNoOps || !isNoOp(p) { return p }
+        }
+        return nil
     }
 
     static func isNoOp(_ p: [Value]) -> Bool {
@@ -406,7 +406,7 @@ final class ScriptedListener: Sendable {
             n += 1
             return n - 1
         }
-        let deadline = NIODeadline.now() + .milliseconds(Int64(seconds * 1000))
+        let deadline = NIODeadline.now() + .milliseconds(Int64(seconds * sanitizerSlowdown * 1000))
         guard let peer = try await accepted.wait(until: deadline, { list in index < list.count ? list[index] : nil })
         else { throw ScriptedPeerError.timeout("an incoming connection") }
         return peer
