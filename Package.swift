@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/attaswift/BigInt.git", from: "6.0.1"),
     ],
     targets: [
         .systemLibrary(
@@ -38,6 +39,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "BigInt", package: "BigInt"),
             ]
         ),
         .executableTarget(
@@ -52,6 +54,7 @@ let package = Package(
             name: "AEMPGateway",
             dependencies: [
                 "AEMP",
+                .product(name: "BigInt", package: "BigInt"),
                 "CMicroHTTPD",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -91,6 +94,7 @@ let package = Package(
             name: "AEMPTestSupport",
             dependencies: [
                 "AEMP",
+                .product(name: "BigInt", package: "BigInt"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -100,6 +104,7 @@ let package = Package(
             name: "AEMPGatewayTests",
             dependencies: [
                 "AEMP",
+                .product(name: "BigInt", package: "BigInt"),
                 "AEMPTestSupport",
                 "AEMPGateway",
                 "aemp",
@@ -114,6 +119,7 @@ let package = Package(
             name: "AEMPTests",
             dependencies: [
                 "AEMP",
+                .product(name: "BigInt", package: "BigInt"),
                 "AEMPTestSupport",
                 "aemp",
                 .product(name: "Logging", package: "swift-log"),

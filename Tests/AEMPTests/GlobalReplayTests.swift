@@ -662,6 +662,8 @@ enum WireShape {
         case .int(let i): return "\(i)"
         case .double(let d): return "\(d)d"
         case .string(let s): return s.debugDescription
+        case .bigInteger(let b): return "\(b)n"
+        case .codePoints(let c): return "codepoints\(c)"
         case .array(let a): return "[" + a.map(text).joined(separator: ",") + "]"
         case .object(let o):
             return "{" + o.keys.sorted().map { "\($0.debugDescription):\(text(o[$0]!))" }.joined(separator: ",") + "}"

@@ -69,6 +69,10 @@ public enum CBORCodec {
                 writeHead(major: 3, UInt64(utf8.count), into: &buffer)
                 buffer.writeBytes(utf8)
             }
+        case .bigInteger(let b):
+            encode(.double(Double(b)), into: &buffer)
+        case .codePoints:
+            encode(.string(value.textReplacingInvalid ?? ""), into: &buffer)
         case .array(let a):
             writeHead(major: 4, UInt64(a.count), into: &buffer)
             for element in a { encode(element, into: &buffer) }

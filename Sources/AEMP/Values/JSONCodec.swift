@@ -171,6 +171,8 @@ public enum JSONCodec {
             guard d.isFinite, let r = json_real(d) else { throw .unencodable("\(d) is not a finite number") }
             return r
         case .string(let s): return makeString(s)
+        case .bigInteger(let b): throw .unencodable("\(b) is beyond 64 bits")
+        case .codePoints: return makeString(value.textReplacingInvalid ?? "")
         case .array(let a):
             let arr = json_array()!
             for element in a {

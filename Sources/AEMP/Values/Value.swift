@@ -1,15 +1,90 @@
-/// One value inside an AEMP message: what JSON and CBOR can both carry (aemp-protocol §5).
+import BigInt
+
+/// One value inside an AEMP message: what a Perl node can send in JSON or CBOR (aemp-protocol §5, §14).
 ///
-/// CBOR byte strings and text strings both decode to `.string` (§5.2); integers that do not fit
-/// an `Int64` decode to `.double`.
+/// Strings are Perl strings, sequences of characters: a CBOR byte string of N bytes is N Latin-1
+/// characters, as in Perl. Integers stay exact at any size. Build integers with `integer(_:)` and
+/// strings from code points with `string(codePoints:)`: they keep each value in its one canonical case.
 public enum Value: Sendable, Hashable {
     case null
     case bool(Bool)
     case int(Int64)
+    /// An integer outside `Int64` (Perl UVs up to 2^64−1, Math::BigInt), kept exact; never one that fits `.int`.
+    case bigInteger(BigInt)
     case double(Double)
     case string(String)
+    /// A Perl string with code points Unicode text cannot hold (lone surrogates U+D800–U+DFFF, above
+    /// U+10FFFF), kept exact so it crosses the mesh unchanged; never one that fits `.string`.
+    case codePoints([UInt32])
     case array([Value])
     case object([String: Value])
+}
+
+extension Value {
+    /// An integer of any size, in `.int` when it fits an `Int64`, else `.bigInteger`.
+    public static func integer(_ n: BigInt) -> Value {
+        if let i = Int64(exactly: n) { return .int(i) }
+        return .bigInteger(n)
+    }
+
+    /// A string of Perl code points: `.string` when every one is a Unicode scalar, else `.codePoints`.
+    public static func string<C: Collection<UInt32>>(codePoints: C) -> Value {
+        var scalars = String.UnicodeScalarView()
+        for c in codePoints {
+            guard let u = Unicode.Scalar(c) else { return .codePoints(Array(codePoints)) }
+            scalars.append(u)
+        }
+        return .string(String(scalars))
+    }
+
+    /// The Perl characters of a string value (`.string` or `.codePoints`).
+    public var perlCodePoints: [UInt32]? {
+        switch self {
+        case .string(let s): return s.unicodeScalars.map(\.value)
+        case .codePoints(let c): return c
+        default: return nil
+        }
+    }
+
+    /// Unicode text for a string value; code points Unicode cannot hold become U+FFFD.
+    public var textReplacingInvalid: String? {
+        switch self {
+        case .string(let s): return s
+        case .codePoints(let c):
+            return String(String.UnicodeScalarView(c.map { Unicode.Scalar($0) ?? "\u{FFFD}" }))
+        default: return nil
+        }
+    }
+
+    /// Nesting as Perl's decoders count it (aemp-protocol §14): a scalar is 0, an array or hash one
+    /// more than its deepest element. A packet's depth is that of its array.
+    public var nestingDepth: Int {
+        switch self {
+        case .array(let a): return 1 + (a.lazy.map(\.nestingDepth).max() ?? 0)
+        case .object(let o): return 1 + (o.values.lazy.map(\.nestingDepth).max() ?? 0)
+        default: return 0
+        }
+    }
+
+    /// Whether this value nests deeper than `limit`; stops looking as soon as it knows.
+    public func nests(deeperThan limit: Int) -> Bool {
+        switch self {
+        case .array(let a):
+            guard limit > 0 else { return true }
+            return a.contains { $0.nests(deeperThan: limit - 1) }
+        case .object(let o):
+            guard limit > 0 else { return true }
+            return o.values.contains { $0.nests(deeperThan: limit - 1) }
+        default: return false
+        }
+    }
+}
+
+/// What the mesh can carry (aemp-protocol §14): the limits every codec and HTTP entry point share.
+public enum MeshLimits {
+    /// Deepest nesting Perl's JSON::XS and CBOR::XS decode, the packet array counted as one level.
+    /// A packet deeper than this is lost on a Perl node together with everything after it.
+    public static let maxDepth = 512
 }
 
 extension Value {
@@ -42,6 +117,7 @@ extension Value {
     public var numberValue: Double? {
         switch self {
         case .int(let i): return Double(i)
+        case .bigInteger(let b): return Double(b)
         case .double(let d): return d
         case .string(let s): return Double(s.trimmingWhitespace())
         case .bool(let b): return b ? 1 : 0
@@ -71,9 +147,10 @@ extension Value {
         case .null: return false
         case .bool(let b): return b
         case .int(let i): return i != 0
+        case .bigInteger: return true
         case .double(let d): return d != 0
         case .string(let s): return !(s.isEmpty || s == "0")
-        case .array, .object: return true
+        case .codePoints, .array, .object: return true
         }
     }
 }

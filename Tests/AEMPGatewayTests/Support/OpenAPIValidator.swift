@@ -220,9 +220,9 @@ struct JSONSchemaValidator {
         switch value {
         case .null: return "null"
         case .bool: return "boolean"
-        case .int: return "integer"
+        case .int, .bigInteger: return "integer"
         case .double: return "number"
-        case .string: return "string"
+        case .string, .codePoints: return "string"
         case .array: return "array"
         case .object: return "object"
         }
@@ -231,6 +231,7 @@ struct JSONSchemaValidator {
     static func number(_ value: Value) -> Double? {
         switch value {
         case .int(let i): return Double(i)
+        case .bigInteger(let b): return Double(b)
         case .double(let d): return d
         default: return nil
         }

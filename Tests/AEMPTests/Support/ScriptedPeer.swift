@@ -473,6 +473,7 @@ enum ScriptedCodec {
                 out += withUnsafeBytes(of: d.bitPattern.bigEndian, Array.init)
             }
         case .string(let s): string(s)
+        case .bigInteger, .codePoints: out += CBORCodec.encode(value)
         case .array(let a):
             head(4, UInt64(a.count))
             for e in a { perlCBOR(e, into: &out) }
