@@ -37,6 +37,6 @@ func renderJSON(_ value: Value) -> String {
             renderJSON(.string(key)) + ":" + renderJSON(members[key]!)
         }.joined(separator: ",") + "}"
     default:
-        return (try? JSONCodec.encodeString(value)) ?? "null"
+        return JSONCodec.encodeString(value)
     }
 }

@@ -47,7 +47,7 @@ struct SecurityTests {
 
     /// `s` as a JSON string literal.
     static func literal(_ s: String) -> String {
-        String(decoding: (try? JSONCodec.encodeBytes(.string(s))) ?? [], as: UTF8.self)
+        String(decoding: JSONCodec.encodeBytes(.string(s)), as: UTF8.self)
     }
 
     /// Every spelling of node `id`'s node port we could think of, each with the refusal it gets.

@@ -103,6 +103,8 @@ final class Connection: ChannelInboundHandler {
     var peerID: String? { remoteGreeting?.nodeID }
     private var sendFraming = Framing.json
     private var decoder: PacketDecoder?
+    /// Warnings about packets skipped or not sent for their values.
+    private var droppedWarnings = LogBudget()
     /// The framing the peer sends in (from its auth line), once established.
     private(set) var receiveFraming: Framing?
     /// The framing we send in, once chosen.
@@ -210,9 +212,11 @@ final class Connection: ChannelInboundHandler {
                 guard var decoder else { return }
                 do {
                     while state == .established, !closing, let packet = try decoder.next(from: &inbound) {
+                        reportSkipped(&decoder)
                         self.decoder = decoder
                         delegate?.connection(self, received: packet)
                     }
+                    reportSkipped(&decoder)
                     self.decoder = decoder
                 } catch {
                     close(reason: "undecodable \(receiveFraming?.rawValue ?? "") data from peer: \(error)", peerFault: true)
@@ -331,6 +335,18 @@ final class Connection: ChannelInboundHandler {
 
     // MARK: - Data phase
 
+    /// Logs the packets the decoder skipped (legal but too deep for Perl); the link stays up.
+    private func reportSkipped(_ decoder: inout PacketDecoder) {
+        for reason in decoder.takeSkipped() where droppedWarnings.allow() {
+            logger.warning("skipped a packet from the peer that Perl could not decode either", metadata: ["reason": "\(reason)"])
+        }
+    }
+
+    /// The start of a packet for a log line: its port and tag, never its whole content.
+    private static func summary(of packet: [Value]) -> String {
+        packet.prefix(2).map { $0.stringValue.map { String($0.prefix(80)).debugDescription } ?? "…" }.joined(separator: ",")
+    }
+
     /// Sends one packet; written with the others of this event-loop tick at its end.
     func send(_ packet: [Value]) {
         guard state == .established, !closing, let context else { return }
@@ -342,7 +358,12 @@ final class Connection: ChannelInboundHandler {
             try sendFraming.encode(packet, into: &out)
         } catch {
             out.moveWriterIndex(to: mark)
-            logger.error("dropping unencodable packet", metadata: ["error": "\(error)"])
+            ValueEvents.record(.packetTooDeepRefused)
+            if droppedWarnings.allow() {
+                logger.warning(
+                    "not sending a packet a Perl node could not decode (it would lose every later packet on this link)",
+                    metadata: ["error": "\(error)", "packet": "\(Self.summary(of: packet))"])
+            }
         }
         outgoing = out
         if first {

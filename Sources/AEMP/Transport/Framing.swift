@@ -5,11 +5,12 @@ public enum Framing: String, Sendable, CaseIterable {
     case json
     case cbor
 
-    /// Appends one packet in this framing to `buffer`.
+    /// Appends one packet in this framing to `buffer`. Refuses a packet nested deeper than Perl
+    /// decodes (`MeshLimits.maxDepth`), which would wedge the link (aemp-protocol §14).
     public func encode(_ packet: [Value], into buffer: inout ByteBuffer) throws {
         switch self {
         case .json: try JSONCodec.encode(.array(packet), into: &buffer)
-        case .cbor: CBORCodec.encode(.array(packet), into: &buffer)
+        case .cbor: try CBORCodec.encode(.array(packet), into: &buffer)
         }
     }
 }
@@ -24,6 +25,20 @@ public enum PacketDecoder: Sendable {
         switch framing {
         case .json: self = .json(JSONStreamDecoder(maxPacketSize: maxPacketSize))
         case .cbor: self = .cbor(CBORStreamDecoder(maxPacketSize: maxPacketSize))
+        }
+    }
+
+    /// Returns and forgets why packets were skipped (too deep for Perl, aemp-protocol §14).
+    public mutating func takeSkipped() -> [String] {
+        switch self {
+        case .json(var d):
+            let s = d.takeSkipped()
+            self = .json(d)
+            return s
+        case .cbor(var d):
+            let s = d.takeSkipped()
+            self = .cbor(d)
+            return s
         }
     }
 

@@ -1,3 +1,4 @@
+import BigInt
 import NIOCore
 
 /// Why CBOR could not be decoded or encoded.
@@ -16,12 +17,18 @@ public enum CBORCodecError: Error, Equatable, Sendable {
     case nonStringKey(offset: Int)
 }
 
-/// CBOR for AEMP values (aemp-protocol §5.2): definite lengths, byte and text strings both
-/// decode to strings, float16/32/64, integers of all widths; tags are skipped. Encodes text
-/// strings and the shortest integer and float forms.
+/// CBOR for AEMP values (aemp-protocol §5.2, §14), read as CBOR::XS reads it:
+/// - a byte string of N bytes is N Latin-1 characters (a Perl string without the UTF-8 flag);
+///   a text string is UTF-8, Perl's lax form included (surrogates, code points above U+10FFFF);
+/// - integers of every width and bignums (tags 2 and 3) stay exact; other tags are skipped;
+/// - arrays and maps nest at most `MeshLimits.maxDepth` deep, the packet counted.
+///
+/// Writes the shortest integer and float forms, and a string as a byte string when every
+/// character is below U+0100 and one is not ASCII (byte-exact for what a Perl node sent as
+/// bytes; the same characters to Perl either way), else as a text string.
 public enum CBORCodec {
-    /// Maximum nesting accepted by the decoder.
-    public static let maxDepth = 512
+    /// Maximum nesting accepted by the decoder and written by the encoder.
+    public static let maxDepth = MeshLimits.maxDepth
 
     /// Decodes exactly one item from the start of `bytes`; returns it and the number of bytes used.
     public static func decodePrefix(_ bytes: UnsafeRawBufferPointer) throws(CBORCodecError) -> (Value, Int) {
@@ -43,8 +50,25 @@ public enum CBORCodec {
         return try r.get()
     }
 
-    /// Encodes `value` into `buffer`.
-    public static func encode(_ value: Value, into buffer: inout ByteBuffer) {
+    /// Encodes `value` into `buffer`; refuses nesting deeper than `maxDepth` (leaving `buffer` as it was).
+    public static func encode(_ value: Value, into buffer: inout ByteBuffer) throws(CBORCodecError) {
+        let mark = buffer.writerIndex
+        do {
+            try write(value, depth: 0, into: &buffer)
+        } catch {
+            buffer.moveWriterIndex(to: mark)
+            throw error
+        }
+    }
+
+    /// Encodes `value` to bytes (nesting beyond `maxDepth` included: for tests and tools).
+    public static func encode(_ value: Value) -> [UInt8] {
+        var buffer = ByteBufferAllocator().buffer(capacity: 64)
+        try? write(value, depth: -Int.max / 2, into: &buffer)
+        return buffer.readBytes(length: buffer.readableBytes) ?? []
+    }
+
+    private static func write(_ value: Value, depth: Int, into buffer: inout ByteBuffer) throws(CBORCodecError) {
         switch value {
         case .null: buffer.writeInteger(UInt8(0xF6))
         case .bool(let b): buffer.writeInteger(UInt8(b ? 0xF5 : 0xF4))
@@ -53,6 +77,17 @@ public enum CBORCodec {
                 writeHead(major: 0, UInt64(i), into: &buffer)
             } else {
                 writeHead(major: 1, UInt64(bitPattern: -1 - i), into: &buffer)
+            }
+        case .bigInteger(let b):
+            if b.sign == .plus {
+                if let u = UInt64(exactly: b) { return writeHead(major: 0, u, into: &buffer) }
+                writeHead(major: 6, 2, into: &buffer)
+                writeBytes(Self.bigEndian(b.magnitude), into: &buffer)
+            } else {
+                let m = b.magnitude - 1  // -1 - b
+                if let u = UInt64(exactly: m) { return writeHead(major: 1, u, into: &buffer) }
+                writeHead(major: 6, 3, into: &buffer)
+                writeBytes(Self.bigEndian(m), into: &buffer)
             }
         case .double(let d):
             let f = Float(d)
@@ -63,33 +98,67 @@ public enum CBORCodec {
                 buffer.writeInteger(UInt8(0xFB))
                 buffer.writeInteger(d.bitPattern)
             }
-        case .string(let s):
-            var s = s
-            s.withUTF8 { utf8 in
-                writeHead(major: 3, UInt64(utf8.count), into: &buffer)
-                buffer.writeBytes(utf8)
-            }
-        case .bigInteger(let b):
-            encode(.double(Double(b)), into: &buffer)
-        case .codePoints:
-            encode(.string(value.textReplacingInvalid ?? ""), into: &buffer)
+        case .string(let s): writeString(s, into: &buffer)
+        case .codePoints(let c):
+            var utf8: [UInt8] = []
+            utf8.reserveCapacity(c.count)
+            for cp in c { PerlUTF8.append(cp, to: &utf8) }
+            writeHead(major: 3, UInt64(utf8.count), into: &buffer)
+            buffer.writeBytes(utf8)
         case .array(let a):
+            guard depth < maxDepth else { throw .tooDeep(limit: maxDepth) }
             writeHead(major: 4, UInt64(a.count), into: &buffer)
-            for element in a { encode(element, into: &buffer) }
+            for element in a { try write(element, depth: depth + 1, into: &buffer) }
         case .object(let o):
+            guard depth < maxDepth else { throw .tooDeep(limit: maxDepth) }
             writeHead(major: 5, UInt64(o.count), into: &buffer)
             for (k, v) in o {
-                encode(.string(k), into: &buffer)
-                encode(v, into: &buffer)
+                writeString(k, into: &buffer)
+                try write(v, depth: depth + 1, into: &buffer)
             }
         }
     }
 
-    /// Encodes `value` to bytes.
-    public static func encode(_ value: Value) -> [UInt8] {
-        var buffer = ByteBufferAllocator().buffer(capacity: 64)
-        encode(value, into: &buffer)
-        return buffer.readBytes(length: buffer.readableBytes) ?? []
+    /// The magnitude's bytes, most significant first, without leading zeros (a bignum's content).
+    static func bigEndian(_ n: BigUInt) -> [UInt8] {
+        var out: [UInt8] = []
+        for word in n.words.reversed() {
+            for shift in stride(from: UInt.bitWidth - 8, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: word >> UInt(shift))) }
+        }
+        return Array(out.drop(while: { $0 == 0 }))
+    }
+
+    private static func writeBytes(_ data: some Collection<UInt8>, into buffer: inout ByteBuffer) {
+        writeHead(major: 2, UInt64(data.count), into: &buffer)
+        buffer.writeBytes(data)
+    }
+
+    /// ASCII and text beyond Latin-1 as a text string; Latin-1 text with a non-ASCII character as
+    /// a byte string, the form Perl uses for its byte strings.
+    private static func writeString(_ s: String, into buffer: inout ByteBuffer) {
+        var s = s
+        s.withUTF8 { utf8 in
+            // UTF-8 lead bytes 0xC2/0xC3 start exactly the characters U+0080-U+00FF.
+            if utf8.allSatisfy({ $0 < 0x80 }) || utf8.contains(where: { $0 >= 0xC4 && $0 & 0xC0 != 0x80 }) {
+                writeHead(major: 3, UInt64(utf8.count), into: &buffer)
+                buffer.writeBytes(utf8)
+                return
+            }
+            var latin1: [UInt8] = []
+            latin1.reserveCapacity(utf8.count)
+            var i = 0
+            while i < utf8.count {
+                let b = utf8[i]
+                if b < 0x80 {
+                    latin1.append(b)
+                    i += 1
+                } else {
+                    latin1.append((b & 0x03) << 6 | (utf8[i + 1] & 0x3F))
+                    i += 2
+                }
+            }
+            writeBytes(latin1, into: &buffer)
+        }
     }
 
     private static func writeHead(major: UInt8, _ n: UInt64, into buffer: inout ByteBuffer) {
@@ -114,6 +183,8 @@ public enum CBORCodec {
     private struct Reader {
         let bytes: UnsafeRawBufferPointer
         var offset = 0
+        /// Tags open around the current item.
+        var tags = 0
 
         mutating func byte() throws(CBORCodecError) -> UInt8 {
             guard offset < bytes.count else { throw .truncated }
@@ -151,20 +222,29 @@ public enum CBORCodec {
             return Int(n)
         }
 
-        mutating func text(_ info: UInt8, at start: Int, isText: Bool) throws(CBORCodecError) -> String {
+        mutating func bytes(_ info: UInt8, at start: Int) throws(CBORCodecError) -> UnsafeRawBufferPointer {
             let n = try length(info, at: start, minimumItemSize: 1)
             let slice = UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + n])
             offset += n
-            if isText {
-                return String(decoding: slice, as: UTF8.self)
-            }
-            // Perl byte strings: UTF-8 if valid, else Latin-1 (aemp-protocol §5.2).
-            if let s = String(validating: slice, as: UTF8.self) { return s }
-            return String(slice.map { Character(Unicode.Scalar($0)) })
+            return slice
         }
 
+        /// A byte string: N bytes are N Latin-1 characters, as in Perl (aemp-protocol §14).
+        static func latin1(_ raw: UnsafeRawBufferPointer) -> String {
+            if raw.allSatisfy({ $0 < 0x80 }) { return String(decoding: raw, as: UTF8.self) }
+            return String(String.UnicodeScalarView(raw.map { Unicode.Scalar($0) }))
+        }
+
+        /// A text string: UTF-8, or Perl's lax UTF-8 kept exact; malformed bytes become U+FFFD (counted).
+        static func text(_ raw: UnsafeRawBufferPointer) -> Value {
+            if let s = String(validating: raw, as: UTF8.self) { return .string(s) }
+            if let cps = PerlUTF8.decode(raw) { return .string(codePoints: cps) }
+            ValueEvents.record(.malformedTextReplaced)
+            return .string(String(decoding: raw, as: UTF8.self))
+        }
+
+        /// The item at `offset`; `depth` counts the arrays and maps around it.
         mutating func item(depth: Int) throws(CBORCodecError) -> Value {
-            guard depth <= CBORCodec.maxDepth else { throw .tooDeep(limit: CBORCodec.maxDepth) }
             let start = offset
             let initial = try byte()
             let major = initial >> 5
@@ -172,36 +252,44 @@ public enum CBORCodec {
             switch major {
             case 0:
                 let n = try argument(info, at: start)
-                return n <= UInt64(Int64.max) ? .int(Int64(n)) : .double(Double(n))
+                return n <= UInt64(Int64.max) ? .int(Int64(n)) : .bigInteger(BigInt(n))
             case 1:
                 let n = try argument(info, at: start)
-                return n <= UInt64(Int64.max) ? .int(-1 - Int64(n)) : .double(-1 - Double(n))
-            case 2: return .string(try text(info, at: start, isText: false))
-            case 3: return .string(try text(info, at: start, isText: true))
+                return n <= UInt64(Int64.max) ? .int(-1 - Int64(n)) : .bigInteger(-1 - BigInt(n))
+            case 2: return .string(Self.latin1(try bytes(info, at: start)))
+            case 3: return Self.text(try bytes(info, at: start))
             case 4:
+                guard depth < CBORCodec.maxDepth else { throw .tooDeep(limit: CBORCodec.maxDepth) }
                 let n = try length(info, at: start, minimumItemSize: 1)
                 var out: [Value] = []
                 out.reserveCapacity(n)
                 for _ in 0..<n { out.append(try item(depth: depth + 1)) }
                 return .array(out)
             case 5:
+                guard depth < CBORCodec.maxDepth else { throw .tooDeep(limit: CBORCodec.maxDepth) }
                 let n = try length(info, at: start, minimumItemSize: 2)
                 var out: [String: Value] = [:]
                 out.reserveCapacity(n)
                 for _ in 0..<n {
-                    let keyOffset = offset
                     let key = try item(depth: depth + 1)
                     let value = try item(depth: depth + 1)
-                    switch key {
-                    case .string(let s): out[s] = value
-                    case .int(let i): out[String(i)] = value  // Perl stringifies hash keys
-                    default: throw .nonStringKey(offset: keyOffset)
-                    }
+                    if let k = Self.hashKey(key) { out[k] = value }
                 }
                 return .object(out)
             case 6:
-                _ = try argument(info, at: start)  // tag number: not meaningful to AEMP, skip it
-                return try item(depth: depth + 1)
+                let tag = try argument(info, at: start)
+                // Tags do not nest data, but a chain of them must not exhaust the stack either.
+                tags += 1
+                defer { tags -= 1 }
+                guard tags <= CBORCodec.maxDepth else { throw .tooDeep(limit: CBORCodec.maxDepth) }
+                let tagged = try item(depth: depth)
+                // Bignums (RFC 8949 §3.4.3), as CBOR::XS writes Math::BigInt; other tags mean
+                // nothing to AEMP and are skipped (aemp-protocol §14).
+                if tag == 2 || tag == 3, case .string(let s) = tagged, s.unicodeScalars.allSatisfy({ $0.value < 0x100 }) {
+                    let magnitude = s.unicodeScalars.reduce(BigUInt(0)) { $0 << 8 | BigUInt($1.value) }
+                    return .integer(tag == 2 ? BigInt(magnitude) : -1 - BigInt(magnitude))
+                }
+                return tagged
             default:  // major 7
                 switch info {
                 case 20: return .bool(false)
@@ -219,6 +307,25 @@ public enum CBORCodec {
                 default:
                     throw .malformed(reason: "unexpected simple/break byte 0x\(String(initial, radix: 16))", offset: start)
                 }
+            }
+        }
+
+        /// A map key as Perl makes it a hash key: strings as they are, numbers, booleans and null
+        /// stringified; arrays and maps cannot be keys, and the pair is dropped (counted).
+        static func hashKey(_ key: Value) -> String? {
+            switch key {
+            case .string(let s): return s
+            case .codePoints:
+                ValueEvents.record(.hashKeyReplaced)
+                return key.textReplacingInvalid
+            case .int(let i): return String(i)
+            case .bigInteger(let b): return b.description
+            case .double(let d): return d.rounded() == d && abs(d) < 1e15 ? String(Int64(d)) : d.description
+            case .bool(let b): return b ? "1" : ""
+            case .null: return ""
+            case .array, .object:
+                ValueEvents.record(.hashKeyDropped)
+                return nil
             }
         }
     }
@@ -255,19 +362,41 @@ public struct CBORStreamDecoder: Sendable {
         self.maxPacketSize = maxPacketSize
     }
 
+    /// Packets skipped since the last `takeSkipped()`, with why: legal CBOR that Perl could not
+    /// decode either (nested beyond `MeshLimits.maxDepth`). The link stays up (aemp-protocol §14).
+    public private(set) var skipped: [String] = []
+
+    /// Returns and forgets the skipped packets' reasons.
+    public mutating func takeSkipped() -> [String] {
+        defer { skipped = [] }
+        return skipped
+    }
+
     /// Returns the next complete packet and consumes it from `buffer`, or `nil` when more bytes are needed.
+    /// A packet too deep to decode is consumed and noted in `skipped`, and the next one returned.
     public mutating func next(from buffer: inout ByteBuffer) throws(CBORCodecError) -> Value? {
-        let result = buffer.withUnsafeReadableBytes { bytes -> Result<(Value, Int)?, CBORCodecError> in
-            Result { () throws(CBORCodecError) -> (Value, Int)? in
-                guard let end = try scan(bytes) else { return nil }
-                let (value, used) = try CBORCodec.decodePrefix(UnsafeRawBufferPointer(rebasing: bytes[0..<end]))
-                guard used == end else { throw .malformed(reason: "packet length mismatch", offset: used) }
-                return (value, end)
+        while true {
+            let result = buffer.withUnsafeReadableBytes { bytes -> Result<(Value?, Int)?, CBORCodecError> in
+                Result { () throws(CBORCodecError) -> (Value?, Int)? in
+                    guard let end = try scan(bytes) else { return nil }
+                    let value: Value
+                    let used: Int
+                    do throws(CBORCodecError) {
+                        (value, used) = try CBORCodec.decodePrefix(UnsafeRawBufferPointer(rebasing: bytes[0..<end]))
+                    } catch {
+                        if case .tooDeep = error { return (nil, end) }  // skipped below
+                        throw error
+                    }
+                    guard used == end else { throw .malformed(reason: "packet length mismatch", offset: used) }
+                    return (value, end)
+                }
             }
+            guard let (value, used) = try result.get() else { return nil }
+            buffer.moveReaderIndex(forwardBy: used)
+            if let value { return value }
+            ValueEvents.record(.packetTooDeepSkipped)
+            skipped.append("a \(used)-byte packet nested deeper than \(CBORCodec.maxDepth) levels")
         }
-        guard let (value, used) = try result.get() else { return nil }
-        buffer.moveReaderIndex(forwardBy: used)
-        return value
     }
 
     /// Advances the scan; returns the packet's length once it is complete.

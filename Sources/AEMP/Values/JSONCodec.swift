@@ -15,8 +15,10 @@ public enum JSONCodecError: Error, Equatable, Sendable {
     case notAnArray(found: UInt8, offset: Int)
     /// A packet grew beyond the configured limit before it was complete.
     case packetTooLarge(limit: Int)
-    /// A value JSON cannot carry (NaN or an infinity).
+    /// A value JSON cannot carry.
     case unencodable(String)
+    /// Containers nested deeper than the limit (Perl's 512 on the mesh, jansson's 2048 over HTTP).
+    case tooDeep(limit: Int)
 }
 
 extension JSONCodecError: CustomStringConvertible {
@@ -30,23 +32,45 @@ extension JSONCodecError: CustomStringConvertible {
             return "packet larger than \(limit) bytes"
         case .unencodable(let why):
             return why
+        case .tooDeep(let limit):
+            return "nested deeper than the maximum depth of \(limit) levels"
         }
     }
 }
 
-/// JSON for AEMP values, built on jansson (aemp-protocol §5.1).
+/// JSON for AEMP values (aemp-protocol §5.1, §14): read with jansson, and with `JSONReader` for
+/// the legal texts jansson refuses (integers beyond 64 bits, lone surrogates, and on the mesh
+/// JSON::XS's `inf`/`nan` and lax UTF-8); written with `JSONWriter`.
 public enum JSONCodec {
-    /// Decodes one complete JSON text (any value at top level).
+    /// jansson's own nesting limit (JSON_PARSER_MAX_DEPTH); HTTP input deeper than it is refused.
+    public static let janssonMaxDepth = 2048
+
+    /// Decodes one complete JSON text (any value at top level) from an HTTP client or a file:
+    /// RFC 8259 JSON, with integers of any size kept exact and `\uD800`-style escapes kept.
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(JSONCodecError) -> Value {
-        var error = json_error_t()
+        try decode(bytes, dialect: .http, maxDepth: janssonMaxDepth)
+    }
+
+    /// Decodes one complete JSON text in `dialect`, nested at most `maxDepth` deep.
+    public static func decode(
+        _ bytes: UnsafeRawBufferPointer, dialect: JSONDialect, maxDepth: Int
+    ) throws(JSONCodecError) -> Value {
+        var janssonError = json_error_t()
         let flags = JSON_DECODE_ANY | JSON_ALLOW_NUL
         guard let base = bytes.baseAddress?.assumingMemoryBound(to: CChar.self),
-            let root = json_loadb(base, bytes.count, Int(flags), &error)
+            let root = json_loadb(base, bytes.count, Int(flags), &janssonError)
         else {
             if bytes.isEmpty {
                 throw .syntax(message: "empty input", line: 1, column: 0, position: 0)
             }
-            throw syntaxError(error)
+            // Legal JSON jansson does not take (aemp-protocol §14), or really malformed: the
+            // second reader tells which, and jansson's message stays the one reported.
+            do {
+                return try JSONReader.decode(bytes, dialect: dialect, maxDepth: maxDepth)
+            } catch {
+                if case .tooDeep(let limit) = error { throw .tooDeep(limit: limit) }
+                throw syntaxError(janssonError)
+            }
         }
         defer { json_decref(root) }
         return value(of: root)
@@ -71,39 +95,32 @@ public enum JSONCodec {
         try decode(Array(text.utf8))
     }
 
-    /// Encodes a value as compact UTF-8 JSON into `buffer`.
+    /// Encodes a value as compact JSON for a Perl peer into `buffer` (aemp-protocol §14): NaN and
+    /// ±Inf become strings (counted in `ValueEvents`), nesting beyond `MeshLimits.maxDepth` is refused.
     public static func encode(_ value: Value, into buffer: inout ByteBuffer) throws(JSONCodecError) {
-        let root = try makeJSON(value)
-        defer { json_decref(root) }
-        let flags = JSON_COMPACT | JSON_ENCODE_ANY
-        guard let text = json_dumps(root, Int(flags)) else {
-            throw .unencodable("jansson could not serialise the value")
+        var conversions = JSONConversions()
+        do {
+            try JSONWriter.write(value, dialect: .perl, into: &buffer, conversions: &conversions)
+        } catch {
+            switch error {
+            case .tooDeep(let limit): throw .tooDeep(limit: limit)
+            }
         }
-        defer { free(text) }
-        let length = strlen(text)
-        text.withMemoryRebound(to: UInt8.self, capacity: length) { p in
-            _ = buffer.writeBytes(UnsafeRawBufferPointer(start: p, count: length))
-        }
+        ValueEvents.record(conversions)
     }
 
-    /// Encodes a value as compact UTF-8 JSON bytes.
-    public static func encodeBytes(_ value: Value) throws(JSONCodecError) -> [UInt8] {
-        let root = try makeJSON(value)
-        defer { json_decref(root) }
-        guard let text = json_dumps(root, Int(JSON_COMPACT | JSON_ENCODE_ANY)) else {
-            throw .unencodable("jansson could not serialise the value")
-        }
-        defer { free(text) }
-        return text.withMemoryRebound(to: UInt8.self, capacity: strlen(text)) {
-            Array(UnsafeBufferPointer(start: $0, count: strlen(text)))
-        }
+    /// Encodes a value as compact JSON for HTTP clients and logs (see `JSONWriter` for what is
+    /// converted; conversions are counted in `ValueEvents`). Never fails.
+    public static func encodeBytes(_ value: Value) -> [UInt8] {
+        var conversions = JSONConversions()
+        let bytes = JSONWriter.httpBytes(value, conversions: &conversions)
+        ValueEvents.record(conversions)
+        return bytes
     }
 
-    /// Encodes a value as a compact JSON string.
-    public static func encodeString(_ value: Value) throws(JSONCodecError) -> String {
-        var buffer = ByteBufferAllocator().buffer(capacity: 64)
-        try encode(value, into: &buffer)
-        return buffer.readString(length: buffer.readableBytes) ?? ""
+    /// Encodes a value as a compact JSON string, as `encodeBytes`.
+    public static func encodeString(_ value: Value) -> String {
+        String(decoding: encodeBytes(value), as: UTF8.self)
     }
 
     // MARK: - jansson <-> Value
@@ -154,54 +171,6 @@ public enum JSONCodec {
             return .null
         }
     }
-
-    private static func makeString(_ s: String) -> UnsafeMutablePointer<json_t> {
-        var s = s
-        return s.withUTF8 { utf8 in
-            utf8.withMemoryRebound(to: CChar.self) { json_stringn_nocheck($0.baseAddress, $0.count) }
-        }
-    }
-
-    private static func makeJSON(_ value: Value) throws(JSONCodecError) -> UnsafeMutablePointer<json_t> {
-        switch value {
-        case .null: return json_null()
-        case .bool(let b): return b ? json_true() : json_false()
-        case .int(let i): return json_integer(json_int_t(i))
-        case .double(let d):
-            guard d.isFinite, let r = json_real(d) else { throw .unencodable("\(d) is not a finite number") }
-            return r
-        case .string(let s): return makeString(s)
-        case .bigInteger(let b): throw .unencodable("\(b) is beyond 64 bits")
-        case .codePoints: return makeString(value.textReplacingInvalid ?? "")
-        case .array(let a):
-            let arr = json_array()!
-            for element in a {
-                let child: UnsafeMutablePointer<json_t>
-                do { child = try makeJSON(element) } catch {
-                    json_decref(arr)
-                    throw error
-                }
-                json_array_append_new(arr, child)
-            }
-            return arr
-        case .object(let o):
-            let obj = json_object()!
-            for (key, element) in o {
-                let child: UnsafeMutablePointer<json_t>
-                do { child = try makeJSON(element) } catch {
-                    json_decref(obj)
-                    throw error
-                }
-                var k = key
-                k.withUTF8 { utf8 in
-                    utf8.withMemoryRebound(to: CChar.self) {
-                        _ = json_object_setn_new_nocheck(obj, $0.baseAddress, $0.count, child)
-                    }
-                }
-            }
-            return obj
-        }
-    }
 }
 
 /// Pulls concatenated JSON arrays out of a byte stream, keeping the partial rest
@@ -212,27 +181,44 @@ public struct JSONStreamDecoder: Sendable {
     private var scanned = 0
     private var packetStart = 0
     private var depth = 0
+    private var deepest = 0
     private var inString = false
     private var escaped = false
+
+    /// Packets skipped since the last `takeSkipped()`, with why: JSON Perl could not decode either
+    /// (nested beyond `MeshLimits.maxDepth`). The link stays up (aemp-protocol §14).
+    public private(set) var skipped: [String] = []
 
     /// A decoder that refuses packets longer than `maxPacketSize` bytes.
     public init(maxPacketSize: Int = 64 << 20) {
         self.maxPacketSize = maxPacketSize
     }
 
-    /// Returns the next complete packet and consumes it from `buffer`, or `nil` when more bytes are needed.
-    /// Whitespace between packets is consumed as it arrives.
-    public mutating func next(from buffer: inout ByteBuffer) throws(JSONCodecError) -> Value? {
-        let result = buffer.withUnsafeReadableBytes { bytes -> Result<(Value?, Int), JSONCodecError> in
-            Result { () throws(JSONCodecError) -> (Value?, Int) in try scan(bytes) }
-        }
-        let (value, consumed) = try result.get()
-        buffer.moveReaderIndex(forwardBy: consumed)
-        return value
+    /// Returns and forgets the skipped packets' reasons.
+    public mutating func takeSkipped() -> [String] {
+        defer { skipped = [] }
+        return skipped
     }
 
-    /// The packet completed by `bytes` (if any) and how many bytes to consume.
-    private mutating func scan(_ bytes: UnsafeRawBufferPointer) throws(JSONCodecError) -> (Value?, Int) {
+    /// Returns the next complete packet and consumes it from `buffer`, or `nil` when more bytes are needed.
+    /// Whitespace between packets is consumed as it arrives; a packet too deep to decode is
+    /// consumed and noted in `skipped`, and the next one returned.
+    public mutating func next(from buffer: inout ByteBuffer) throws(JSONCodecError) -> Value? {
+        while true {
+            let result = buffer.withUnsafeReadableBytes { bytes -> Result<(Value?, Int, Bool), JSONCodecError> in
+                Result { () throws(JSONCodecError) -> (Value?, Int, Bool) in try scan(bytes) }
+            }
+            let (value, consumed, tooDeep) = try result.get()
+            buffer.moveReaderIndex(forwardBy: consumed)
+            guard tooDeep else { return value }
+            ValueEvents.record(.packetTooDeepSkipped)
+            skipped.append("a \(consumed)-byte packet nested deeper than \(MeshLimits.maxDepth) levels")
+        }
+    }
+
+    /// The packet completed by `bytes` (if any), how many bytes to consume, and whether the packet
+    /// was too deep to decode.
+    private mutating func scan(_ bytes: UnsafeRawBufferPointer) throws(JSONCodecError) -> (Value?, Int, Bool) {
         var i = scanned
         let n = bytes.count
         if depth == 0 {
@@ -242,10 +228,11 @@ public struct JSONStreamDecoder: Sendable {
                 // Only whitespace so far: consume it, so a peer sending nothing but whitespace cannot
                 // grow the buffer without bound.
                 scanned = 0
-                return (nil, n)
+                return (nil, n, false)
             }
             guard bytes[i] == UInt8(ascii: "[") else { throw .notAnArray(found: bytes[i], offset: i) }
             packetStart = i
+            deepest = 0
         }
         while i < n {
             let b = bytes[i]
@@ -262,21 +249,24 @@ public struct JSONStreamDecoder: Sendable {
             }
             switch b {
             case UInt8(ascii: "\""): inString = true
-            case UInt8(ascii: "["), UInt8(ascii: "{"): depth += 1
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                if depth > deepest { deepest = depth }
             case UInt8(ascii: "]"), UInt8(ascii: "}"):
                 depth -= 1
                 if depth == 0 {
                     scanned = 0
                     // The limit holds however the packet arrived, whole or in pieces.
                     if i - packetStart > maxPacketSize { throw .packetTooLarge(limit: maxPacketSize) }
+                    if deepest > MeshLimits.maxDepth { return (nil, i, true) }
                     let text = UnsafeRawBufferPointer(rebasing: bytes[packetStart..<i])
-                    return (try JSONCodec.decode(text), i)
+                    return (try JSONCodec.decode(text, dialect: .perl, maxDepth: MeshLimits.maxDepth), i, false)
                 }
             default: break
             }
         }
         if i - packetStart > maxPacketSize { throw .packetTooLarge(limit: maxPacketSize) }
         scanned = i
-        return (nil, 0)
+        return (nil, 0, false)
     }
 }

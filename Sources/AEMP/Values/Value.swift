@@ -172,7 +172,7 @@ extension Value: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Expres
 extension Value: CustomStringConvertible {
     /// Compact JSON, for logs and error messages.
     public var description: String {
-        (try? JSONCodec.encodeString(self)) ?? "<unencodable>"
+        JSONCodec.encodeString(self)
     }
 }
 

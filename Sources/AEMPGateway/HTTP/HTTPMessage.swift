@@ -57,11 +57,11 @@ public struct HTTPResponse: Sendable {
     }
 }
 
-/// JSON bodies through jansson (the AEMP codec), with the gateway's conventions.
+/// JSON bodies (the AEMP codec's HTTP dialect), with the gateway's conventions.
 enum JSONBody {
-    /// Encodes a value; values jansson cannot encode (never produced by the gateway) become `null`.
+    /// Encodes a value, converting per value what JSON cannot say (see `JSONWriter`; counted in `ValueEvents`).
     static func encode(_ value: Value) -> [UInt8] {
-        (try? JSONCodec.encodeBytes(value)) ?? Array("null".utf8)
+        JSONCodec.encodeBytes(value)
     }
 }
 

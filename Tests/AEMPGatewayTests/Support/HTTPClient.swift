@@ -260,7 +260,7 @@ final class HTTPTestClient: Sendable {
     func request(
         _ method: String, _ path: String, json: Value, headers: [(String, String)] = [], timeout: Double = 10
     ) async throws -> HTTPTestResponse {
-        let body = try JSONCodec.encodeBytes(json)
+        let body = JSONCodec.encodeBytes(json)
         return try await request(
             method, path, headers: [("Content-Type", "application/json")] + headers, body: body, timeout: timeout)
     }
