@@ -83,6 +83,12 @@ public enum NodeIDTemplate {
         if id.contains(where: { $0 == "\n" || $0 == "\r" || $0 == "\r\n" }) {
             return "node ID \(id.debugDescription) contains a line break"
         }
+        // Perl carries a node ID as raw bytes in the greeting and as a string in packets; only
+        // ASCII means the same in both for every peer (aemp-protocol §14). Peers' non-ASCII IDs
+        // are still reached (read as Latin-1 bytes, as Perl sends them).
+        if id.unicodeScalars.contains(where: { !$0.isASCII || $0.value < 0x20 || $0.value == 0x7F }) {
+            return "node ID \(id.debugDescription) is not printable ASCII (Perl nodes could not answer it)"
+        }
         return nil
     }
 }

@@ -33,11 +33,19 @@ public struct Authenticator: Sendable {
         }
     }
 
-    /// The bytes the HMAC covers: the four lines, each followed by LF (aemp-protocol §4.4).
+    /// The bytes the HMAC covers: the four lines, each followed by LF (aemp-protocol §4.4). Lines
+    /// hold the bytes read as Latin-1 characters (a peer's non-ASCII node ID), so they go back to
+    /// exactly those bytes.
     static func message(first: (String, String), second: (String, String)) -> [UInt8] {
         var bytes: [UInt8] = []
         for line in [first.0, first.1, second.0, second.1] {
-            bytes.append(contentsOf: line.utf8)
+            for scalar in line.unicodeScalars {
+                if scalar.value < 0x100 {
+                    bytes.append(UInt8(scalar.value))
+                } else {
+                    bytes.append(contentsOf: String(scalar).utf8)
+                }
+            }
             bytes.append(0x0A)
         }
         return bytes

@@ -238,8 +238,10 @@ final class Connection: ChannelInboundHandler {
             close(reason: "handshake line longer than \(settings.maxHandshakeBuffer) bytes")
             return nil
         }
-        var line = inbound.readString(length: length) ?? ""
-        inbound.moveReaderIndex(forwardBy: 1)
+        // Bytes as Latin-1 characters, as Perl reads them (aemp-protocol §14): a peer's non-ASCII
+        // node ID is then the same string here as in its packets' CBOR byte strings.
+        var line = String(String.UnicodeScalarView(inbound.readableBytesView.prefix(length).map { Unicode.Scalar($0) }))
+        inbound.moveReaderIndex(forwardBy: length + 1)
         if line.hasSuffix("\r") { line.removeLast() }
         return line
     }

@@ -183,8 +183,8 @@ public struct GatewaySettings: Sendable {
             c.node.seeds = v
         },
         text("node-id", "Node ID (%n = host name, %u or a trailing / = random suffix).") { v, c, p in
-            if v.isEmpty || v.contains("#") || v.contains(";") || v.contains("\n") {
-                p.append("\(v.debugDescription) is not a usable node ID (empty, or contains # ; or a line break)")
+            if let problem = NodeIDTemplate.problem(with: v) {
+                p.append("\(v.debugDescription) is not a usable node ID: \(problem)")
             } else {
                 c.node.nodeID = v
             }

@@ -35,6 +35,10 @@ final class GatewayMetrics: Sendable {
     let masterAttached: Gauge
     let callsInFlight: Gauge
 
+    /// The codecs' process-wide `ValueEvents`, by kind, and what was exported of each so far.
+    private let valueEvents: [Counter]
+    private let valueEventsExported = Locked<[Int]>(Array(repeating: 0, count: ValueEvents.Kind.allCases.count))
+
     /// Latency buckets: from a quick answer to a long-poll's whole wait (capped at 120 s by default).
     static let latencyBuckets: [Duration] = [
         .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
@@ -82,6 +86,22 @@ final class GatewayMetrics: Sendable {
         meshConnections = registry.makeGauge(descriptor: name("mesh_connections", "", "AEMP nodes the gateway's node is connected to."))
         masterAttached = registry.makeGauge(descriptor: name("master_attached", "", "1 while the gateway's node is attached to a master, else 0."))
         callsInFlight = registry.makeGauge(descriptor: name("calls_in_flight", "", "/v1/call requests waiting for their reply."))
+        let valueEvent = name(
+            "value_events", "total",
+            "Values converted or dropped by the codecs, and packets skipped or not sent for their values, by kind (README: What the mesh can carry).")
+        valueEvents = ValueEvents.Kind.allCases.map { registry.makeCounter(descriptor: valueEvent, labels: [("kind", $0.label)]) }
+    }
+
+    /// Brings the value-event counters up to the codecs' counts (when scraped).
+    func collectValueEvents() {
+        valueEventsExported.withLock { exported in
+            for kind in ValueEvents.Kind.allCases {
+                let now = ValueEvents.count(kind)
+                let delta = now - exported[kind.rawValue]
+                if delta > 0 { valueEvents[kind.rawValue].increment(by: Int64(delta)) }
+                exported[kind.rawValue] = now
+            }
+        }
     }
 
     /// Records one answered request (on libmicrohttpd's thread, when the response is queued).

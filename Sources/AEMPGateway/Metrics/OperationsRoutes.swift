@@ -52,6 +52,7 @@ extension Gateway {
         metrics.queuedMessages.set(Int64(queued))
         metrics.masterAttached.set(master == nil ? Int64(0) : 1)
         metrics.callsInFlight.set(Int64(pendingCalls.load(ordering: .relaxed)))
+        metrics.collectValueEvents()
     }
 }
 
