@@ -260,9 +260,19 @@ final class ScriptedPeer: Sendable {
             throw ScriptedPeerError.protocolViolation("reading a packet before the handshake")
         }
         defer { s.decoder = decoder }
+        // Like Perl's JSON::XS and CBOR::XS this peer decodes 512 levels and no more (aemp-protocol
+        // §14); a Perl node would lose a deeper packet and every later one, so one is a failure.
+        func perlWouldWedge() throws {
+            let skipped = decoder.takeSkipped()
+            if !skipped.isEmpty {
+                throw ScriptedPeerError.protocolViolation("a Perl node would be wedged by \(skipped.joined(separator: "; "))")
+            }
+        }
         while let p = try decoder.next(from: &s.buffer) {
+            try perlWouldWedge()
             if !skippingNoOps || !isNoOp(p) { return p }
         }
+        try perlWouldWedge()
         return nil
     }
 
