@@ -182,6 +182,9 @@ struct EdgeValueMatrixTests {
         await eventually(within: 5, "a warning names the skipped packet") {
             gateway.child.errorText().contains("skipped a packet from the peer that Perl could not decode either")
         }
+        await eventually(within: 5, "a notice says a response carried converted values") {
+            gateway.child.errorText().contains("a response carried values JSON cannot hold as they are")
+        }
         #expect(!gateway.child.errorText().contains("cutting off"), "the peer was cut off")
 
         // /v1/call: the node answers with the odd values; the reply is one JSON document.

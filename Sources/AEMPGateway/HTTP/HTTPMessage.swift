@@ -1,4 +1,5 @@
 import AEMP
+import Logging
 
 /// An HTTP request as the router sees it: read on libmicrohttpd's thread, body complete.
 public struct HTTPRequest: Sendable {
@@ -61,7 +62,35 @@ public struct HTTPResponse: Sendable {
 enum JSONBody {
     /// Encodes a value, converting per value what JSON cannot say (see `JSONWriter`; counted in `ValueEvents`).
     static func encode(_ value: Value) -> [UInt8] {
-        JSONCodec.encodeBytes(value)
+        var conversions = JSONConversions()
+        let bytes = JSONWriter.httpBytes(value, conversions: &conversions)
+        if !conversions.isEmpty {
+            ValueEvents.record(conversions)
+            conversionLog.note(conversions)
+        }
+        return bytes
+    }
+
+    private static let conversionLog = ConversionLog()
+}
+
+/// A notice when a response carried values JSON cannot say directly (at most 5 lines per 10 s;
+/// `/metrics` counts every one).
+final class ConversionLog: Sendable {
+    private let logger = Logger(label: "aemp-gateway")
+    private let window = Locked<(start: ContinuousClock.Instant, lines: Int)>((.now, 0))
+
+    func note(_ conversions: JSONConversions) {
+        let allowed = window.withLock { w -> Bool in
+            let now = ContinuousClock.now
+            if now - w.start > .seconds(10) { w = (now, 0) }
+            w.lines += 1
+            return w.lines <= 5
+        }
+        guard allowed else { return }
+        logger.notice(
+            "a response carried values JSON cannot hold as they are: NaN/Inf as strings, invalid code points as U+FFFD",
+            metadata: ["non_finite": "\(conversions.nonFinite)", "invalid_code_points": "\(conversions.invalidCodePoints)"])
     }
 }
 
