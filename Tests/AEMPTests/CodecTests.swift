@@ -336,6 +336,21 @@ struct CodecTests {
         #expect(try CBORCodec.decode(CBORCodec.encode(["a\u{0}b": 1])) == ["a\u{0}b": 1])
     }
 
+    @Test("hash keys Perl tells apart but Swift strings do not (canonical equivalence) are counted when merged")
+    func canonicallyEquivalentKeys() throws {
+        let before = ValueEvents.count(.hashKeyMerged)
+        // {"é": 1, "e\u{301}": 2} as text strings: one Swift key, the later value.
+        let cbor = try Self.cbor("a262c3a901 6365cc8102".replacingOccurrences(of: " ", with: ""))
+        #expect(cbor.objectValue?.count == 1)
+        #expect(ValueEvents.count(.hashKeyMerged) >= before + 1)
+        let json = try JSONCodec.decode(#"{"\u00e9":1,"e\u0301":2}"#)
+        #expect(json.objectValue?.count == 1)
+        #expect(ValueEvents.count(.hashKeyMerged) >= before + 2)
+        // A key repeated byte for byte is ordinary JSON (the last wins, as in Perl), not a merge.
+        #expect(try JSONCodec.decode(#"{"a":1,"a":2}"#) == ["a": 2])
+        #expect(ValueEvents.count(.hashKeyMerged) >= before + 2)
+    }
+
     @Test("JSON strings with brackets, quotes and escapes split anywhere")
     func jsonStringsInStream() throws {
         let packet = #"["]","[","\\","\"]\\",{"}":"{","a\"b":["\u005d"]},"ü\u00fc"]"#

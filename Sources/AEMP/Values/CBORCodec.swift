@@ -273,7 +273,7 @@ public enum CBORCodec {
                 for _ in 0..<n {
                     let key = try item(depth: depth + 1)
                     let value = try item(depth: depth + 1)
-                    if let k = Self.hashKey(key) { out[k] = value }
+                    if let k = Self.hashKey(key) { out.insertCountingMerges(value, forKey: k) }
                 }
                 return .object(out)
             case 6:

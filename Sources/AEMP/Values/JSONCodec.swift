@@ -163,7 +163,7 @@ public enum JSONCodec {
                 let key = json_object_iter_key(it).withMemoryRebound(to: UInt8.self, capacity: keyLength) {
                     String(decoding: UnsafeBufferPointer(start: $0, count: keyLength), as: UTF8.self)
                 }
-                out[key] = value(of: json_object_iter_value(it))
+                out.insertCountingMerges(value(of: json_object_iter_value(it)), forKey: key)
                 iter = json_object_iter_next(json, it)
             }
             return .object(out)

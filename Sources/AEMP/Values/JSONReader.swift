@@ -83,7 +83,7 @@ public enum JSONReader {
                     guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw error("expected ':'") }
                     i += 1
                     skipSpace()
-                    out[PerlKey.text(of: key)] = try value(depth: depth + 1)
+                    out.insertCountingMerges(try value(depth: depth + 1), forKey: PerlKey.text(of: key))
                     skipSpace()
                     guard i < bytes.count else { throw error("unexpected end of input in an object") }
                     if bytes[i] == UInt8(ascii: ",") {
@@ -252,6 +252,17 @@ public enum JSONReaderError: Error, Equatable, Sendable {
     case syntax(message: String, position: Int)
     /// Containers nested deeper than the limit.
     case tooDeep(limit: Int)
+}
+
+extension Dictionary where Key == String, Value == AEMP.Value {
+    /// Sets `value` for `key`, last one winning as in Perl; counts a key that replaced a different
+    /// Perl key which is the same Swift string (canonically equivalent, "é" and "e\u{301}").
+    mutating func insertCountingMerges(_ value: AEMP.Value, forKey key: String) {
+        guard updateValue(value, forKey: key) != nil, let i = index(forKey: key),
+            !self[i].key.unicodeScalars.elementsEqual(key.unicodeScalars)
+        else { return }
+        ValueEvents.record(.hashKeyMerged)
+    }
 }
 
 /// Hash keys are Swift strings: a key value holding code points Unicode cannot hold is written

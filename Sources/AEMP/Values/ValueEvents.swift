@@ -17,6 +17,9 @@ public enum ValueEvents {
         case hashKeyReplaced
         /// A CBOR map key that was an array or map (Perl cannot use it either): the pair was dropped.
         case hashKeyDropped
+        /// Two hash keys that differ in Perl but are one Swift `String` (canonically equivalent
+        /// Unicode, e.g. "é" and "e\u{301}"): the later pair replaced the earlier.
+        case hashKeyMerged
 
         /// The metric label.
         public var label: String {
@@ -28,6 +31,7 @@ public enum ValueEvents {
             case .malformedTextReplaced: return "malformed_text_replaced"
             case .hashKeyReplaced: return "hash_key_replaced"
             case .hashKeyDropped: return "hash_key_dropped"
+            case .hashKeyMerged: return "hash_key_merged"
             }
         }
     }
