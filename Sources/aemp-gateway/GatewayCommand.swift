@@ -56,6 +56,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-body"), help: ArgumentHelp(GatewaySettings.help("max-body")))
     var maxBody: [String] = []
 
+    @Option(name: .customLong("max-packet"), help: ArgumentHelp(GatewaySettings.help("max-packet")))
+    var maxPacket: [String] = []
+
     @Option(name: .customLong("max-connections"), help: ArgumentHelp(GatewaySettings.help("max-connections")))
     var maxConnections: [String] = []
 
@@ -150,6 +153,7 @@ struct GatewayCommand: AsyncParsableCommand {
             "cors-origin": corsOrigin,
             "allow-node-port-tag": allowNodePortTag,
             "max-body": maxBody,
+            "max-packet": maxPacket,
             "max-connections": maxConnections,
             "connection-memory": connectionMemory,
             "connection-timeout": connectionTimeout,

@@ -18,9 +18,30 @@ enum ArgumentValue {
         }
     }
 
-    /// The message elements, one per argument.
+    /// The message elements, one per argument; a message nested deeper than the network carries
+    /// (`MeshLimits.maxMessageDepth`, the message array counted as one level) is refused.
     static func message(_ arguments: [String]) throws -> [Value] {
-        try arguments.enumerated().map { i, text in try parse(text, what: "message element \(i + 1)") }
+        let message = try arguments.enumerated().map { i, text in try parse(text, what: "message element \(i + 1)") }
+        let limit = MeshLimits.maxMessageDepth
+        if message.contains(where: { $0.nests(deeperThan: limit - 1) }) {
+            throw ToolError.badArgument(
+                "the message nests \(Value.array(message).nestingDepth) levels deep (its list counted as one); "
+                    + "the network carries at most \(limit): Perl would lose it and everything after it on the connection")
+        }
+        return message
+    }
+
+    /// A database value; one nested deeper than `MeshLimits.maxDatabaseValueDepth` (the depth that
+    /// fits `g_slave`, the deepest packet carrying it) is refused.
+    static func databaseValue(_ text: String) throws -> Value {
+        let value = try parse(text, what: "value")
+        let limit = MeshLimits.maxDatabaseValueDepth
+        if value.nests(deeperThan: limit) {
+            throw ToolError.badArgument(
+                "the value nests \(value.nestingDepth) levels deep; the network carries at most \(limit) "
+                    + "(a node's whole database travels 3 levels down in g_slave)")
+        }
+        return value
     }
 
     /// A port ID `node#name`; a node ID alone (or `node#`) is that node's node port.

@@ -119,7 +119,7 @@ struct DBSet: AsyncParsableCommand {
 
     func run() async throws {
         let stop = terminationSignal()
-        let value = try ArgumentValue.parse(self.value, what: "value")
+        let value = try ArgumentValue.databaseValue(self.value)
         guard let session = try await Session.join(options, client, unlessStopped: stop) else { return }
         let node = session.node
         let (family, key) = (self.family, self.key)

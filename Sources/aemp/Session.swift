@@ -24,6 +24,9 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: notice for seed, error otherwise).")
     var logLevel: String?
 
+    @Option(help: "Largest packet in bytes a peer may send (a larger one cuts it off); 65536...268435456, default 67108864.")
+    var maxPacket: Int?
+
     /// The node configuration these options describe; `diagnostics` (if given) sees the node's log.
     func configuration(
         defaultNodeID: String? = nil, defaultLogLevel: Logger.Level, diagnostics: JoinDiagnostics? = nil
@@ -31,6 +34,13 @@ struct NodeOptions: ParsableArguments {
         var c = NodeConfiguration(secret: try readSecret())
         if let id = nodeID ?? defaultNodeID { c.nodeID = id }
         c.seeds = seedList
+        if let maxPacket {
+            guard (65_536...(256 << 20)).contains(maxPacket) else {
+                throw ToolError.configuration("--max-packet \(maxPacket) is not in 65536...268435456")
+            }
+            c.maxPacketSize = maxPacket
+            c.maxUnsentBytes = max(c.maxUnsentBytes, 4 * maxPacket)
+        }
         var level = defaultLogLevel
         if let logLevel {
             guard let l = Logger.Level(rawValue: logLevel) else {

@@ -314,6 +314,11 @@ struct OpenAPIConformanceTests {
             try await e.waitForMaster()
             try await peerBacklogged(e)
 
+            let f = try await SpecGateway.start("f", coverage: coverage) { c in c.node.maxPacketSize = 65_536 }
+            opened.append(f)
+            try await f.waitForMaster()
+            try await meshLimits(f)
+
             let d = try await SpecGateway.start("d", coverage: coverage)
             opened.append(d)
             try await d.waitForMaster()
@@ -908,6 +913,30 @@ struct OpenAPIConformanceTests {
         // The gateway's own mailboxes need no network.
         let mb = try await c.createMailbox()
         try await c.exchange("POST", "/v1/send", json: ["port": .string(mb.port), "message": ["local"]], expect: 202)
+    }
+
+    /// What the mesh can carry (a 64 KiB `--max-packet` here): a message nested deeper than 512
+    /// levels or a db value deeper than 509 is 422 too_deep, a bigger packet 413 message_too_large.
+    func meshLimits(_ f: SpecGateway) async throws {
+        func nested(_ levels: Int) -> Value {
+            var v: Value = "bottom"
+            for _ in 0..<levels { v = .array([v]) }
+            return v
+        }
+        let big = Value.string(String(repeating: "b", count: 70_000))
+        let mb = try await f.createMailbox()
+        for (message, status, code) in [(nested(513), 422, "too_deep"), ([big], 413, "message_too_large")] as [(Value, Int, String)] {
+            let sent = try await f.exchange("POST", "/v1/send", json: ["port": .string(f.mailboxPort), "message": message], expect: status, code)
+            #expect(sent.json?.objectValue?["limit"] == (status == 422 ? 512 : 65_536))
+            try await f.exchange("POST", "/v1/call", json: ["port": .string(f.mailboxPort), "message": message, "timeout": 1], expect: status, code)
+        }
+        for (value, status, code) in [(nested(510), 422, "too_deep"), (big, 413, "message_too_large")] as [(Value, Int, String)] {
+            let put = try await f.exchange("PUT", "/v1/db/conf_limits/k", json: value, expect: status, code)
+            #expect(put.json?.objectValue?["limit"] == (status == 422 ? 509 : 65_536))
+            try await f.exchange("POST", "/v1/db/conf_limits/reg", json: ["port": .string(mb.name), "value": value], expect: status, code)
+        }
+        let polled = try await f.exchange("GET", "/v1/ports/\(f.mailboxName)/messages?wait=0", expect: 200)
+        #expect(polled.json?.objectValue?["messages"]?.arrayValue?.isEmpty == true, "a refused message arrived: \(polled)")
     }
 
     /// A node that stops reading (an `aemp sink` process, SIGSTOPped): once its connection holds

@@ -149,6 +149,19 @@ struct ToolTests {
         #expect(badNode.exit == .exited(64), "\(badNode)")
         #expect(badNode.stderr.hasPrefix("aemp: error: invalid port ID 'a;b#name': node ID \"a;b\" contains ';'"), "\(badNode)")
 
+        // Deeper than the network carries (issue 13): refused before joining.
+        let deepMessage = try await ChildProcess.run(
+            "aemp", ["snd"] + secret + dead + ["n#p", String(repeating: "[", count: 512) + String(repeating: "]", count: 512)])
+        #expect(deepMessage.exit == .exited(64), "\(deepMessage)")
+        #expect(deepMessage.stderr.hasPrefix("aemp: error: the message nests 513 levels deep (its list counted as one); the network carries at most 512"), "\(deepMessage)")
+        let deepValue = try await ChildProcess.run(
+            "aemp", ["db", "set"] + secret + dead + ["fam", "key", String(repeating: "[", count: 510) + String(repeating: "]", count: 510)])
+        #expect(deepValue.exit == .exited(64), "\(deepValue)")
+        #expect(deepValue.stderr.hasPrefix("aemp: error: the value nests 510 levels deep; the network carries at most 509"), "\(deepValue)")
+        let badPacket = try await ChildProcess.run("aemp", ["nodes", "--max-packet", "100"] + secret + dead)
+        #expect(badPacket.exit == .exited(64), "\(badPacket)")
+        #expect(badPacket.stderr == "aemp: error: --max-packet 100 is not in 65536...268435456\n", "\(badPacket)")
+
         let noSecret = try await ChildProcess.run("aemp", ["nodes"] + dead, unsetEnvironment: ["AEMP_SECRET"])
         #expect(noSecret.exit == .exited(64), "\(noSecret)")
         #expect(noSecret.stderr == "aemp: error: no shared secret: pass --secret, --secret-file or set AEMP_SECRET\n")

@@ -27,8 +27,10 @@ public struct NodeConfiguration: Sendable {
     /// stay visible while those slaves re-register with another global (Perl drops them at once,
     /// leaving a window, aemp-protocol §10.2). Zero restores Perl's behaviour.
     public var globalLossGrace: TimeAmount = .seconds(5)
-    /// Largest packet accepted from a peer.
-    public var maxPacketSize: Int = 64 << 20
+    /// Largest packet accepted from a peer; a peer that sends a larger one is cut off. Perl has no
+    /// limit, and `g_slave` carries a node's whole database in one packet: see
+    /// `MeshLimits.defaultMaxPacketSize`. Give every Swift node of a network the same value.
+    public var maxPacketSize: Int = MeshLimits.defaultMaxPacketSize
     /// Bytes sent to a peer and not yet taken by it beyond which it counts as no longer reading:
     /// its connection is closed with a logged reason and its monitors fire with transport_error,
     /// instead of buffering without bound. Four times the largest packet, so that a peer that reads

@@ -80,13 +80,6 @@ extension Value {
     }
 }
 
-/// What the mesh can carry (aemp-protocol §14): the limits every codec and HTTP entry point share.
-public enum MeshLimits {
-    /// Deepest nesting Perl's JSON::XS and CBOR::XS decode, the packet array counted as one level.
-    /// A packet deeper than this is lost on a Perl node together with everything after it.
-    public static let maxDepth = 512
-}
-
 extension Value {
     /// The string, if this is a string.
     public var stringValue: String? {

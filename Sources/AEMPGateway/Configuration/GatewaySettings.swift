@@ -227,7 +227,19 @@ public struct GatewaySettings: Sendable {
             }
             if harmful.isEmpty { c.allowedNodePortTags = Set(v) }
         },
-        integer("max-body", "Largest request body in bytes.", 1...(1 << 30)) { $1.http.maxBodySize = $0 },
+        integer(
+            "max-body",
+            "Largest request body in bytes (default 1114112: a 1 MiB message and its envelope; each upload is held whole in memory).",
+            1...(1 << 30)
+        ) { $1.http.maxBodySize = $0 },
+        integer(
+            "max-packet",
+            "Largest AEMP packet in bytes: the node cuts off a peer that sends a larger one, and HTTP input that would make one gets 413 message_too_large (default 67108864; Perl has no limit, and a node's whole database travels in one packet).",
+            65_536...(256 << 20)
+        ) { n, c in
+            c.node.maxPacketSize = n
+            c.node.maxUnsentBytes = max(c.node.maxUnsentBytes, 4 * n)  // a peer that reads is never cut off for a few big packets
+        },
         integer("max-connections", "HTTP connections served at once (more get 503).", 1...19_000) { $1.http.maxConnections = $0 },
         integer(
             "connection-memory",

@@ -77,6 +77,23 @@ extension Problem {
             413, "body_too_large", "Request body too large", "The request body exceeds the limit of \(limit) bytes",
             extra: ["limit": .int(Int64(limit))])
     }
+    /// A message or database value nested deeper than Perl decodes in the packet that carries it
+    /// (`MeshLimits`): refused before anything is sent. `depth` and `limit` count `what`'s levels.
+    static func tooDeep(_ what: String, depth: Int, limit: Int) -> Problem {
+        Problem(
+            422, "too_deep", "Nested too deep for the network",
+            "\(what) nests \(depth) levels deep; the network carries at most \(limit) (Perl's decoders stop at "
+                + "\(MeshLimits.maxDepth) levels per packet and lose everything after such a packet); nothing was sent",
+            extra: ["depth": .int(Int64(depth)), "limit": .int(Int64(limit))])
+    }
+    /// A message or database value whose packet would exceed `--max-packet` bytes: a Swift peer
+    /// cuts off a connection that sends it. Refused before anything is sent.
+    static func messageTooLarge(_ what: String, size: Int, limit: Int) -> Problem {
+        Problem(
+            413, "message_too_large", "Message too large for the network",
+            "\(what) makes a \(size)-byte packet; nodes accept at most \(limit) bytes (--max-packet); nothing was sent",
+            extra: ["size": .int(Int64(size)), "limit": .int(Int64(limit))])
+    }
     static func overloaded(_ what: String, retryAfter: Int = 1) -> Problem {
         var p = Problem(503, "over_capacity", "Over capacity", what)
         p.headers["Retry-After"] = String(retryAfter)

@@ -48,7 +48,11 @@ public struct HTTPServerSettings: Sendable {
     /// Connections served; up to 64 more are accepted only to be answered 503 and closed, beyond
     /// that libmicrohttpd refuses them. The process may hold 20,000 descriptors here.
     public var maxConnections: Int = 16_000
-    public var maxBodySize: Int = 1 << 20
+    /// Largest request body: a 1 MiB message plus 64 KiB for its envelope (port, batch, escapes).
+    /// Not `--max-packet` (64 MiB): every upload is held whole, then parsed into a tree several
+    /// times its size, on up to `maxConnections` connections at once.
+    public var maxBodySize: Int = HTTPServerSettings.defaultMaxBodySize
+    public static let defaultMaxBodySize = (1 << 20) + (64 << 10)
     /// Seconds a request may take to arrive completely (header and body; `RequestDeadlines`), and
     /// an idle keep-alive connection may stay open (suspended ones never time out).
     public var connectionTimeout: Int = 60

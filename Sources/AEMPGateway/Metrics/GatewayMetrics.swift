@@ -21,6 +21,8 @@ final class GatewayMetrics: Sendable {
     let masterChanges: Counter
     let messagesSent: Counter
     let sendsRefusedBacklog: Counter
+    let refusedTooDeep: Counter
+    let refusedTooLarge: Counter
     let messagesDelivered: Counter
     let requestBytes: Counter
     let responseBytes: Counter
@@ -70,6 +72,14 @@ final class GatewayMetrics: Sendable {
             descriptor: name(
                 "sends_refused_backlogged", "total",
                 "Sends and calls refused with 503 peer_backlogged: the destination node was not reading fast enough."))
+        refusedTooDeep = registry.makeCounter(
+            descriptor: name(
+                "requests_refused_too_deep", "total",
+                "Sends, calls and database writes refused with 422 too_deep: nested deeper than Perl decodes in the packet carrying it."))
+        refusedTooLarge = registry.makeCounter(
+            descriptor: name(
+                "requests_refused_too_large", "total",
+                "Sends, calls and database writes refused with 413 message_too_large: the packet would exceed --max-packet."))
         messagesDelivered = registry.makeCounter(
             descriptor: name("mailbox_delivered_messages", "total", "Messages and monitor events delivered into mailboxes."))
         requestBytes = registry.makeCounter(

@@ -48,7 +48,8 @@ extension Gateway {
     func put(family: String, subkey: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
         try checkWritable(family)
         guard !subkey.isEmpty else { throw .invalidRequest("the subkey is empty") }
-        let value = try jsonBody(request)
+        let value = try jsonBody(request, carrying: .databaseValue)
+        try requireCarriable(databaseValue: value, family: family, subkey: subkey, bodyBytes: request.body.count)
         ownedKeys.withLock { _ = $0[family, default: []].insert(subkey) }
         node.dbSet(family, subkey, value)
         return .json(200, ["family": .string(family), "subkey": .string(subkey), "value": value])
@@ -75,11 +76,12 @@ extension Gateway {
     /// mailbox dies.
     func register(family: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
         try checkWritable(family)
-        guard case .object(let o) = try jsonBody(request), case .string(let name)? = o["port"] else {
+        guard case .object(let o) = try jsonBody(request, carrying: .registration), case .string(let name)? = o["port"] else {
             throw .invalidRequest("the body must be {\"port\": \"<mailbox name>\", \"value\": ...}")
         }
         let mailbox = try mailboxes.lookup(name)
         let value = o["value"] ?? .null
+        try requireCarriable(databaseValue: value, family: family, subkey: mailbox.port.description, bodyBytes: request.body.count)
         node.dbReg(family, port: mailbox.port, value)
         ownedKeys.withLock { _ = $0[family, default: []].insert(mailbox.port.description) }
         return .json(201, ["family": .string(family), "subkey": .string(mailbox.port.description), "value": value])

@@ -139,12 +139,17 @@ extension Gateway {
 
     // MARK: - Request helpers
 
-    /// Parses the body as JSON (jansson).
-    func jsonBody(_ request: HTTPRequest) throws(Problem) -> Value {
+    /// Parses the body as JSON (jansson). A body that puts what it `carries` on the mesh and nests
+    /// deeper than the parser goes is 422 too_deep (the mesh carries far less), else 400.
+    func jsonBody(_ request: HTTPRequest, carrying carries: MeshInput? = nil) throws(Problem) -> Value {
         guard !request.body.isEmpty else { throw .malformedJSON("the body is empty") }
         do {
             return try JSONCodec.decode(request.body)
         } catch {
+            if let carries, RawJSONDepth.isDepthError(error) {
+                metrics.refusedTooDeep.increment()
+                throw carries.tooDeep(body: request.body)
+            }
             throw .malformedJSON("\(error)")
         }
     }

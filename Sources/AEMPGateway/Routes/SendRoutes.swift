@@ -6,7 +6,7 @@ extension Gateway {
 
     /// `snd` of one message or a batch; everything is validated before anything is sent.
     func send(_ request: HTTPRequest) throws(Problem) -> HTTPResponse {
-        Self.accepted(try send(body: try jsonBody(request)))
+        Self.accepted(try send(body: try jsonBody(request, carrying: .send), bodyBytes: request.body.count))
     }
 
     /// The quick answer to `POST /v1/send` (see `HTTPHandler.quickAnswer`): the same work as
@@ -19,7 +19,7 @@ extension Gateway {
             guard (try? authorize(method: "POST", authorization: authorization())) != nil else { return nil }
         }
         // A refusal is not counted here: the general path answers it, and counts it, again.
-        guard let body = try? JSONCodec.decode(bytes), let count = try? send(body: body, countingRefusals: false) else { return nil }
+        guard let body = try? JSONCodec.decode(bytes), let count = try? send(body: body, bodyBytes: bytes.count, countingRefusals: false) else { return nil }
         let response = Self.accepted(count)
         metrics.requestAnswered(
             .send, status: 202, elapsed: ContinuousClock.now - start, bodyBytesIn: bytes.count, bodyBytesOut: response.body.count)
@@ -32,7 +32,7 @@ extension Gateway {
     }
 
     /// Validates a send body (one envelope or a batch) and sends it; returns how many were sent.
-    private func send(body: Value, countingRefusals: Bool = true) throws(Problem) -> Int {
+    private func send(body: Value, bodyBytes: Int, countingRefusals: Bool = true) throws(Problem) -> Int {
         let items: [Value]
         let batch: Bool
         switch body {
@@ -53,7 +53,9 @@ extension Gateway {
         sends.reserveCapacity(items.count)
         for (i, item) in items.enumerated() {
             do {
-                sends.append(try envelope(item))
+                let (port, message) = try envelope(item)
+                try requireCarriable(message: message, to: port, bodyBytes: bodyBytes, counting: countingRefusals)
+                sends.append((port, message))
             } catch {
                 throw batch ? error.at(index: i) : error
             }
@@ -104,8 +106,14 @@ extension Gateway {
     /// `cal`: a temporary reply port appended to the message; the first reply answers, a death
     /// of the target port (monitor) or the timeout ends the call.
     func call(_ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
-        let body = try jsonBody(request)
+        let body = try jsonBody(request, carrying: .call)
         let (target, message) = try envelope(body)
+        // The reply port's name is unguessable, like a mailbox's: a counter name (`node.port()`)
+        // would let any client send to it and forge the answer to another client's call.
+        let replyName = "call-\(randomToken(bytes: 17))"
+        // The reply port is appended to the message: a string, so the packet nests no deeper.
+        try requireCarriable(
+            message: message, to: target, appended: [.string("\(node.id)#\(replyName)")], bodyBytes: request.body.count)
         var timeout = configuration.defaultCallTimeout
         if let t = body.objectValue?["timeout"] {
             guard let seconds = t.strictNumber, seconds > 0, seconds <= configuration.maxCallTimeout else {
@@ -129,9 +137,7 @@ extension Gateway {
             pendingCalls.wrappingSubtract(1, ordering: .relaxed)
             exchange.respond(response)
         }
-        // The reply port's name is unguessable, like a mailbox's: a counter name (`node.port()`)
-        // would let any client send to it and forge the answer to another client's call.
-        guard let reply = node.port(named: "call-\(randomToken(bytes: 17))", { message in
+        guard let reply = node.port(named: replyName, { message in
             finish(.json(200, ["reply": .array(message)]))
         }) else {
             pendingCalls.wrappingSubtract(1, ordering: .relaxed)
