@@ -1,3 +1,5 @@
+import NIOCore
+
 /// What the mesh can carry (aemp-protocol §14): the limits every codec and HTTP entry point share.
 ///
 /// Depth is counted as Perl's JSON::XS and CBOR::XS count it (`Value.nestingDepth`): the packet
@@ -45,7 +47,10 @@ public enum MeshLimits {
     /// at its handshake (aemp-protocol §4.1), so a packet must fit both. Encodes the packet twice.
     public static func encodedSize(ofPacket packet: [Value]) -> Int {
         let cbor = CBORCodec.encode(.array(packet)).count
-        let json = (try? JSONCodec.encodeBytes(.array(packet)).count) ?? cbor
+        var buffer = ByteBuffer()
+        // The mesh's JSON (Perl's lax UTF-8 for code points HTTP would replace); a packet too deep
+        // to write is refused for its depth before its size matters.
+        let json = (try? JSONCodec.encode(.array(packet), into: &buffer)).map { buffer.readableBytes } ?? cbor
         return max(cbor, json)
     }
 

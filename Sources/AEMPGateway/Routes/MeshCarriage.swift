@@ -77,13 +77,6 @@ enum MeshInput {
 
 /// Nesting of raw JSON the parser refused as too deep, to answer 422 too_deep with numbers.
 enum RawJSONDepth {
-    /// Whether a decoder error says the text nests deeper than the parser goes (jansson:
-    /// "maximum parsing depth reached"; AEMP's own reader: "nested deeper than …").
-    static func isDepthError(_ error: any Error) -> Bool {
-        let text = "\(error)"
-        return text.contains("maximum parsing depth") || text.contains("nested deeper than")
-    }
-
     /// The deepest bracket nesting of `bytes`, strings skipped (the text need not be valid JSON).
     static func deepest(_ bytes: [UInt8]) -> Int {
         var depth = 0, deepest = 0, inString = false, escaped = false

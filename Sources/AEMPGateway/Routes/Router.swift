@@ -146,7 +146,7 @@ extension Gateway {
         do {
             return try JSONCodec.decode(request.body)
         } catch {
-            if let carries, RawJSONDepth.isDepthError(error) {
+            if let carries, case .tooDeep = error {
                 metrics.refusedTooDeep.increment()
                 throw carries.tooDeep(body: request.body)
             }
