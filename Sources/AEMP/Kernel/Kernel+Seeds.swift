@@ -122,7 +122,12 @@ extension Kernel {
         guard let peer = peers[node], peer.connecting else { return }
         let addresses = (args.dropFirst().first?.arrayValue ?? []).compactMap(\.stringValue)
         guard !addresses.isEmpty else {
-            retryConnect(peer, after: args.count > 1 && args[1].isNull ? "no known address" : "node is private (no listeners)")
+            // The network has no address for it (`null`: unknown, `[]`: a private node that did
+            // not connect to us): Perl fails the connect at once with this reason (Node.pm
+            // `connect_to`, aemp-protocol §9, §14); waiting for the deadline would change nothing.
+            logger.debug(
+                "no known address", metadata: ["peer": "\(node)", "private": "\(args.count > 1 && !args[1].isNull)"])
+            noKnownAddress(peer)
             return
         }
         peer.addresses = addresses
