@@ -208,6 +208,12 @@ extension Kernel: ConnectionDelegate {
         return nil
     }
 
+    func connectionHasSibling(_ connection: Connection) -> Bool {
+        guard let id = connection.peerID else { return false }
+        if peers[id]?.isUp == true { return true }
+        return connections.values.contains { $0 !== connection && $0.peerID == id }
+    }
+
     func connectionEstablished(_ connection: Connection) {
         guard let id = connection.peerID else { return }
         if isShutDown {
@@ -268,6 +274,7 @@ extension Kernel: ConnectionDelegate {
             seeds[i].dialing = false
         }
         guard let id = connection.peerID, let peer = peers[id], peer.connection === connection else {
+            if case .dialed(let address) = connection.origin { seedHandshakeFailed(address, reason: reason) }
             seedConnectionLost(nil)
             return
         }
