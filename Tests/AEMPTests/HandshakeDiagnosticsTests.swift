@@ -44,6 +44,38 @@ struct HandshakeDiagnosticsTests {
         #expect(ready.body.contains(#""seeds":[{"#), "the per-seed reasons as a member: \(ready.body)")
     }
 
+    @Test("a tls=1.0 peer that lists hmac_sha3_512 but closes without authenticating (a Perl node with a cert and no secret): the node warns peer requires TLS, and seedProblems says it")
+    func tlsPeerClosesAfterGreeting() async throws {
+        let tlsSeed = try await ScriptedListener.start()
+        defer { Task { await tlsSeed.close() } }
+        let log = CapturedLog()
+        var c = scriptedNodeConfiguration(id: "hd-tls-client-%u", seeds: [tlsSeed.address])
+        c.logger = log.logger()
+        let node = try Node(configuration: c)
+        try await node.start()
+        defer { Task { await node.shutdown() } }
+
+        let peer = try await tlsSeed.accept(within: 10)
+        try await peer.write(
+            "aemp;1;hd-tls-perl;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;cbor,json;tls=1.0;"
+                + "peeraddr=\(peer.remoteAddress);provider=AE-2.02\n\(ScriptedPeer.nonce())\n")
+        _ = try await peer.readGreeting(within: 5)
+        _ = try await peer.readLine(within: 5, "the node's auth line (it has a secret)")
+        await peer.close()  // Perl: "unable to handshake TLS and no shared secret configured"
+
+        await eventually(within: 10, "a warning: peer requires TLS, naming the peer and its address") {
+            log.records.withLock { records in
+                records.contains { r in
+                    r.level == .warning && r.description.contains("peer requires TLS and this network has no shared secret")
+                        && r.description.contains("hd-tls-perl") && r.description.contains(peer.localAddress)
+                }
+            }
+        }
+        let problems = node.seedProblems
+        #expect(problems.count == 1 && problems.first?.seed == tlsSeed.address, "\(problems)")
+        #expect(problems.first?.reason.hasPrefix("peer requires TLS and this network has no shared secret") == true, "\(problems)")
+    }
+
     @Test("two nodes with the same ID join one seed: the second one's log says node ID already connected, naming the ID and the seed")
     func duplicateNodeID() async throws {
         let seed = try makeNode(id: "hd-seed-%u", binds: ["127.0.0.1:0"])

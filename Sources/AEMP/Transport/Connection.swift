@@ -207,16 +207,16 @@ final class Connection: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         let reason = "transport error: \(error)"
-        close(reason: state == .established ? reason : explainRefusal(reason))
+        close(reason: state == .established || closing ? reason : explainRefusal(reason))
     }
 
-    /// The peer closed the handshake (`what`) after its greeting and before its auth line. A Perl
-    /// or Swift node does that only when it refuses us at greeting time (Transport.pm 225-260,
-    /// aemp-protocol §4.1): it wants TLS and cannot authenticate without it, or a node with our ID
-    /// is already connected to it. (With a wrong secret it sends its auth line first.) Says
-    /// which, and marks the failure as one for the operator; other cases keep `what`.
+    /// The peer closed the handshake (`what`) after both its greeting lines and before its auth
+    /// line. A Perl or Swift node does that only when it refuses us at greeting time (Transport.pm
+    /// 225-260, aemp-protocol §4.1): it wants TLS and cannot authenticate without it, or a node
+    /// with our ID is already connected to it. (With a wrong secret it sends its auth line first.)
+    /// Says which, and marks the failure as one for the operator; other cases keep `what`.
     private func explainRefusal(_ what: String) -> String {
-        guard state == .greeting2 || state == .auth, let greeting = remoteGreeting else { return what }
+        guard state == .auth, let greeting = remoteGreeting else { return what }
         if greeting.requestsTLS {
             needsOperator = true
             return Self.tlsWithoutSecret(greeting, detail: "it closed the handshake without authenticating (\(what))")
