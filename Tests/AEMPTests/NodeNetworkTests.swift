@@ -89,6 +89,9 @@ struct ThreeNodes {
         try await priv.start()
         #expect(await pub.waitForMaster(timeout: .seconds(10)) == seed.id)
         #expect(await priv.waitForMaster(timeout: .seconds(10)) == seed.id)
+        // pub's g_slave has reached the seed: a lookup before that fails at once with "no known
+        // address", as in Perl. (Asked through priv: the seed answers only once it is global.)
+        await eventually(within: 10, "the seed knows pub") { await priv.dbKeys("'l").contains(pub.id) }
         return ThreeNodes(seed: seed, pub: pub, priv: priv)
     }
 
@@ -228,6 +231,8 @@ struct FailoverTests {
         await dying.shutdown()
         await eventually("private node re-attached") { await priv.master() == surviving.id }
         await eventually("public node re-attached") { await pub.master() == surviving.id }
+        // ...and its g_slave has reached the new master: before that a lookup fails at once.
+        await eventually("the new master knows pub") { await priv.dbKeys("'l").contains(pub.id) }
 
         // The new master learnt both nodes from their g_slave: the private node finds pub through it.
         let (port, inbox) = pub.mailbox()

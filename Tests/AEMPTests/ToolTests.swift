@@ -345,6 +345,8 @@ struct ToolNetwork {
             let p = try makeNode(id: "tool-pub-%u", binds: ["127.0.0.1:0"], seeds: [address])
             try await p.start()
             #expect(await p.waitForMaster(timeout: .seconds(10)) == seed.id)
+            // Registered with the seed: a lookup before that fails at once ("no known address").
+            await eventually(within: 10, "the seed knows the public node") { await p.dbKeys("'l").contains(p.id) }
             pub = p
         }
         return ToolNetwork(seed: seed, address: address, pub: pub)

@@ -17,7 +17,10 @@ public struct NodeConfiguration: Sendable {
     public var framings: [Framing] = [.cbor, .json]
     /// Handshake deadline (Perl's `monitor_timeout`, 30 s).
     public var handshakeTimeout: TimeAmount = .seconds(30)
-    /// How long queued messages wait for a connection before they are dropped and monitors fire.
+    /// How long queued messages wait for a connection before they are dropped and monitors fire,
+    /// while the node's address is being looked up (no master yet, `g_find` unanswered) or dialed.
+    /// When the network answers that the node has no address, they fail at once with
+    /// `transport_error <node> "no known address"`, as in Perl (aemp-protocol §9).
     public var connectTimeout: TimeAmount = .seconds(10)
     /// Interval between dial attempts to a node's different addresses (Perl's `connect_interval`).
     public var connectInterval: TimeAmount = .seconds(2)

@@ -92,7 +92,12 @@ extension Kernel: ConnectionDelegate {
         } else if isGlobal {
             peer.addresses = directory.addresses(of: peer.id) ?? []
             if peer.addresses.isEmpty {
-                retryConnect(peer, after: "no known address")
+                // A global either knows the node or does not (Perl's Node.pm `connect`): fail at
+                // once, on the next loop turn (we may be inside the `snd` or `mon` that asked).
+                loop.assumeIsolated().execute { [weak self, weak peer] in
+                    guard let self, let peer else { return }
+                    self.noKnownAddress(peer)
+                }
             } else {
                 dialAddresses(of: peer)
             }
@@ -127,8 +132,9 @@ extension Kernel: ConnectionDelegate {
         }
     }
 
-    /// One attempt failed: look the node up and dial again after `connectInterval`, until the
-    /// connect deadline gives up with the last reason (a node may register moments after we ask).
+    /// One attempt to dial known addresses failed: look the node up and dial again after
+    /// `connectInterval`, until the connect deadline gives up with the last reason. (An answer
+    /// that the node has no address fails at once instead: `handleFound`, `startConnect`.)
     func retryConnect(_ peer: Peer, after reason: String) {
         guard peer.connecting else { return }
         peer.lastError = reason
@@ -138,6 +144,19 @@ extension Kernel: ConnectionDelegate {
                 guard let self, let peer, peer.connecting, !peer.isUp else { return }
                 self.startConnect(peer)
             })
+    }
+
+    /// The network has no address for the node: the connect fails at once, as in Perl
+    /// (`transport_error <node> "no known address"`, aemp-protocol §9) — unless that node is in a
+    /// handshake with us right now (it dialed us and its greeting is in): that connection is what
+    /// the queue waits for, and the connect deadline still applies.
+    func noKnownAddress(_ peer: Peer) {
+        guard peer.connecting, !peer.isUp else { return }
+        if connections.values.contains(where: { $0.peerID == peer.id }) {
+            peer.lastError = "no known address"
+            return
+        }
+        connectFailed(peer, reason: "no known address")
     }
 
     /// A connect attempt failed: queued messages are dropped and monitors fire (aemp-protocol §8).
@@ -187,6 +206,12 @@ extension Kernel: ConnectionDelegate {
             return "already connected to \(greeting.nodeID)"
         }
         return nil
+    }
+
+    func connectionHasSibling(_ connection: Connection) -> Bool {
+        guard let id = connection.peerID else { return false }
+        if peers[id]?.isUp == true { return true }
+        return connections.values.contains { $0 !== connection && $0.peerID == id }
     }
 
     func connectionEstablished(_ connection: Connection) {
@@ -249,6 +274,7 @@ extension Kernel: ConnectionDelegate {
             seeds[i].dialing = false
         }
         guard let id = connection.peerID, let peer = peers[id], peer.connection === connection else {
+            if case .dialed(let address) = connection.origin { seedHandshakeFailed(address, reason: reason) }
             seedConnectionLost(nil)
             return
         }

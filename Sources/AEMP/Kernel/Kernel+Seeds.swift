@@ -25,6 +25,7 @@ extension Kernel {
         dial(address) { [weak self] reason in
             guard let self, let i = self.seeds.firstIndex(where: { $0.address == address }) else { return }
             self.seeds[i].dialing = false
+            self.seedProblems.set(address, "cannot connect: \(Self.summary(ofConnectError: reason))")
             self.logger.debug("seed unreachable", metadata: ["seed": "\(address)", "error": "\(reason)"])
             self.scheduleSeedRetry(at: i)
         }
@@ -45,9 +46,27 @@ extension Kernel {
         }
     }
 
+    /// NIO's connect errors are long structure dumps; keep the part an operator can act on.
+    static func summary(ofConnectError error: String) -> String {
+        let lower = error.lowercased()
+        if lower.contains("connection refused") { return "connection refused" }
+        if lower.contains("connecttimeout") || lower.contains("timed out") { return "connect timeout" }
+        if lower.contains("no route") { return "no route to host" }
+        return error.count > 200 ? String(error.prefix(200)) + "..." : error
+    }
+
+    /// A handshake with the seed dialed at `address` failed: remember why, unless the seed is up
+    /// over another connection (crossing dials, a duplicate) or is this node.
+    func seedHandshakeFailed(_ address: String, reason: String) {
+        guard let seed = seeds.first(where: { $0.address == address }), !seed.isSelf else { return }
+        if let id = seed.nodeID, peers[id]?.isUp == true { return }
+        seedProblems.set(address, reason)
+    }
+
     /// A connection came up: if it is a seed, it may become our master.
     func seedNodeUp(_ id: String) {
         for i in seeds.indices where seeds[i].nodeID == id {
+            seedProblems.set(seeds[i].address, nil)
             seeds[i].backoff = 0
             seeds[i].retryTimer?.cancel()
             seeds[i].retryTimer = nil
@@ -122,10 +141,29 @@ extension Kernel {
         guard let peer = peers[node], peer.connecting else { return }
         let addresses = (args.dropFirst().first?.arrayValue ?? []).compactMap(\.stringValue)
         guard !addresses.isEmpty else {
-            retryConnect(peer, after: args.count > 1 && args[1].isNull ? "no known address" : "node is private (no listeners)")
+            // The network has no address for it (`null`: unknown, `[]`: a private node that did
+            // not connect to us): Perl fails the connect at once with this reason (Node.pm
+            // `connect_to`, aemp-protocol §9, §14); waiting for the deadline would change nothing.
+            logger.debug(
+                "no known address", metadata: ["peer": "\(node)", "private": "\(args.count > 1 && !args[1].isNull)"])
+            noKnownAddress(peer)
             return
         }
         peer.addresses = addresses
         dialAddresses(of: peer)
+    }
+}
+
+/// Why each seed is not connected, as last seen: its latest handshake failure or dial error,
+/// cleared when it comes up. Written on the node's loop, read from any thread.
+final class SeedProblemTable: Sendable {
+    private let table = Locked<[String: String]>([:])
+
+    func set(_ seed: String, _ reason: String?) {
+        table.withLock { $0[seed] = reason }
+    }
+
+    func all() -> [String: String] {
+        table.withLock { $0 }
     }
 }

@@ -171,6 +171,8 @@ final class Kernel {
     var connections: [ObjectIdentifier: Connection] = [:]
     /// What each peer's connection has not yet taken, for `Node.unsentBytes(to:)`.
     let backlogs = PeerBacklogs()
+    /// Why each seed is not connected, for `Node.seedProblems`.
+    let seedProblems = SeedProblemTable()
 
     init(configuration: NodeConfiguration, nodeID: String, randomisedID: Bool, loop: any EventLoop, ports: PortTable) {
         self.loop = loop

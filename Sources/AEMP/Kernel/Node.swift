@@ -33,6 +33,7 @@ public final class Node: Sendable {
     let ids: IDGenerator
     private let ports: PortTable
     private let backlogs: PeerBacklogs
+    private let problems: SeedProblemTable
     /// Work handed over from other threads, run on the loop in arrival order; one loop wake-up
     /// serves everything queued until it runs (a burst of `snd`s costs one hop, not one each).
     private let inbox = Locked(Inbox())
@@ -65,6 +66,7 @@ public final class Node: Sendable {
         self.ports = ports
         self.ids = k.ids
         self.backlogs = k.backlogs
+        self.problems = k.seedProblems
         self.kernel = NIOLoopBoundBox.makeBoxSendingValue(k, as: Kernel.self, eventLoop: loop)
     }
 
@@ -235,6 +237,18 @@ public final class Node: Sendable {
     /// this node faster than a peer reads can hold back before `maxUnsentBytes` cuts the peer off.
     public func unsentBytes(to nodeID: String) -> Int {
         backlogs.bytes(nodeID)
+    }
+
+    /// Why configured seeds are not connected, in configuration order: each one's latest
+    /// handshake failure (e.g. "peer requires TLS and this network has no shared secret", "node
+    /// ID already connected") or connect error, until it comes up. Callable from any thread.
+    public var seedProblems: [SeedProblem] {
+        let table = problems.all()
+        var seen = Set<String>()
+        return configuration.seeds.compactMap { seed in
+            guard seen.insert(seed).inserted, let reason = table[seed] else { return nil }
+            return SeedProblem(seed: seed, reason: reason)
+        }
     }
 
     /// Sends a message to a port given as a string (`node#name`, or a node ID for its node port).
@@ -424,4 +438,12 @@ extension Node {
     public func dbUnmon(_ handle: FamilyWatchHandle) {
         onLoop { $0.dbUnmon(handle.family, token: handle.token) }
     }
+}
+
+/// Why a seed is not connected (`Node.seedProblems`).
+public struct SeedProblem: Sendable, Equatable {
+    /// The seed's address as configured, `host:port`.
+    public let seed: String
+    /// The latest handshake failure or connect error.
+    public let reason: String
 }

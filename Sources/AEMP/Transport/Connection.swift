@@ -13,6 +13,13 @@ protocol ConnectionDelegate: AnyObject {
     func connection(_ connection: Connection, received packet: [Value])
     /// The connection is gone (it may never have been established).
     func connectionClosed(_ connection: Connection, reason: String)
+    /// Whether another connection with the same peer is up or in its handshake (crossing dials):
+    /// then the peer closing this one after its greeting is routine.
+    func connectionHasSibling(_ connection: Connection) -> Bool
+}
+
+extension ConnectionDelegate {
+    func connectionHasSibling(_ connection: Connection) -> Bool { false }
 }
 
 /// A connection's bytes written but not yet taken by the peer: changed on the connection's loop,
@@ -87,6 +94,9 @@ final class Connection: ChannelInboundHandler {
     private var closing = false
     /// The close is the peer's fault (it broke the protocol): logged as a warning, not routine.
     private var peerFault = false
+    /// The handshake failed for a reason an operator must fix (TLS without a shared secret, a
+    /// duplicate node ID): logged as a warning.
+    private var needsOperator = false
     /// Packets of the current loop tick, written and flushed as one buffer at its end (one
     /// write per tick instead of one per packet).
     private var outgoing: ByteBuffer?
@@ -187,12 +197,45 @@ final class Connection: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        finish(reason: closeReason ?? (state == .established ? "connection closed by peer" : "connection closed during handshake"))
+        if let closeReason {
+            finish(reason: closeReason)
+        } else if state == .established {
+            finish(reason: "connection closed by peer")
+        } else {
+            finish(reason: explainRefusal("connection closed during handshake"))
+        }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        close(reason: "transport error: \(error)")
+        let reason = "transport error: \(error)"
+        close(reason: state == .established || closing ? reason : explainRefusal(reason))
+    }
+
+    /// The peer closed the handshake (`what`) after both its greeting lines and before its auth
+    /// line. A Perl or Swift node does that only when it refuses us at greeting time (Transport.pm
+    /// 225-260, aemp-protocol §4.1): it wants TLS and cannot authenticate without it, or a node
+    /// with our ID is already connected to it. (With a wrong secret it sends its auth line first.)
+    /// Says which, and marks the failure as one for the operator; other cases keep `what`.
+    private func explainRefusal(_ what: String) -> String {
+        guard state == .auth, let greeting = remoteGreeting else { return what }
+        if greeting.requestsTLS {
+            needsOperator = true
+            return Self.tlsWithoutSecret(greeting, detail: "it closed the handshake without authenticating (\(what))")
+        }
+        // Crossing dials: the peer keeps the other connection with us (aemp-protocol §9).
+        if delegate?.connectionHasSibling(self) == true { return what }
+        needsOperator = true
+        return "node ID already connected: \(greeting.nodeID) closed the handshake right after reading our greeting, "
+            + "as a node does when a node with our ID \(settings.nodeID.debugDescription) is already connected to it "
+            + "(another node with this ID on the network?) (\(what))"
+    }
+
+    /// The reason for a peer that wants TLS, which this node does not speak, and no common secret.
+    private static func tlsWithoutSecret(_ greeting: Greeting, detail: String) -> String {
+        "peer requires TLS and this network has no shared secret: \(greeting.nodeID)'s greeting says "
+            + "tls=\(greeting.pairs["tls"] ?? "") and \(detail); this node does not speak TLS, so both sides "
+            + "need the same shared secret (aemp-protocol §4.5)"
     }
 
     // MARK: - Handshake
@@ -274,7 +317,13 @@ final class Connection: ChannelInboundHandler {
             guard let greeting = remoteGreeting else { return }
             // Auth method: first of the peer's list that we offer (we never send cleartext).
             guard greeting.authMethods.contains(AuthMethod.hmacSHA3_512.rawValue) else {
-                return close(reason: "no common auth method (peer accepts \(greeting.authMethods.joined(separator: ",")))")
+                let accepted = greeting.authMethods.joined(separator: ",")
+                if greeting.requestsTLS {
+                    // A Perl node with a certificate and no secret offers only tls_* methods.
+                    needsOperator = true
+                    return close(reason: Self.tlsWithoutSecret(greeting, detail: "it accepts only \(accepted)"))
+                }
+                return close(reason: "no common auth method (peer accepts \(accepted))")
             }
             // Send framing: first of the peer's list that we support.
             guard let framing = greeting.framings.lazy.compactMap({ name in
@@ -440,6 +489,8 @@ final class Connection: ChannelInboundHandler {
         } else if reason.hasPrefix("already connected") || reason.hasPrefix("I refuse to talk to myself") {
             // Routine: crossing dials and a seed list naming ourselves (aemp-protocol §4.1, §9).
             logger.info("handshake refused", metadata: ["reason": "\(reason)"])
+        } else if needsOperator {
+            logger.warning("handshake failed", metadata: ["reason": "\(reason)"])
         } else {
             logger.notice("handshake failed", metadata: ["reason": "\(reason)"])
         }

@@ -50,6 +50,13 @@ public struct Greeting: Sendable, Equatable {
     /// The version field read as Perl does (numerically, aemp-protocol §4.1).
     public var numericVersion: Double? { Double(version) }
 
+    /// The sender wants TLS: its `tls` pair is 1 as Perl reads it (`1 == int $tls`, aemp-protocol
+    /// §4.5). A Perl node with a certificate sends `tls=1.0`.
+    public var requestsTLS: Bool {
+        guard let value = pairs["tls"], let number = Double(value), number.isFinite else { return false }
+        return number.rounded(.towardZero) == 1
+    }
+
     /// The line as sent, without the terminating LF. Pairs are written in a stable order.
     public var line: String {
         var fields = [protocolName, version, nodeID, authMethods.joined(separator: ","), framings.joined(separator: ",")]

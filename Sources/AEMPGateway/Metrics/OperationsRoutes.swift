@@ -4,12 +4,20 @@ import AEMP
 extension Gateway {
 
     /// `GET /readyz`: 200 while the node is attached to a master (the network is usable), else
-    /// 503 `not_ready` with the reason, so a load balancer sends clients to another gateway.
+    /// 503 `not_ready` with the reason, so a load balancer sends clients to another gateway: the
+    /// seeds' latest handshake failures or connect errors in `detail` and in `seeds`.
     func readiness() throws(Problem) -> HTTPResponse {
         if isStopping.load(ordering: .relaxed) { throw .notReady("the gateway is shutting down") }
         guard let master else {
             let seeds = configuration.node.seeds.joined(separator: ", ")
-            throw .notReady("not attached to a master node; seeds: \(seeds.isEmpty ? "none" : seeds)")
+            let problems = node.seedProblems
+            var detail = "not attached to a master node; seeds: \(seeds.isEmpty ? "none" : seeds)"
+            for p in problems { detail += "; seed \(p.seed): \(p.reason)" }
+            var problem = Problem.notReady(detail)
+            if !problems.isEmpty {
+                problem.extra["seeds"] = .array(problems.map { ["seed": .string($0.seed), "reason": .string($0.reason)] })
+            }
+            throw problem
         }
         return .json(200, ["status": "ready", "master": .string(master)])
     }
