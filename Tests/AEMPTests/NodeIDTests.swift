@@ -6,8 +6,9 @@ import Testing
 
 /// Non-ASCII node IDs end to end (issue 13, items 4 and 5; aemp-protocol §14): our own must be
 /// printable ASCII (refused at start with a clear error), and a Perl peer's non-ASCII ID — raw
-/// bytes in its greeting, CBOR byte strings in its packets, both meaning the same Latin-1
-/// characters to Perl — stays one string here and goes back out byte-exact.
+/// bytes in its greeting, CBOR byte strings (or JSON strings of those characters) in its packets,
+/// both meaning the same Latin-1 characters to Perl — stays one string here and goes back out
+/// byte-exact.
 @Suite("Non-ASCII node IDs", .serialized, .timeLimit(.minutes(2)))
 struct NodeIDTests {
     // MARK: - Our own node ID
@@ -56,18 +57,22 @@ struct NodeIDTests {
         ("cl\u{C3}\u{A9}", [0x63, 0x6C, 0xC3, 0xA9]), ("k\u{E9}y", [0x6B, 0xE9, 0x79]),
     ]
 
-    @Test("a Perl peer with a non-ASCII ID (greeting bytes, CBOR byte strings) through a Swift global: one ID, byte-exact replies")
-    func perlPeerWithNonASCIIID() async throws {
+    /// Under JSON, Perl writes the 5 characters as their UTF-8 (`"p\xc3\x83\xc2\xa9rl"`): the
+    /// greeting's bytes and the packets' bytes differ, the characters do not. A node that reads
+    /// the greeting as UTF-8 sees "pérl" there and "p\u{C3}\u{A9}rl" in packets (item 5's bug).
+    @Test("a Perl peer with a non-ASCII ID (greeting bytes; CBOR byte strings or JSON) through a Swift global: one ID, byte-exact replies",
+          arguments: [Framing.cbor, .json])
+    func perlPeerWithNonASCIIID(_ framing: Framing) async throws {
         try await ScriptedResources.with { res in
             let address = "127.0.0.1:\(try freePort())"
             let global = res.node(try Node(configuration: scriptedNodeConfiguration(
-                id: "nid-global-%u", binds: [address], seeds: [address], framings: [.cbor])))
+                id: "nid-global-%u", binds: [address], seeds: [address], framings: [framing])))
             try await global.start()
             #expect(await global.waitForMaster(timeout: .seconds(5)) == global.id)
 
             // The handshake with the raw bytes in the greeting; both tokens over those bytes.
             let peer = res.peer(try await ScriptedPeer.dial(address))
-            let perl = try await PerlBytesPeer.handshake(peer, nodeID: Self.perlIDBytes, to: address)
+            let perl = try await PerlBytesPeer.handshake(peer, nodeID: Self.perlIDBytes, framing: framing, to: address)
             #expect(perl.nodeTokenValid, "the Swift node's token does not cover the bytes we sent")
             await eventually(within: 5, "the Swift node sees the peer up") {
                 await global.upNodes().contains { $0.unicodeScalars.elementsEqual(Self.perlID.unicodeScalars) }
@@ -76,7 +81,8 @@ struct NodeIDTests {
             #expect(up.map { Array($0.unicodeScalars.map(\.value)) } == [Self.perlIDBytes.map(UInt32.init)],
                     "the Swift node sees the peer as \(up.map(\.debugDescription)), not as 5 Latin-1 characters")
 
-            // Its g_slave: its own ID in 'l and two non-ASCII subkeys, all as CBOR byte strings.
+            // Its g_slave: its own ID in 'l and two non-ASCII subkeys, all as CBOR byte strings
+            // (JSON: UTF-8 of the Latin-1 characters).
             let dead = "127.0.0.1:\(try freePort())"  // nobody listens: only the open connection reaches the peer
             try await perl.send(["", "g_slave", .object([
                 "'l": .object([Self.perlID: [.string(dead)]]),
@@ -106,6 +112,12 @@ struct NodeIDTests {
             #expect(message.items.count == 4)
             #expect(message.items.dropFirst(2).first == .bytes(Self.perlIDBytes), "the ID came back as \(message.items)")
             #expect(message.items.last == .bytes(Self.keys[0].bytes), "the key came back as \(message.items)")
+            if framing == .json {
+                // As JSON::XS writes the 5 characters: their UTF-8, unescaped.
+                let quoted = [0x22] + Array(Self.perlID.utf8) + [0x22]
+                #expect(message.bytes.indices.contains { message.bytes[$0...].starts(with: quoted) },
+                        "\(String(decoding: message.bytes, as: UTF8.self).debugDescription)")
+            }
 
             // g_find of its ID (what another Perl node asks before dialing it): g_found with the same bytes.
             try await perl.send(["", "g_find", .string(Self.perlID)])
@@ -138,7 +150,9 @@ struct NodeIDTests {
 
 // MARK: - A Perl-like peer that speaks bytes
 
-/// A packet as bytes and as CBOR items (strings as raw bytes, `RawCBOR`).
+/// A packet as bytes and as CBOR items (strings as raw bytes, `RawCBOR`). A JSON packet's strings
+/// are shown as the byte strings Perl holds: `.bytes` of the Latin-1 characters when every one is
+/// below U+0100, else `.text` of the UTF-8.
 struct RawPacket: Sendable {
     var bytes: [UInt8]
     var items: [RawCBOR]
@@ -172,12 +186,16 @@ struct RawPacket: Sendable {
 /// bytes on the wire (HMAC-SHA3-512, independent of the library's `Authenticator`).
 struct PerlBytesPeer: Sendable {
     let peer: ScriptedPeer
+    let framing: Framing
     /// The Swift node's token verifies over the bytes exchanged.
     let nodeTokenValid: Bool
 
-    static func handshake(_ peer: ScriptedPeer, nodeID: [UInt8], to address: String) async throws -> PerlBytesPeer {
+    static func handshake(
+        _ peer: ScriptedPeer, nodeID: [UInt8], framing: Framing, to address: String
+    ) async throws -> PerlBytesPeer {
+        let f = framing.rawValue
         let g1 = Array("aemp;1;".utf8) + nodeID
-            + Array(";tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;cbor;peeraddr=\(address);gproto=1;provider=AE-2.02;mproto=1".utf8)
+            + Array(";tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;\(f);peeraddr=\(address);gproto=1;provider=AE-2.02;mproto=1".utf8)
         let g2 = Array(ScriptedPeer.nonce().utf8)
         try await peer.write(g1 + [0x0A] + g2 + [0x0A])
         let n1 = try await rawLine(peer, "the node's greeting line 1")
@@ -185,13 +203,13 @@ struct PerlBytesPeer: Sendable {
         let auth = try await rawLine(peer, "the node's auth line")
         let fields = auth.split(separator: UInt8(ascii: ";"), omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
         let expected = token(first: (n1, n2), second: (g1, g2))
-        let valid = fields.count >= 3 && fields[0] == "hmac_sha3_512" && fields[1] == expected && fields[2] == "cbor"
+        let valid = fields.count >= 3 && fields[0] == "hmac_sha3_512" && fields[1] == expected && fields[2] == f
         peer.inbox.update { s in
-            s.decoder = PacketDecoder(.cbor, maxPacketSize: 64 << 20)
-            s.sendFraming = .cbor
+            s.decoder = PacketDecoder(framing, maxPacketSize: 64 << 20)
+            s.sendFraming = framing
         }
-        try await peer.write(Array("hmac_sha3_512;\(token(first: (g1, g2), second: (n1, n2)));cbor\n".utf8))
-        return PerlBytesPeer(peer: peer, nodeTokenValid: valid)
+        try await peer.write(Array("hmac_sha3_512;\(token(first: (g1, g2), second: (n1, n2)));\(f)\n".utf8))
+        return PerlBytesPeer(peer: peer, framing: framing, nodeTokenValid: valid)
     }
 
     /// HMAC-SHA3-512 over the four lines, each with its LF (aemp-protocol §4.4), keyed with the secret.
@@ -213,9 +231,67 @@ struct PerlBytesPeer: Sendable {
     }
 
     /// Writes `packet` as CBOR::XS writes a Perl structure whose strings are all unflagged: every
-    /// string of Latin-1 characters as a byte string (others as text).
+    /// string of Latin-1 characters as a byte string (others as text); or as JSON::XS writes it.
     func send(_ packet: [Value]) async throws {
-        try await peer.write(Self.cbor(.array(packet)))
+        try await peer.write(framing == .cbor ? Self.cbor(.array(packet)) : Self.json(.array(packet)))
+    }
+
+    /// JSON as JSON::XS's `encode_json` writes it: every character as its UTF-8, unescaped but for
+    /// `"`, `\\` and control characters.
+    static func json(_ value: Value) -> [UInt8] {
+        var out: [UInt8] = []
+        func string(_ s: String) {
+            out.append(0x22)
+            for u in s.unicodeScalars {
+                switch u.value {
+                case 0x22, 0x5C: out += [0x5C, UInt8(u.value)]
+                case 0..<0x20: out += Array(String(format: "\\u%04x", u.value).utf8)
+                default: out += Array(String(u).utf8)
+                }
+            }
+            out.append(0x22)
+        }
+        func walk(_ v: Value) {
+            switch v {
+            case .null: out += Array("null".utf8)
+            case .int(let i): out += Array(String(i).utf8)
+            case .string(let s): string(s)
+            case .array(let a):
+                out.append(UInt8(ascii: "["))
+                for (i, e) in a.enumerated() {
+                    if i > 0 { out.append(UInt8(ascii: ",")) }
+                    walk(e)
+                }
+                out.append(UInt8(ascii: "]"))
+            case .object(let o):
+                out.append(UInt8(ascii: "{"))
+                for (i, (k, e)) in o.sorted(by: { $0.key < $1.key }).enumerated() {
+                    if i > 0 { out.append(UInt8(ascii: ",")) }
+                    string(k)
+                    out.append(UInt8(ascii: ":"))
+                    walk(e)
+                }
+                out.append(UInt8(ascii: "}"))
+            default: out += Array(v.description.utf8)
+            }
+        }
+        walk(value)
+        return out
+    }
+
+    /// A JSON-decoded value as the items Perl would hold (strings of Latin-1 characters as bytes).
+    static func items(_ v: Value) -> RawCBOR {
+        switch v {
+        case .string(let s):
+            if s.unicodeScalars.allSatisfy({ $0.value < 0x100 }) { return .bytes(s.unicodeScalars.map { UInt8($0.value) }) }
+            return .text(Array(s.utf8))
+        case .int(let i): return i >= 0 ? .unsigned(UInt64(i)) : .negative(UInt64(-1 - i))
+        case .array(let a): return .array(a.map(items))
+        case .object(let o): return .map(o.flatMap { [items(.string($0.key)), items($0.value)] })
+        case .null: return .simple(22, 22)
+        case .bool(let b): return .simple(b ? 21 : 20, b ? 21 : 20)
+        default: return .text(Array(v.description.utf8))
+        }
     }
 
     static func cbor(_ value: Value) -> [UInt8] {
@@ -278,7 +354,7 @@ struct PerlBytesPeer: Sendable {
                 let bytes = Array(pending.prefix(pending.count - s.buffer.readableBytes))
                 let item: RawCBOR
                 do {
-                    item = try RawCBOR.parse(bytes)
+                    item = framing == .cbor ? try RawCBOR.parse(bytes) : Self.items(try JSONCodec.decode(bytes))
                 } catch {
                     throw ScriptedPeerError.protocolViolation("\(error): \(Vectors.hex(bytes))")
                 }
