@@ -122,6 +122,7 @@ let package = Package(
                 .product(name: "BigInt", package: "BigInt"),
                 "AEMPTestSupport",
                 "aemp",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

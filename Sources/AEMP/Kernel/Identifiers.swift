@@ -75,19 +75,28 @@ public enum NodeIDTemplate {
         return (id, randomised)
     }
 
-    /// Why `id` cannot be a node ID, or nil if it can (aemp-protocol §2.1).
+    /// Why `id` cannot be *our own* node ID, or nil if it can: it must be addressable
+    /// (`addressProblem(with:)`) and printable ASCII (aemp-protocol §2.1, §14).
     public static func problem(with id: String) -> String? {
+        if let problem = addressProblem(with: id) { return problem }
+        // Perl carries a node ID as raw bytes in the greeting and as a string in packets; only
+        // ASCII means the same in both for every peer (aemp-protocol §14). Peers' non-ASCII IDs
+        // are still reached (read as Latin-1 bytes, as Perl sends them): see `addressProblem`.
+        if id.unicodeScalars.contains(where: { !$0.isASCII || $0.value < 0x20 || $0.value == 0x7F }) {
+            return "node ID \(id.debugDescription) is not printable ASCII (Perl nodes could not answer it)"
+        }
+        return nil
+    }
+
+    /// Why `id` cannot name any node, a peer's included, or nil if it can (aemp-protocol §2.1):
+    /// empty, or containing '#', ';' or a line break. A Perl peer's non-ASCII ID (Latin-1
+    /// characters, as its greeting's bytes are read) is fine.
+    public static func addressProblem(with id: String) -> String? {
         if id.isEmpty { return "node ID is empty" }
         if id.contains("#") { return "node ID \(id.debugDescription) contains '#'" }
         if id.contains(";") { return "node ID \(id.debugDescription) contains ';'" }
         if id.contains(where: { $0 == "\n" || $0 == "\r" || $0 == "\r\n" }) {
             return "node ID \(id.debugDescription) contains a line break"
-        }
-        // Perl carries a node ID as raw bytes in the greeting and as a string in packets; only
-        // ASCII means the same in both for every peer (aemp-protocol §14). Peers' non-ASCII IDs
-        // are still reached (read as Latin-1 bytes, as Perl sends them).
-        if id.unicodeScalars.contains(where: { !$0.isASCII || $0.value < 0x20 || $0.value == 0x7F }) {
-            return "node ID \(id.debugDescription) is not printable ASCII (Perl nodes could not answer it)"
         }
         return nil
     }

@@ -187,8 +187,9 @@ extension Kernel: ConnectionDelegate {
     // MARK: - ConnectionDelegate
 
     func connection(_ connection: Connection, checkGreeting greeting: Greeting) -> String? {
-        // An empty ID, or one with '#', ';' or a line break, cannot be addressed (aemp-protocol §2.1).
-        if let problem = NodeIDTemplate.problem(with: greeting.nodeID) {
+        // An empty ID, or one with '#', ';' or a line break, cannot be addressed (aemp-protocol §2.1);
+        // a non-ASCII one (a Perl peer's, its greeting's bytes as Latin-1) can (§14).
+        if let problem = NodeIDTemplate.addressProblem(with: greeting.nodeID) {
             return "peer greeting: \(problem)"
         }
         if case .dialed(let address) = connection.origin, let i = seeds.firstIndex(where: { $0.address == address }) {
