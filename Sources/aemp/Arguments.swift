@@ -45,11 +45,16 @@ enum ArgumentValue {
     }
 
     /// A port ID `node#name`; a node ID alone (or `node#`) is that node's node port.
+    /// Like Perl's `aemp`, the argument's bytes are the characters (a Perl node started as `pérl`
+    /// from a UTF-8 shell has the 5-character ID `p\u{C3}\u{A9}rl`, aemp-protocol §14), so a
+    /// non-ASCII node ID names the same node here as in Perl's tool.
     static func port(_ text: String) throws -> PortID {
-        guard let port = PortID(text) else {
+        guard let parsed = PortID(text) else {
             throw ToolError.badArgument("invalid port ID \(quoted(text)): the node part before '#' is empty")
         }
-        if let problem = NodeIDTemplate.problem(with: port.node) {
+        let node = String(String.UnicodeScalarView(parsed.node.utf8.map { Unicode.Scalar($0) }))
+        let port = PortID(node: node, name: parsed.name)
+        if let problem = NodeIDTemplate.addressProblem(with: port.node) {
             throw ToolError.badArgument("invalid port ID \(quoted(text)): \(problem)")
         }
         return port

@@ -257,6 +257,17 @@ struct CodecTests {
     func cborMisc() throws {
         #expect(try Self.cbor("f7") == nil)  // undefined
         #expect(try Self.cbor("a10102") == ["1": 2])  // Perl stringifies integer hash keys
+        // ... and float keys as Perl prints them (%.15g): 0.1+0.2 is "0.3", 1.5 "1.5", 1e20 "1e+20".
+        #expect(try Self.cbor("a1fb3fd333333333333401") == ["0.3": 1])
+        #expect(try Self.cbor("a1f93e0001") == ["1.5": 1])
+        #expect(try Self.cbor("a1fb4415af1d78b58c4001") == ["1e+20": 1])
+        // The fallback reader takes JSON's literals in their one spelling; only inf/nan vary (Perl).
+        #expect(throws: JSONCodecError.self) { try JSONCodec.decode("[tRUE]") }
+        var perl = JSONStreamDecoder()
+        var text = ByteBufferAllocator().buffer(string: #"["p",NaN,Inf,-inf,"\u0000",18446744073709551616]"#)
+        let packet = try #require(try perl.next(from: &text)?.arrayValue)
+        #expect(packet.count == 6 && packet[2] == .double(.infinity) && packet[3] == .double(-.infinity))
+        #expect(packet[5] == .integer(BigInt(1) << 64))
         // An array key (Perl could not use it either) drops that pair, not the packet.
         let dropped = ValueEvents.count(.hashKeyDropped)
         #expect(try Self.cbor("a280016161 02".replacingOccurrences(of: " ", with: "")) == ["a": 2])

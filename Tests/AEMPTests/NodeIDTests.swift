@@ -37,6 +37,14 @@ struct NodeIDTests {
         #expect(lines.first?.contains(#""gwü""#) == true && lines.first?.contains("ASCII") == true, "\(r)")
     }
 
+    @Test("aemp snd takes a Perl node's non-ASCII ID as Perl's aemp does (the argument's bytes), not as a bad argument")
+    func toolTargetsNonASCIIPeer() async throws {
+        let r = try await ChildProcess.run(
+            "aemp", ["snd", "--seeds", "127.0.0.1:\(try freePort())", "--secret", testSecret, "--connect-timeout", "1", "pérl#inbox", "hi"])
+        #expect(r.exit != .exited(64), "refused as a bad argument: \(r)")
+        #expect(!r.stderr.contains("ASCII"), "\(r)")
+    }
+
     @Test("an in-process Node refuses gwü as its own ID")
     func nodeRefusesNonASCIIID() throws {
         #expect(throws: (any Error).self) {

@@ -1,6 +1,12 @@
 import BigInt
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Why CBOR could not be decoded or encoded.
 public enum CBORCodecError: Error, Equatable, Sendable {
     /// The bytes end inside an item; more input is needed (only thrown by the one-shot decoder).
@@ -310,6 +316,15 @@ public enum CBORCodec {
             }
         }
 
+        /// A number as Perl stringifies it: `%.15g`, `Inf`, `-Inf`, `NaN`.
+        static func perlString(_ d: Double) -> String {
+            if d.isNaN { return "NaN" }
+            if d.isInfinite { return d < 0 ? "-Inf" : "Inf" }
+            var buffer = [CChar](repeating: 0, count: 40)
+            let n = withVaList([d]) { vsnprintf(&buffer, buffer.count, "%.15g", $0) }
+            return String(decoding: buffer.prefix(Int(max(0, n))).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+
         /// A map key as Perl makes it a hash key: strings as they are, numbers, booleans and null
         /// stringified; arrays and maps cannot be keys, and the pair is dropped (counted).
         static func hashKey(_ key: Value) -> String? {
@@ -320,7 +335,7 @@ public enum CBORCodec {
                 return key.textReplacingInvalid
             case .int(let i): return String(i)
             case .bigInteger(let b): return b.description
-            case .double(let d): return d.rounded() == d && abs(d) < 1e15 ? String(Int64(d)) : d.description
+            case .double(let d): return perlString(d)
             case .bool(let b): return b ? "1" : ""
             case .null: return ""
             case .array, .object:

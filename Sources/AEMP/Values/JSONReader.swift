@@ -32,10 +32,14 @@ public enum JSONReader {
             while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x0A || bytes[i] == 0x0D || bytes[i] == 0x09 { i += 1 }
         }
 
-        mutating func literal(_ word: String) -> Bool {
+        /// Consumes `word` if it is next: exactly, or ignoring ASCII case (Perl's `inf`, `Inf`, `NaN`).
+        mutating func literal(_ word: String, anyCase: Bool = false) -> Bool {
             let w = Array(word.utf8)
             guard bytes.count - i >= w.count else { return false }
-            for k in 0..<w.count where bytes[i + k] | 0x20 != w[k] | 0x20 { return false }
+            for k in 0..<w.count {
+                let b = bytes[i + k]
+                guard anyCase ? b | 0x20 == w[k] | 0x20 : b == w[k] else { return false }
+            }
             i += w.count
             return true
         }
@@ -103,16 +107,16 @@ public enum JSONReader {
             case UInt8(ascii: "f"):
                 guard literal("false") else { throw error("invalid literal") }
                 return .bool(false)
-            case UInt8(ascii: "n") where dialect == .perl && literal("nan"):
+            case UInt8(ascii: "n") where dialect == .perl && literal("nan", anyCase: true):
                 return .double(.nan)
             case UInt8(ascii: "n"):
                 guard literal("null") else { throw error("invalid literal") }
                 return .null
             case UInt8(ascii: "i") where dialect == .perl, UInt8(ascii: "I") where dialect == .perl:
-                guard literal("infinity") || literal("inf") else { throw error("invalid literal") }
+                guard literal("infinity", anyCase: true) || literal("inf", anyCase: true) else { throw error("invalid literal") }
                 return .double(.infinity)
             case UInt8(ascii: "N") where dialect == .perl:
-                guard literal("nan") else { throw error("invalid literal") }
+                guard literal("nan", anyCase: true) else { throw error("invalid literal") }
                 return .double(.nan)
             default:
                 return try number()
@@ -121,13 +125,11 @@ public enum JSONReader {
 
         mutating func number() throws(JSONReaderError) -> Value {
             let start = i
-            var negative = false
             if i < bytes.count, bytes[i] == UInt8(ascii: "-") {
-                negative = true
                 i += 1
                 if dialect == .perl {
-                    if literal("infinity") || literal("inf") { return .double(-.infinity) }
-                    if literal("nan") { return .double(.nan) }
+                    if literal("infinity", anyCase: true) || literal("inf", anyCase: true) { return .double(-.infinity) }
+                    if literal("nan", anyCase: true) { return .double(.nan) }
                 }
             }
             let digitsStart = i
@@ -154,7 +156,6 @@ public enum JSONReader {
             if isInteger {
                 if let n = Int64(text) { return .int(n) }
                 guard let big = BigInt(text) else { throw error("invalid integer") }
-                _ = negative
                 return .integer(big)
             }
             guard let d = Double(text) else { throw error("invalid number") }
