@@ -28,6 +28,14 @@ public enum PacketDecoder: Sendable {
         }
     }
 
+    /// Whether packets were skipped since the last `takeSkipped()` (cheap: no copy of the decoder).
+    public var hasSkipped: Bool {
+        switch self {
+        case .json(let d): return !d.skipped.isEmpty
+        case .cbor(let d): return !d.skipped.isEmpty
+        }
+    }
+
     /// Returns and forgets why packets were skipped (too deep for Perl, aemp-protocol §14).
     public mutating func takeSkipped() -> [String] {
         switch self {

@@ -243,6 +243,8 @@ public enum CBORCodec {
 
         /// A text string: UTF-8, or Perl's lax UTF-8 kept exact; malformed bytes become U+FFFD (counted).
         static func text(_ raw: UnsafeRawBufferPointer) -> Value {
+            // ASCII (almost every string on the mesh) takes String's contiguous fast path.
+            if raw.allSatisfy({ $0 < 0x80 }) { return .string(String(decoding: raw, as: UTF8.self)) }
             if let s = String(validating: raw, as: UTF8.self) { return .string(s) }
             if let cps = PerlUTF8.decode(raw) { return .string(codePoints: cps) }
             ValueEvents.record(.malformedTextReplaced)
@@ -383,6 +385,7 @@ public struct CBORStreamDecoder: Sendable {
 
     /// Returns and forgets the skipped packets' reasons.
     public mutating func takeSkipped() -> [String] {
+        guard !skipped.isEmpty else { return [] }
         defer { skipped = [] }
         return skipped
     }

@@ -196,6 +196,7 @@ public struct JSONStreamDecoder: Sendable {
 
     /// Returns and forgets the skipped packets' reasons.
     public mutating func takeSkipped() -> [String] {
+        guard !skipped.isEmpty else { return [] }
         defer { skipped = [] }
         return skipped
     }

@@ -10,7 +10,8 @@ public enum Value: Sendable, Hashable {
     case bool(Bool)
     case int(Int64)
     /// An integer outside `Int64` (Perl UVs up to 2^64−1, Math::BigInt), kept exact; never one that fits `.int`.
-    case bigInteger(BigInt)
+    /// Boxed (`indirect`): a `BigInt` is 33 bytes and would make every `Value` 40 bytes instead of 24.
+    indirect case bigInteger(BigInt)
     case double(Double)
     case string(String)
     /// A Perl string with code points Unicode text cannot hold (lone surrogates U+D800–U+DFFF, above
