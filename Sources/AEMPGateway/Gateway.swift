@@ -51,6 +51,7 @@ public final class Gateway: HTTPHandler, Sendable {
         self.configuration = c
         self.tokenDigests = c.tokens.map { (ConstantTime.digest($0.key.utf8), $0.value) }
         self.logger = c.logger
+        JSONBody.conversionLog.use(c.logger)
         self.node = try Node(configuration: c.node)
         self.timers = MultiThreadedEventLoopGroup.singleton.next()
         self.timeouts = Timeouts(loop: timers)

@@ -10,11 +10,13 @@ public struct TestTimeout: Error, CustomStringConvertible {
     public var description: String { "timed out waiting for \(what)" }
 }
 
-/// Waits for the next element of an async stream; records an issue and throws after `seconds`.
+/// Waits for the next element of an async stream; records an issue and throws after `seconds`
+/// (stretched by `sanitizerSlowdown`: what must arrive may take longer under a sanitizer).
 public func next<T: Sendable>(
     _ iterator: inout AsyncStream<T>.Iterator, within seconds: Double = 10, _ what: String = "message",
     sourceLocation: SourceLocation = #_sourceLocation
 ) async throws -> T {
+    let seconds = seconds * sanitizerSlowdown
     let box = IteratorBox(iterator)
     let result = try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { await box.next() }

@@ -119,6 +119,6 @@ struct UnreachableNodeTests {
         #expect(
             sent.stderr == "aemp: error: message not delivered: cannot reach node nobody/tool: no known address\n",
             "\(sent)")
-        #expect(took < promptly(.seconds(1)), "the whole aemp snd run took \(took)")
+        #expect(took < promptly(.seconds(3)), "the whole aemp snd run (process start and join included; 10 s before) took \(took)")
     }
 }

@@ -92,8 +92,10 @@ public enum CBORCodec {
             } else {
                 let m = b.magnitude - 1  // -1 - b
                 if let u = UInt64(exactly: m) { return writeHead(major: 1, u, into: &buffer) }
+                // Tag 3 as CBOR::XS reads it: the magnitude |b|, not RFC 8949's -1 - b (its
+                // filter is `-Math::BigInt->new("0x" . unpack "H*", ...)`, aemp-protocol §14).
                 writeHead(major: 6, 3, into: &buffer)
-                writeBytes(Self.bigEndian(m), into: &buffer)
+                writeBytes(Self.bigEndian(b.magnitude), into: &buffer)
             }
         case .double(let d):
             let f = Float(d)
@@ -291,11 +293,13 @@ public enum CBORCodec {
                 defer { tags -= 1 }
                 guard tags <= CBORCodec.maxDepth else { throw .tooDeep(limit: CBORCodec.maxDepth) }
                 let tagged = try item(depth: depth)
-                // Bignums (RFC 8949 §3.4.3), as CBOR::XS writes Math::BigInt; other tags mean
-                // nothing to AEMP and are skipped (aemp-protocol §14).
+                // Bignums as CBOR::XS reads them: tag 2 is n, tag 3 is -n (not RFC 8949's -1 - n:
+                // a Perl receiver sees -n, so that is what the value is). Other tags mean nothing
+                // to AEMP and are skipped (aemp-protocol §14).
                 if tag == 2 || tag == 3, case .string(let s) = tagged, s.unicodeScalars.allSatisfy({ $0.value < 0x100 }) {
-                    let magnitude = s.unicodeScalars.reduce(BigUInt(0)) { $0 << 8 | BigUInt($1.value) }
-                    return .integer(tag == 2 ? BigInt(magnitude) : -1 - BigInt(magnitude))
+                    let bytes = s.unicodeScalars.map { UInt8($0.value) }
+                    let magnitude = bytes.withUnsafeBytes { BigUInt($0) }
+                    return .integer(tag == 2 ? BigInt(magnitude) : -BigInt(magnitude))
                 }
                 return tagged
             default:  // major 7

@@ -8,6 +8,9 @@ import BigInt
 ///
 /// Strict about everything else: a text it accepts is one JSON value with nothing after it.
 public enum JSONReader {
+    /// Most digits an integer may have (its decimal conversion is quadratic; CPython's limit too).
+    public static let maxIntegerDigits = 4300
+
     /// Decodes one complete JSON text; containers nested deeper than `maxDepth` are refused.
     public static func decode(
         _ bytes: UnsafeRawBufferPointer, dialect: JSONDialect, maxDepth: Int
@@ -155,6 +158,10 @@ public enum JSONReader {
             let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
             if isInteger {
                 if let n = Int64(text) { return .int(n) }
+                // Decimal conversion is quadratic in the digits: bound it (CPython's limit).
+                guard text.utf8.count <= JSONReader.maxIntegerDigits + 1 else {
+                    throw error("integer of more than \(JSONReader.maxIntegerDigits) digits")
+                }
                 guard let big = BigInt(text) else { throw error("invalid integer") }
                 return .integer(big)
             }
@@ -272,7 +279,9 @@ enum PerlKey {
     static func text(of key: Value) -> String {
         switch key {
         case .string(let s): return s
-        default: return key.textReplacingInvalid ?? ""
+        default:
+            ValueEvents.record(.hashKeyReplaced)
+            return key.textReplacingInvalid ?? ""
         }
     }
 }

@@ -71,14 +71,21 @@ enum JSONBody {
         return bytes
     }
 
-    private static let conversionLog = ConversionLog()
+    /// Process-wide, as JSON bodies are encoded by static code; it logs through the logger of the
+    /// last gateway started (one per process in practice).
+    static let conversionLog = ConversionLog()
 }
 
 /// A notice when a response carried values JSON cannot say directly (at most 5 lines per 10 s;
 /// `/metrics` counts every one).
 final class ConversionLog: Sendable {
-    private let logger = Logger(label: "aemp-gateway")
+    private let logger = Locked<Logger>(Logger(label: "aemp-gateway"))
     private let window = Locked<(start: ContinuousClock.Instant, lines: Int)>((.now, 0))
+
+    /// Logs through `logger` (the gateway's, with its format and level) from now on.
+    func use(_ logger: Logger) {
+        self.logger.withLock { $0 = logger }
+    }
 
     func note(_ conversions: JSONConversions) {
         let allowed = window.withLock { w -> Bool in
@@ -88,7 +95,7 @@ final class ConversionLog: Sendable {
             return w.lines <= 5
         }
         guard allowed else { return }
-        logger.notice(
+        logger.withLock { $0 }.notice(
             "a response carried values JSON cannot hold as they are: NaN/Inf as strings, invalid code points as U+FFFD",
             metadata: ["non_finite": "\(conversions.nonFinite)", "invalid_code_points": "\(conversions.invalidCodePoints)"])
     }
