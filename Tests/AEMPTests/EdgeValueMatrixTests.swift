@@ -88,6 +88,11 @@ struct EdgeValueMatrixTests {
             EdgeCase(
                 "maxcp", json: "", jsonBytes: [0x22, 0xF4, 0x8F, 0xBF, 0xBF, 0x22, 0x2C, 0x22, 0xF4, 0x90, 0x80, 0x80, 0x22],
                 cbor: "64f48fbfbf 64f4908080", count: 2, http: ["\u{10FFFF}", "\u{FFFD}"]),
+            // A hash key Unicode cannot hold (a lone surrogate): the key becomes U+FFFD, counted
+            // and logged; the other pairs and the packet are kept.
+            EdgeCase(
+                "badkey", json: "", jsonBytes: Array("{\"".utf8) + [0xED, 0xA0, 0x80] + Array("\":1,\"k\":2}".utf8),
+                cbor: "a2 63eda080 01 616b 02", count: 1, http: [["\u{FFFD}": 1, "k": 2]]),
             // Perl's byte strings are Latin-1 characters: "caf\xe9" is café, "caf\xc3\xa9" five
             // characters, the same under both framings (JSON::XS writes their UTF-8).
             EdgeCase(
@@ -194,6 +199,10 @@ struct EdgeValueMatrixTests {
         #expect(count("packet_too_deep_skipped") == 1, "\(metrics.split(separator: "\n").filter { $0.contains("value_events") })")
         #expect(count("non_finite_converted") >= 2)  // at least the long-poll's and the SSE's
         #expect(count("invalid_code_point_replaced") >= 2)
+        #expect(count("hash_key_replaced") == 1)
+        await eventually(within: 5, "a notice names the packet whose hash key was changed") {
+            gateway.child.errorText().contains("changed values in a packet from the peer")
+        }
         await eventually(within: 5, "a warning names the skipped packet") {
             gateway.child.errorText().contains("skipped a packet from the peer that Perl could not decode either")
         }

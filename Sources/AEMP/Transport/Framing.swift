@@ -28,11 +28,26 @@ public enum PacketDecoder: Sendable {
         }
     }
 
-    /// Whether packets were skipped since the last `takeSkipped()` (cheap: no copy of the decoder).
-    public var hasSkipped: Bool {
+    /// Whether packets were skipped or had values changed since the last `takeSkipped()` /
+    /// `takeChanged()` (cheap: no copy of the decoder).
+    public var hasNotes: Bool {
         switch self {
-        case .json(let d): return !d.skipped.isEmpty
-        case .cbor(let d): return !d.skipped.isEmpty
+        case .json(let d): return !d.skipped.isEmpty || !d.changed.isEmpty
+        case .cbor(let d): return !d.skipped.isEmpty || !d.changed.isEmpty
+        }
+    }
+
+    /// Returns and forgets the notes on packets whose values were changed while reading.
+    public mutating func takeChanged() -> [String] {
+        switch self {
+        case .json(var d):
+            let s = d.takeChanged()
+            self = .json(d)
+            return s
+        case .cbor(var d):
+            let s = d.takeChanged()
+            self = .cbor(d)
+            return s
         }
     }
 

@@ -1,5 +1,6 @@
 import BigInt
 import NIOCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -394,6 +395,26 @@ public struct CBORStreamDecoder: Sendable {
         return skipped
     }
 
+    /// Packets whose values were changed while reading (hash keys Perl cannot use or Unicode
+    /// cannot hold, malformed text), since the last `takeChanged()`; each change is counted in
+    /// `ValueEvents`.
+    public private(set) var changed: [String] = []
+
+    /// Returns and forgets the notes on packets whose values were changed.
+    public mutating func takeChanged() -> [String] {
+        guard !changed.isEmpty else { return [] }
+        defer { changed = [] }
+        return changed
+    }
+
+    /// Notes in `changed` a packet whose values were changed while reading (counted in `ValueEvents`).
+    private mutating func noteConversions(since before: Int, packetBytes: Int) {
+        let changed = ValueEvents.readConversions.load(ordering: .relaxed) - before
+        if changed > 0 {
+            self.changed.append("a \(packetBytes)-byte packet had \(changed) value(s) changed: hash keys Perl cannot use or Unicode cannot hold, or malformed text (value_events_total)")
+        }
+    }
+
     /// Returns the next complete packet and consumes it from `buffer`, or `nil` when more bytes are needed.
     /// A packet too deep to decode is consumed and noted in `skipped`, and the next one returned.
     public mutating func next(from buffer: inout ByteBuffer) throws(CBORCodecError) -> Value? {
@@ -403,6 +424,8 @@ public struct CBORStreamDecoder: Sendable {
                     guard let end = try scan(bytes) else { return nil }
                     let value: Value
                     let used: Int
+                    let changedBefore = ValueEvents.readConversions.load(ordering: .relaxed)
+                    defer { noteConversions(since: changedBefore, packetBytes: end) }
                     do throws(CBORCodecError) {
                         (value, used) = try CBORCodec.decodePrefix(UnsafeRawBufferPointer(rebasing: bytes[0..<end]))
                     } catch {

@@ -1,5 +1,6 @@
 import CJansson
 import NIOCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -201,6 +202,18 @@ public struct JSONStreamDecoder: Sendable {
         return skipped
     }
 
+    /// Packets whose values were changed while reading (hash keys Perl cannot use or Unicode
+    /// cannot hold, malformed text), since the last `takeChanged()`; each change is counted in
+    /// `ValueEvents`.
+    public private(set) var changed: [String] = []
+
+    /// Returns and forgets the notes on packets whose values were changed.
+    public mutating func takeChanged() -> [String] {
+        guard !changed.isEmpty else { return [] }
+        defer { changed = [] }
+        return changed
+    }
+
     /// Returns the next complete packet and consumes it from `buffer`, or `nil` when more bytes are needed.
     /// Whitespace between packets is consumed as it arrives; a packet too deep to decode is
     /// consumed and noted in `skipped`, and the next one returned.
@@ -261,7 +274,13 @@ public struct JSONStreamDecoder: Sendable {
                     if i - packetStart > maxPacketSize { throw .packetTooLarge(limit: maxPacketSize) }
                     if deepest > MeshLimits.maxDepth { return (nil, i, true) }
                     let text = UnsafeRawBufferPointer(rebasing: bytes[packetStart..<i])
-                    return (try JSONCodec.decode(text, dialect: .perl, maxDepth: MeshLimits.maxDepth), i, false)
+                    let changedBefore = ValueEvents.readConversions.load(ordering: .relaxed)
+                    let value = try JSONCodec.decode(text, dialect: .perl, maxDepth: MeshLimits.maxDepth)
+                    let changed = ValueEvents.readConversions.load(ordering: .relaxed) - changedBefore
+                    if changed > 0 {
+                        self.changed.append("a \(text.count)-byte packet had \(changed) value(s) changed: hash keys Unicode cannot hold, or keys Swift merges (value_events_total)")
+                    }
+                    return (value, i, false)
                 }
             default: break
             }

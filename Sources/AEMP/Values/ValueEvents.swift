@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Process-wide counts of what the codecs converted or dropped, so that no value changes
 /// silently (aemp-protocol §14). The gateway exports them in `/metrics`.
 public enum ValueEvents {
@@ -21,6 +23,14 @@ public enum ValueEvents {
         /// Unicode, e.g. "é" and "e\u{301}"): the later pair replaced the earlier.
         case hashKeyMerged
 
+        /// Whether this kind changes a value while reading it from a peer.
+        var isReadConversion: Bool {
+            switch self {
+            case .malformedTextReplaced, .hashKeyReplaced, .hashKeyDropped, .hashKeyMerged: return true
+            default: return false
+            }
+        }
+
         /// The metric label.
         public var label: String {
             switch self {
@@ -43,7 +53,13 @@ public enum ValueEvents {
     public static func record(_ kind: Kind, _ n: Int = 1) {
         guard n > 0 else { return }
         counts.withLock { $0[kind.rawValue] += n }
+        if kind.isReadConversion { readConversions.add(n, ordering: .relaxed) }
     }
+
+    /// Values changed while reading (keys replaced, dropped or merged, malformed text), all kinds
+    /// together: a stream decoder compares it around a packet to say in the log that one had
+    /// values changed. An atomic, as it is read twice per packet.
+    static let readConversions = Atomic<Int>(0)
 
     /// Records what a JSON writer converted.
     public static func record(_ conversions: JSONConversions) {
