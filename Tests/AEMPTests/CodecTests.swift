@@ -666,14 +666,14 @@ struct CodecTests {
     static func runJSON(_ bytes: [UInt8], max: Int = 1 << 24, chunk: Int) -> Run<JSONCodecError> {
         var decoder = JSONStreamDecoder(maxPacketSize: max)
         var r = run(bytes, chunk: chunk) { (b: inout ByteBuffer) throws(JSONCodecError) in try decoder.next(from: &b) }
-        r.skipped = decoder.takeSkipped().count
+        r.skipped = decoder.notes.takeSkipped().count
         return r
     }
 
     static func runCBOR(_ bytes: [UInt8], max: Int = 1 << 24, chunk: Int) -> Run<CBORCodecError> {
         var decoder = CBORStreamDecoder(maxPacketSize: max)
         var r = run(bytes, chunk: chunk) { (b: inout ByteBuffer) throws(CBORCodecError) in try decoder.next(from: &b) }
-        r.skipped = decoder.takeSkipped().count
+        r.skipped = decoder.notes.takeSkipped().count
         return r
     }
 

@@ -403,7 +403,7 @@ struct EdgeCapture {
                     guard let packet = try decoder.next(from: &buffer) else { break }
                     out.packets.append((packet, Array(data[start..<(fed - buffer.readableBytes)])))
                 }
-                out.skipped += decoder.takeSkipped()
+                out.skipped += decoder.takeNotes().skipped
             }
         } catch {
             out.thrown = "\(error) after \(out.packets.count) packets"

@@ -388,11 +388,12 @@ final class Connection: ChannelInboundHandler {
 
     /// Logs the packets the decoder skipped (legal but too deep for Perl); the link stays up.
     private func reportSkipped(_ decoder: inout PacketDecoder) {
-        guard decoder.hasNotes else { return }
-        for reason in decoder.takeSkipped() where droppedWarnings.allow() {
+        let notes = decoder.takeNotes()
+        guard !notes.isEmpty else { return }
+        for reason in notes.skipped where droppedWarnings.allow() {
             logger.warning("skipped a packet from the peer that Perl could not decode either", metadata: ["reason": "\(reason)"])
         }
-        for note in decoder.takeChanged() where droppedWarnings.allow() {
+        for note in notes.changed where droppedWarnings.allow() {
             logger.notice("changed values in a packet from the peer", metadata: ["change": "\(note)"])
         }
     }

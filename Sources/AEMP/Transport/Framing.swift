@@ -28,40 +28,17 @@ public enum PacketDecoder: Sendable {
         }
     }
 
-    /// Whether packets were skipped or had values changed since the last `takeSkipped()` /
-    /// `takeChanged()` (cheap: no copy of the decoder).
-    public var hasNotes: Bool {
-        switch self {
-        case .json(let d): return !d.skipped.isEmpty || !d.changed.isEmpty
-        case .cbor(let d): return !d.skipped.isEmpty || !d.changed.isEmpty
-        }
-    }
-
-    /// Returns and forgets the notes on packets whose values were changed while reading.
-    public mutating func takeChanged() -> [String] {
+    /// Returns and forgets what the decoder has to tell about the packets it read.
+    public mutating func takeNotes() -> DecoderNotes {
         switch self {
         case .json(var d):
-            let s = d.takeChanged()
-            self = .json(d)
-            return s
+            guard !d.notes.isEmpty else { return DecoderNotes() }
+            defer { d.notes = DecoderNotes(); self = .json(d) }
+            return d.notes
         case .cbor(var d):
-            let s = d.takeChanged()
-            self = .cbor(d)
-            return s
-        }
-    }
-
-    /// Returns and forgets why packets were skipped (too deep for Perl, aemp-protocol §14).
-    public mutating func takeSkipped() -> [String] {
-        switch self {
-        case .json(var d):
-            let s = d.takeSkipped()
-            self = .json(d)
-            return s
-        case .cbor(var d):
-            let s = d.takeSkipped()
-            self = .cbor(d)
-            return s
+            guard !d.notes.isEmpty else { return DecoderNotes() }
+            defer { d.notes = DecoderNotes(); self = .cbor(d) }
+            return d.notes
         }
     }
 

@@ -384,39 +384,11 @@ public struct CBORStreamDecoder: Sendable {
         self.maxPacketSize = maxPacketSize
     }
 
-    /// Packets skipped since the last `takeSkipped()`, with why: legal CBOR that Perl could not
-    /// decode either (nested beyond `MeshLimits.maxDepth`). The link stays up (aemp-protocol §14).
-    public private(set) var skipped: [String] = []
-
-    /// Returns and forgets the skipped packets' reasons.
-    public mutating func takeSkipped() -> [String] {
-        guard !skipped.isEmpty else { return [] }
-        defer { skipped = [] }
-        return skipped
-    }
-
-    /// Packets whose values were changed while reading (hash keys Perl cannot use or Unicode
-    /// cannot hold, malformed text), since the last `takeChanged()`; each change is counted in
-    /// `ValueEvents`.
-    public private(set) var changed: [String] = []
-
-    /// Returns and forgets the notes on packets whose values were changed.
-    public mutating func takeChanged() -> [String] {
-        guard !changed.isEmpty else { return [] }
-        defer { changed = [] }
-        return changed
-    }
-
-    /// Notes in `changed` a packet whose values were changed while reading (counted in `ValueEvents`).
-    private mutating func noteConversions(since before: Int, packetBytes: Int) {
-        let changed = ValueEvents.readConversions.load(ordering: .relaxed) - before
-        if changed > 0 {
-            self.changed.append("a \(packetBytes)-byte packet had \(changed) value(s) changed: hash keys Perl cannot use or Unicode cannot hold, or malformed text (value_events_total)")
-        }
-    }
+    /// Packets skipped and packets whose values were changed, for the log (`DecoderNotes`).
+    public var notes = DecoderNotes()
 
     /// Returns the next complete packet and consumes it from `buffer`, or `nil` when more bytes are needed.
-    /// A packet too deep to decode is consumed and noted in `skipped`, and the next one returned.
+    /// A packet too deep to decode is consumed and noted in `notes`, and the next one returned.
     public mutating func next(from buffer: inout ByteBuffer) throws(CBORCodecError) -> Value? {
         while true {
             let result = buffer.withUnsafeReadableBytes { bytes -> Result<(Value?, Int)?, CBORCodecError> in
@@ -425,7 +397,7 @@ public struct CBORStreamDecoder: Sendable {
                     let value: Value
                     let used: Int
                     let changedBefore = ValueEvents.readConversions.load(ordering: .relaxed)
-                    defer { noteConversions(since: changedBefore, packetBytes: end) }
+                    defer { notes.noteChanges(since: changedBefore, packetBytes: end) }
                     do throws(CBORCodecError) {
                         (value, used) = try CBORCodec.decodePrefix(UnsafeRawBufferPointer(rebasing: bytes[0..<end]))
                     } catch {
@@ -440,7 +412,7 @@ public struct CBORStreamDecoder: Sendable {
             buffer.moveReaderIndex(forwardBy: used)
             if let value { return value }
             ValueEvents.record(.packetTooDeepSkipped)
-            skipped.append("a \(used)-byte packet nested deeper than \(CBORCodec.maxDepth) levels")
+            notes.skip("a \(used)-byte packet nested deeper than \(CBORCodec.maxDepth) levels")
         }
     }
 

@@ -186,37 +186,17 @@ public struct JSONStreamDecoder: Sendable {
     private var inString = false
     private var escaped = false
 
-    /// Packets skipped since the last `takeSkipped()`, with why: JSON Perl could not decode either
-    /// (nested beyond `MeshLimits.maxDepth`). The link stays up (aemp-protocol §14).
-    public private(set) var skipped: [String] = []
+    /// Packets skipped and packets whose values were changed, for the log (`DecoderNotes`).
+    public var notes = DecoderNotes()
 
     /// A decoder that refuses packets longer than `maxPacketSize` bytes.
     public init(maxPacketSize: Int = 64 << 20) {
         self.maxPacketSize = maxPacketSize
     }
 
-    /// Returns and forgets the skipped packets' reasons.
-    public mutating func takeSkipped() -> [String] {
-        guard !skipped.isEmpty else { return [] }
-        defer { skipped = [] }
-        return skipped
-    }
-
-    /// Packets whose values were changed while reading (hash keys Perl cannot use or Unicode
-    /// cannot hold, malformed text), since the last `takeChanged()`; each change is counted in
-    /// `ValueEvents`.
-    public private(set) var changed: [String] = []
-
-    /// Returns and forgets the notes on packets whose values were changed.
-    public mutating func takeChanged() -> [String] {
-        guard !changed.isEmpty else { return [] }
-        defer { changed = [] }
-        return changed
-    }
-
     /// Returns the next complete packet and consumes it from `buffer`, or `nil` when more bytes are needed.
     /// Whitespace between packets is consumed as it arrives; a packet too deep to decode is
-    /// consumed and noted in `skipped`, and the next one returned.
+    /// consumed and noted in `notes`, and the next one returned.
     public mutating func next(from buffer: inout ByteBuffer) throws(JSONCodecError) -> Value? {
         while true {
             let result = buffer.withUnsafeReadableBytes { bytes -> Result<(Value?, Int, Bool), JSONCodecError> in
@@ -226,7 +206,7 @@ public struct JSONStreamDecoder: Sendable {
             buffer.moveReaderIndex(forwardBy: consumed)
             guard tooDeep else { return value }
             ValueEvents.record(.packetTooDeepSkipped)
-            skipped.append("a \(consumed)-byte packet nested deeper than \(MeshLimits.maxDepth) levels")
+            notes.skip("a \(consumed)-byte packet nested deeper than \(MeshLimits.maxDepth) levels")
         }
     }
 
@@ -276,10 +256,7 @@ public struct JSONStreamDecoder: Sendable {
                     let text = UnsafeRawBufferPointer(rebasing: bytes[packetStart..<i])
                     let changedBefore = ValueEvents.readConversions.load(ordering: .relaxed)
                     let value = try JSONCodec.decode(text, dialect: .perl, maxDepth: MeshLimits.maxDepth)
-                    let changed = ValueEvents.readConversions.load(ordering: .relaxed) - changedBefore
-                    if changed > 0 {
-                        self.changed.append("a \(text.count)-byte packet had \(changed) value(s) changed: hash keys Unicode cannot hold, or keys Swift merges (value_events_total)")
-                    }
+                    notes.noteChanges(since: changedBefore, packetBytes: text.count)
                     return (value, i, false)
                 }
             default: break

@@ -263,7 +263,7 @@ final class ScriptedPeer: Sendable {
         // Like Perl's JSON::XS and CBOR::XS this peer decodes 512 levels and no more (aemp-protocol
         // §14); a Perl node would lose a deeper packet and every later one, so one is a failure.
         func perlWouldWedge() throws {
-            let skipped = decoder.takeSkipped()
+            let skipped = decoder.takeNotes().skipped
             if !skipped.isEmpty {
                 throw ScriptedPeerError.protocolViolation("a Perl node would be wedged by \(skipped.joined(separator: "; "))")
             }
