@@ -266,6 +266,7 @@ struct CodecTests {
     func cborMisc() throws {
         #expect(try Self.cbor("f7") == nil)  // undefined
         #expect(try Self.cbor("a10102") == ["1": 2])  // Perl stringifies integer hash keys
+        #expect(try Self.cbor("a2f401f502") == ["0": 1, "1": 2])  // and Types::Serialiser false/true as 0/1
         // ... and float keys as Perl prints them (%.15g): 0.1+0.2 is "0.3", 1.5 "1.5", 1e20 "1e+20".
         #expect(try Self.cbor("a1fb3fd333333333333401") == ["0.3": 1])
         #expect(try Self.cbor("a1f93e0001") == ["1.5": 1])

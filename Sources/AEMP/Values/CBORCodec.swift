@@ -343,7 +343,7 @@ public enum CBORCodec {
             case .int(let i): return String(i)
             case .bigInteger(let b): return b.description
             case .double(let d): return perlString(d)
-            case .bool(let b): return b ? "1" : ""
+            case .bool(let b): return b ? "1" : "0"  // Types::Serialiser numifies, and stringifies as its number
             case .null: return ""
             case .array, .object:
                 ValueEvents.record(.hashKeyDropped)

@@ -52,9 +52,11 @@ public enum JSONCodec {
         try decode(bytes, dialect: .http, maxDepth: janssonMaxDepth)
     }
 
-    /// Decodes one complete JSON text in `dialect`, nested at most `maxDepth` deep.
+    /// Decodes one complete JSON text in `dialect`, nested at most `maxDepth` deep. The second
+    /// reader (for what jansson refuses) recurses, so it stops at `readerMaxDepth`, by default
+    /// what the mesh carries: give more only on a thread with a big stack.
     public static func decode(
-        _ bytes: UnsafeRawBufferPointer, dialect: JSONDialect, maxDepth: Int
+        _ bytes: UnsafeRawBufferPointer, dialect: JSONDialect, maxDepth: Int, readerMaxDepth: Int? = nil
     ) throws(JSONCodecError) -> Value {
         var janssonError = json_error_t()
         let flags = JSON_DECODE_ANY | JSON_ALLOW_NUL
@@ -64,13 +66,19 @@ public enum JSONCodec {
             if bytes.isEmpty {
                 throw .syntax(message: "empty input", line: 1, column: 0, position: 0)
             }
+            let janssonMessage = syntaxError(janssonError)
+            if case .syntax(let message, _, _, _) = janssonMessage, message.contains("maximum parsing depth") {
+                throw .tooDeep(limit: min(maxDepth, janssonMaxDepth))
+            }
             // Legal JSON jansson does not take (aemp-protocol §14), or really malformed: the
-            // second reader tells which, and jansson's message stays the one reported.
+            // second reader tells which, and jansson's message stays the one reported. It
+            // recurses, so it goes no deeper than the mesh carries (a small thread stack, a
+            // sanitizer's big frames); HTTP input beyond that is refused on the mesh anyway.
             do {
-                return try JSONReader.decode(bytes, dialect: dialect, maxDepth: maxDepth)
+                return try JSONReader.decode(bytes, dialect: dialect, maxDepth: min(maxDepth, readerMaxDepth ?? MeshLimits.maxDepth))
             } catch {
                 if case .tooDeep(let limit) = error { throw .tooDeep(limit: limit) }
-                throw syntaxError(janssonError)
+                throw janssonMessage
             }
         }
         defer { json_decref(root) }

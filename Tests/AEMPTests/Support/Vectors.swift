@@ -1,3 +1,4 @@
+import AEMPTestSupport
 import Foundation
 import Testing
 
@@ -90,7 +91,7 @@ enum Vectors {
     static func json(_ relativePath: String) throws -> Value {
         let bytes = try data(relativePath)
         do {
-            return try bytes.withUnsafeBytes { try JSONCodec.decode($0, dialect: .perl, maxDepth: JSONCodec.janssonMaxDepth) }
+            return try decodeJSONOnBigStack(bytes)
         } catch {
             throw Failure(description: "\(relativePath) is not valid JSON: \(error)")
         }
