@@ -315,13 +315,17 @@ struct WireAbuseTests {
         // sanitizer: an AddressSanitizer run once refused a valid handshake at 3 s).
         try await withNet(handshakeTimeout: stretched(.seconds(3))) { net, res in
             var rng = SeededGenerator(seed: "mutated-captures")
+            // Mutated handshakes stay open beside the later rounds and are awaited together at the
+            // end: a cut one is closed only at the handshake deadline, and 20 deadlines one after
+            // another (18 s each under ThreadSanitizer) ran the test past its time limit.
+            var mutatedHandshakes: [ScriptedPeer] = []
             for round in 0..<40 {
                 let capture = captures.randomElement(using: &rng)!
                 let peer = res.peer(try await ScriptedPeer.dial(net.address))
                 if round % 2 == 0 {
                     // A mutated handshake (its nonce is stale anyway): refused, never a crash or a hang.
                     try? await peer.write(Self.mutate(capture.handshake + capture.data, using: &rng))
-                    _ = try await peer.waitForClose(within: 8)
+                    mutatedHandshakes.append(peer)
                 } else {
                     // A valid handshake, then the capture's packets mutated, written in random pieces.
                     let id = "mutant-\(round)"
@@ -339,6 +343,7 @@ struct WireAbuseTests {
                 }
                 if round % 10 == 9 { try await checkHealthy(net, "after \(round + 1) mutated captures") }
             }
+            for peer in mutatedHandshakes { _ = try await peer.waitForClose(within: 8) }
         }
     }
 
