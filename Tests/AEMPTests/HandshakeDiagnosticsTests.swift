@@ -13,7 +13,7 @@ import Testing
 @Suite("clear handshake errors", .serialized, .timeLimit(.minutes(2)))
 struct HandshakeDiagnosticsTests {
 
-    @Test("a seed whose greeting says tls=1.0 and that accepts only tls_sha3_512,tls_anon: the gateway warns that the peer requires TLS and there is no shared secret, and /readyz says so")
+    @Test("a seed whose greeting says tls=1.0 and that accepts only tls_sha3_512,tls_anon: the gateway (no certificate) warns that the peer requires TLS and this node has no certificate, and /readyz says so")
     func tlsOnlySeed() async throws {
         let tlsSeed = try await ScriptedListener.start()
         defer { Task { await tlsSeed.close() } }
@@ -33,7 +33,7 @@ struct HandshakeDiagnosticsTests {
         let port = tlsSeed.address.split(separator: ":").last.map(String.init) ?? "?"
         await eventually(within: 10, "a warning names TLS, the missing secret and the seed's address") {
             gateway.child.errorText().split(separator: "\n").contains { line in
-                line.contains("warning") && line.contains("peer requires TLS") && line.contains("no shared secret")
+                line.contains("warning") && line.contains("peer requires TLS and this node has no certificate") && line.contains("--mesh-cert")
                     && line.contains(":\(port)")
             }
         }
@@ -66,14 +66,14 @@ struct HandshakeDiagnosticsTests {
         await eventually(within: 10, "a warning: peer requires TLS, naming the peer and its address") {
             log.records.withLock { records in
                 records.contains { r in
-                    r.level == .warning && r.description.contains("peer requires TLS and this network has no shared secret")
+                    r.level == .warning && r.description.contains("peer requires TLS and this node has no certificate")
                         && r.description.contains("hd-tls-perl") && r.description.contains(peer.localAddress)
                 }
             }
         }
         let problems = node.seedProblems
         #expect(problems.count == 1 && problems.first?.seed == tlsSeed.address, "\(problems)")
-        #expect(problems.first?.reason.hasPrefix("peer requires TLS and this network has no shared secret") == true, "\(problems)")
+        #expect(problems.first?.reason.hasPrefix("peer requires TLS and this node has no certificate") == true, "\(problems)")
     }
 
     @Test("two nodes with the same ID join one seed: the second one's log says node ID already connected, naming the ID and the seed")

@@ -6,8 +6,13 @@ public struct NodeConfiguration: Sendable {
     /// Node ID template; `%n` = host name, `%u` or a trailing `/` = random suffix.
     /// The default, `"<host>/<random>"`, is unique per process like Perl's.
     public var nodeID: String = "%n/"
-    /// The shared secret (raw bytes are used as the HMAC key).
+    /// The shared secret (raw bytes are used as the HMAC key). May be empty when `certificate` is
+    /// set: such a node authenticates only with TLS, as a Perl node with a `cert` and no `secret`.
     public var secret: [UInt8]
+    /// The network's certificate (Perl's profile `cert`): with it the node asks for TLS in its
+    /// greeting, and every connection to a peer that asks too is TLS, both sides presenting and
+    /// verifying certificates (aemp-protocol §4.5).
+    public var certificate: MeshCertificate?
     /// Listen addresses `host:port` (port 0 picks a free one); empty = private node.
     public var binds: [String] = []
     /// Seed addresses `host:port`.
@@ -61,8 +66,11 @@ public enum NodeError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidAddress(String)
     /// Listening on an address failed.
     case bindFailed(address: String, reason: String)
-    /// No secret was configured (Perl cannot authenticate without one, aemp-protocol §4.4).
+    /// Neither a secret nor a certificate was configured (Perl cannot authenticate without one,
+    /// aemp-protocol §4.4-4.5).
     case missingSecret
+    /// The certificate cannot be used (its key does not match, TLS refuses it).
+    case invalidCertificate(String)
     /// The node has been shut down.
     case shutDown
 
@@ -71,7 +79,8 @@ public enum NodeError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidNodeID(let why): return "invalid node ID: \(why)"
         case .invalidAddress(let a): return "invalid address \(a.debugDescription): expected host:port"
         case .bindFailed(let a, let r): return "cannot listen on \(a): \(r)"
-        case .missingSecret: return "no shared secret configured"
+        case .missingSecret: return "no shared secret and no mesh certificate configured: a node needs one to authenticate"
+        case .invalidCertificate(let why): return why
         case .shutDown: return "the node has been shut down"
         }
     }

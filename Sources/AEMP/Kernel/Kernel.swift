@@ -174,7 +174,10 @@ final class Kernel {
     /// Why each seed is not connected, for `Node.seedProblems`.
     let seedProblems = SeedProblemTable()
 
-    init(configuration: NodeConfiguration, nodeID: String, randomisedID: Bool, loop: any EventLoop, ports: PortTable) {
+    init(
+        configuration: NodeConfiguration, nodeID: String, randomisedID: Bool, loop: any EventLoop, ports: PortTable,
+        tls: MeshTLSContexts? = nil
+    ) {
         self.loop = loop
         self.ports = ports
         self.configuration = configuration
@@ -188,7 +191,8 @@ final class Kernel {
             framings: configuration.framings,
             handshakeTimeout: configuration.handshakeTimeout,
             maxPacketSize: configuration.maxPacketSize,
-            maxUnsentBytes: configuration.maxUnsentBytes
+            maxUnsentBytes: configuration.maxUnsentBytes,
+            tls: tls
         )
         ids = IDGenerator(randomisedID: randomisedID)
         seeds = configuration.seeds.map { SeedState(address: $0) }

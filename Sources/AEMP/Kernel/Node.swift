@@ -51,7 +51,13 @@ public final class Node: Sendable {
         configuration: NodeConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) throws {
-        guard !configuration.secret.isEmpty else { throw NodeError.missingSecret }
+        guard !configuration.secret.isEmpty || configuration.certificate != nil else { throw NodeError.missingSecret }
+        let tls: MeshTLSContexts?
+        do {
+            tls = try configuration.certificate?.makeContexts()
+        } catch {
+            throw NodeError.invalidCertificate(error.description)
+        }
         let (id, randomised) = NodeIDTemplate.expand(configuration.nodeID)
         if let problem = NodeIDTemplate.problem(with: id) { throw NodeError.invalidNodeID(problem) }
         for address in configuration.binds + configuration.seeds where splitHostPort(address) == nil {
@@ -62,7 +68,7 @@ public final class Node: Sendable {
         let loop = eventLoopGroup.next()
         self.eventLoop = loop
         let ports = PortTable()
-        let k = Kernel(configuration: configuration, nodeID: id, randomisedID: randomised, loop: loop, ports: ports)
+        let k = Kernel(configuration: configuration, nodeID: id, randomisedID: randomised, loop: loop, ports: ports, tls: tls)
         self.ports = ports
         self.ids = k.ids
         self.backlogs = k.backlogs
@@ -240,7 +246,7 @@ public final class Node: Sendable {
     }
 
     /// Why configured seeds are not connected, in configuration order: each one's latest
-    /// handshake failure (e.g. "peer requires TLS and this network has no shared secret", "node
+    /// handshake failure (e.g. "peer requires TLS and this node has no certificate", "node
     /// ID already connected") or connect error, until it comes up. Callable from any thread.
     public var seedProblems: [SeedProblem] {
         let table = problems.all()
@@ -340,6 +346,14 @@ public final class Node: Sendable {
     /// Node IDs with a live connection (`up_nodes`).
     public func upNodes() async -> [String] {
         await withKernel { $0.upNodes }
+    }
+
+    /// The established connections, by peer: address, TLS version (nil without TLS), auth method,
+    /// framings.
+    public func connections() async -> [ConnectionInfo] {
+        await withKernel { kernel in
+            kernel.connections.values.compactMap(\.info).sorted { ($0.node, $0.address) < ($1.node, $1.address) }
+        }
     }
 
     /// The current master's node ID, if attached.

@@ -6,6 +6,26 @@ public enum AuthMethod: String, Sendable, CaseIterable {
     case hmacSHA3_512 = "hmac_sha3_512"
     /// The hex of the secret itself; accepted from peers, never sent by this library.
     case cleartext = "cleartext"
+    /// Under TLS only: the plain SHA3-512 of both greeting pairs (no key: the certificates, which
+    /// both sides verified, authenticate; aemp-protocol §4.5).
+    case tlsSHA3_512 = "tls_sha3_512"
+    /// Under TLS only: an empty token (Perl accepts it and marks the peer untrusted; we accept it
+    /// only where Perl does, under TLS with a verified certificate).
+    case tlsAnon = "tls_anon"
+
+    /// Valid only when TLS was negotiated on the connection.
+    public var needsTLS: Bool { self == .tlsSHA3_512 || self == .tlsAnon }
+
+    /// What a node offers, in preference order (Perl's `auth_offer`): the first of the peer's
+    /// accept list that is also here (and is not a `tls_*` method unless TLS is on) is sent.
+    public static let offered: [AuthMethod] = [.tlsSHA3_512, .hmacSHA3_512]
+
+    /// What a node accepts, in preference order (field 4 of its greeting). With a certificate this
+    /// is Perl's `auth_accept` (`tls_sha3_512,hmac_sha3_512,tls_anon,cleartext`); without one the
+    /// `tls_*` methods would never be usable, so they are not listed.
+    public static func accepted(withTLS tls: Bool) -> [AuthMethod] {
+        tls ? [.tlsSHA3_512, .hmacSHA3_512, .tlsAnon, .cleartext] : [.hmacSHA3_512, .cleartext]
+    }
 }
 
 /// Computes and checks handshake tokens (aemp-protocol §4.4, checklist §12.2).
@@ -24,6 +44,10 @@ public struct Authenticator: Sendable {
     /// The token we send puts our own lines first; the token we expect puts the peer's first.
     public func token(_ method: AuthMethod, first: (String, String), second: (String, String)) -> String {
         switch method {
+        case .tlsAnon:
+            return ""
+        case .tlsSHA3_512:
+            return Self.hex(Array(SHA3_512.hash(data: Self.message(first: first, second: second))))
         case .cleartext:
             return Self.hex(secret)
         case .hmacSHA3_512:

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import NIOSSL
 import Synchronization
 
 /// What a connection tells its owner (the kernel) as the handshake and data phase progress.
@@ -62,6 +63,29 @@ struct ConnectionSettings: Sendable {
     /// no longer reading: the connection is closed (its monitors fire with transport_error).
     var maxUnsentBytes: Int = 256 << 20
     var provider = "AEMP-Swift-0.1"
+    /// The network certificate's TLS contexts, when the node has one: the greeting then says
+    /// `tls=1.0` and TLS starts after the greetings when the peer's says so too (aemp-protocol §4.5).
+    var tls: MeshTLSContexts?
+
+    /// Whether a shared secret is configured (a node with a certificate may have none).
+    var hasSecret: Bool { !authenticator.secret.isEmpty }
+}
+
+/// What a node's connection to a peer is, for operators (`Node.connections()`).
+public struct ConnectionInfo: Sendable, Equatable {
+    /// The peer's node ID.
+    public var node: String
+    /// The peer's address as `host:port`.
+    public var address: String
+    /// Whether we dialed the peer (else it dialed us).
+    public var dialed: Bool
+    /// The TLS version, e.g. `TLSv1.3`, when the connection is TLS; nil when it is not.
+    public var tls: String?
+    /// The auth method the peer authenticated with (`tls_sha3_512`, `hmac_sha3_512`, …).
+    public var auth: String
+    /// The framing we send in and the one the peer sends in.
+    public var sendFraming: String
+    public var receiveFraming: String
 }
 
 /// One TCP connection between two nodes: runs the symmetric handshake of aemp-protocol §4, then
@@ -104,6 +128,16 @@ final class Connection: ChannelInboundHandler {
     /// Written on the loop only; read from any thread through `Node.unsentBytes(to:)`.
     let unsent = UnsentBytes()
     private var unsentBytes: Int { unsent.value }
+
+    /// Our role in the TLS handshake, once TLS started on this connection (aemp-protocol §4.5).
+    private enum TLSRole { case client, server }
+    private var tlsRole: TLSRole?
+    private var tlsHandler: NIOSSLHandler?
+    /// The auth method the peer used, once established.
+    private var receivedAuth: AuthMethod?
+    /// Inside `process()`: bytes read meanwhile (decrypted by TLS as we hand it the bytes that
+    /// followed the greeting) are only appended; the running loop takes them.
+    private var processing = false
 
     private var localLines = ("", "")
     private var remoteLine1 = ""
@@ -173,11 +207,13 @@ final class Connection: ChannelInboundHandler {
         case .dialed(let address): peerAddr = address
         case .accepted: peerAddr = remoteAddress
         }
+        var pairs = ["provider": settings.provider, "peeraddr": peerAddr, "gproto": "1", "mproto": "1"]
+        if settings.tls != nil { pairs["tls"] = "1.0" }
         let greeting = Greeting(
             nodeID: settings.nodeID,
-            authMethods: [AuthMethod.hmacSHA3_512.rawValue, AuthMethod.cleartext.rawValue],
+            authMethods: AuthMethod.accepted(withTLS: settings.tls != nil).map(\.rawValue),
             framings: settings.framings.map(\.rawValue),
-            pairs: ["provider": settings.provider, "peeraddr": peerAddr, "gproto": "1", "mproto": "1"]
+            pairs: pairs
         )
         localLines = (greeting.line, Self.nonce())
         var out = context.channel.allocator.buffer(capacity: 256)
@@ -193,7 +229,7 @@ final class Connection: ChannelInboundHandler {
         var bytes = unwrapInboundIn(data)
         guard state != .closed else { return }
         inbound.writeBuffer(&bytes)
-        process()
+        if !processing { process() }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -208,6 +244,14 @@ final class Connection: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let tlsRole, state != .established, !closing {
+            needsOperator = true
+            return close(reason: MeshTLSFailure.explain(error, peer: peerID ?? remoteAddress, weAreClient: tlsRole == .client))
+        }
+        if tlsRole != nil, case NIOSSLError.uncleanShutdown = error {
+            // Perl closes its socket without a TLS close_notify: a plain close.
+            return close(reason: closeReason ?? "connection closed by peer")
+        }
         let reason = "transport error: \(error)"
         close(reason: state == .established || closing ? reason : explainRefusal(reason))
     }
@@ -219,7 +263,12 @@ final class Connection: ChannelInboundHandler {
     /// Says which, and marks the failure as one for the operator; other cases keep `what`.
     private func explainRefusal(_ what: String) -> String {
         guard state == .auth, let greeting = remoteGreeting else { return what }
-        if greeting.requestsTLS {
+        if let tlsRole {
+            needsOperator = true
+            return MeshTLSFailure.explain(
+                NIOSSLError.uncleanShutdown, peer: greeting.nodeID, weAreClient: tlsRole == .client) + " (\(what))"
+        }
+        if greeting.requestsTLS, settings.tls == nil {
             needsOperator = true
             return Self.tlsWithoutSecret(greeting, detail: "it closed the handshake without authenticating (\(what))")
         }
@@ -231,16 +280,19 @@ final class Connection: ChannelInboundHandler {
             + "(another node with this ID on the network?) (\(what))"
     }
 
-    /// The reason for a peer that wants TLS, which this node does not speak, and no common secret.
+    /// The reason for a peer that wants TLS when this node has no certificate, and no common secret.
     private static func tlsWithoutSecret(_ greeting: Greeting, detail: String) -> String {
-        "peer requires TLS and this network has no shared secret: \(greeting.nodeID)'s greeting says "
-            + "tls=\(greeting.pairs["tls"] ?? "") and \(detail); this node does not speak TLS, so both sides "
-            + "need the same shared secret (aemp-protocol §4.5)"
+        "peer requires TLS and this node has no certificate: \(greeting.nodeID)'s greeting says "
+            + "tls=\(greeting.pairs["tls"] ?? "") and \(detail); give this node the network's certificate "
+            + "(--mesh-cert, or cert in its AnyEvent::MP profile), or give both sides the same shared secret "
+            + "(aemp-protocol §4.5)"
     }
 
     // MARK: - Handshake
 
     private func process() {
+        processing = true
+        defer { processing = false }
         while state != .closed && !closing {
             switch state {
             case .greeting1, .greeting2, .auth:
@@ -315,15 +367,30 @@ final class Connection: ChannelInboundHandler {
                 return close(reason: "echo detected: the peer sent our own greeting back")
             }
             guard let greeting = remoteGreeting else { return }
-            // Auth method: first of the peer's list that we offer (we never send cleartext).
-            guard greeting.authMethods.contains(AuthMethod.hmacSHA3_512.rawValue) else {
+            // TLS iff both greetings ask for it (Transport.pm: a TLS context here and the peer's
+            // `tls` is 1 as Perl's int reads it).
+            let tls = settings.tls != nil && greeting.requestsTLS
+            // Auth method: the first of the peer's list that we offer, a tls_* one only under TLS
+            // (we never send cleartext).
+            guard let method = greeting.authMethods.lazy.compactMap({ AuthMethod(rawValue: $0) })
+                .first(where: { AuthMethod.offered.contains($0) && (tls || !$0.needsTLS) })
+            else {
                 let accepted = greeting.authMethods.joined(separator: ",")
-                if greeting.requestsTLS {
-                    // A Perl node with a certificate and no secret offers only tls_* methods.
+                if greeting.requestsTLS, settings.tls == nil {
+                    // A Perl node with a certificate and no secret accepts only tls_* methods.
                     needsOperator = true
                     return close(reason: Self.tlsWithoutSecret(greeting, detail: "it accepts only \(accepted)"))
                 }
                 return close(reason: "no common auth method (peer accepts \(accepted))")
+            }
+            if !method.needsTLS, !settings.hasSecret {
+                // This node has only a certificate (a node with neither cannot start).
+                needsOperator = true
+                return close(reason: greeting.requestsTLS
+                    ? "no common auth method under TLS: \(greeting.nodeID) accepts \(greeting.authMethods.joined(separator: ",")) and this node has no shared secret"
+                    : "peer has no certificate and this node has no shared secret: \(greeting.nodeID)'s greeting asks for no TLS "
+                        + "(no tls=1.0: it has no certificate), and this node authenticates only with its certificate; give "
+                        + "\(greeting.nodeID) the network's certificate, or give both sides the same shared secret (aemp-protocol §4.5)")
             }
             // Send framing: first of the peer's list that we support.
             guard let framing = greeting.framings.lazy.compactMap({ name in
@@ -332,8 +399,10 @@ final class Connection: ChannelInboundHandler {
                 return close(reason: "no common framing (peer accepts \(greeting.framings.joined(separator: ",")))")
             }
             sendFraming = framing
-            let token = settings.authenticator.tokenToSend(.hmacSHA3_512, local: localLines, remote: remoteLines)
-            writeLine("\(AuthMethod.hmacSHA3_512.rawValue);\(token);\(framing.rawValue)")
+            // Under TLS the auth lines travel inside it: start TLS before writing ours.
+            if tls, !startTLS(remoteNonce: line) { return }
+            let token = settings.authenticator.tokenToSend(method, local: localLines, remote: remoteLines)
+            writeLine("\(method.rawValue);\(token);\(framing.rawValue)")
             state = .auth
         case .auth:
             let fields = line.split(separator: ";", maxSplits: 3, omittingEmptySubsequences: false)
@@ -346,15 +415,28 @@ final class Connection: ChannelInboundHandler {
             guard let framing = Framing(rawValue: String(fields[2])) else {
                 return close(reason: "peer announced unsupported framing \(fields[2].prefix(40).debugDescription)")
             }
-            guard verify(method: method, token: String(fields[1])) else {
-                return close(reason: "authentication failure (shared secret mismatch)")
+            if method.needsTLS, tlsRole == nil {
+                // Perl's check never matches then ("\012\012"); say why.
+                return close(reason: "authentication failure: the peer used \(method.rawValue), valid only under TLS, on a connection without TLS")
             }
+            if !method.needsTLS, !settings.hasSecret {
+                return close(reason: "authentication failure: the peer used \(method.rawValue) and this node has no shared secret")
+            }
+            guard verify(method: method, token: String(fields[1])) else {
+                return close(reason: method.needsTLS
+                    ? "authentication failure (\(method.rawValue) token does not match the greetings)"
+                    : "authentication failure (shared secret mismatch)")
+            }
+            receivedAuth = method
             receiveFraming = framing
             decoder = PacketDecoder(framing, maxPacketSize: settings.maxPacketSize)
             handshakeTimer?.cancel()
             handshakeTimer = nil
             state = .established
-            logger.debug("connection established", metadata: ["send_framing": "\(sendFraming)", "recv_framing": "\(framing)"])
+            logger.debug("connection established", metadata: [
+                "send_framing": "\(sendFraming)", "recv_framing": "\(framing)", "auth": "\(method.rawValue)",
+                "tls": "\(tlsVersionName ?? "no")",
+            ])
             delegate?.connectionEstablished(self)
         default:
             break
@@ -362,6 +444,63 @@ final class Connection: ChannelInboundHandler {
     }
 
     private var remoteNonce = ""
+
+    /// Starts TLS in the middle of the handshake, as Transport.pm does after both greetings: the
+    /// side whose nonce line sorts lower (raw bytes) is the client. The bytes that followed the
+    /// peer's nonce are its first TLS records: they go through TLS, as everything after them.
+    private func startTLS(remoteNonce: String) -> Bool {
+        guard let contexts = settings.tls, let context else { return false }
+        let weAreClient = Self.latin1Bytes(localLines.1).lexicographicallyPrecedes(Self.latin1Bytes(remoteNonce))
+        let handler: NIOSSLHandler
+        do {
+            handler = weAreClient
+                ? try NIOSSLClientHandler(context: contexts.client, serverHostname: nil)
+                : NIOSSLServerHandler(context: contexts.server)
+            tlsRole = weAreClient ? .client : .server
+            tlsHandler = handler
+            try context.pipeline.syncOperations.addHandler(handler, position: .before(self))
+            if inbound.readableBytes > 0 {
+                let early = inbound.readSlice(length: inbound.readableBytes)!
+                inbound.clear()
+                let tlsContext = try context.pipeline.syncOperations.context(handler: handler)
+                handler.channelRead(context: tlsContext, data: NIOAny(early))
+                handler.channelReadComplete(context: tlsContext)
+            }
+        } catch {
+            needsOperator = true
+            close(reason: "cannot start TLS: \(error)")
+            return false
+        }
+        logger[metadataKey: "tls"] = weAreClient ? "client" : "server"
+        return true
+    }
+
+    /// A handshake line's characters back as the bytes they were read from (Latin-1).
+    private static func latin1Bytes(_ line: String) -> [UInt8] {
+        line.unicodeScalars.map { UInt8(truncatingIfNeeded: $0.value) }
+    }
+
+    /// The negotiated TLS version, e.g. `TLSv1.3`, or nil without TLS.
+    private var tlsVersionName: String? {
+        guard let tlsHandler else { return nil }
+        switch tlsHandler.tlsVersion {
+        case .tlsv13?: return "TLSv1.3"
+        case .tlsv12?: return "TLSv1.2"
+        case .tlsv11?: return "TLSv1.1"
+        case .tlsv1?: return "TLSv1.0"
+        default: return "TLS"
+        }
+    }
+
+    /// This connection for `Node.connections()`, once established.
+    var info: ConnectionInfo? {
+        guard state == .established, let peerID, let receivedAuth, let receiveFraming else { return nil }
+        var dialed = false
+        if case .dialed = origin { dialed = true }
+        return ConnectionInfo(
+            node: peerID, address: remoteAddress, dialed: dialed, tls: tlsVersionName, auth: receivedAuth.rawValue,
+            sendFraming: sendFraming.rawValue, receiveFraming: receiveFraming.rawValue)
+    }
 
     private func verify(method: AuthMethod, token: String) -> Bool {
         let expected = settings.authenticator.tokenExpected(method, local: localLines, remote: (remoteLine1, remoteNonce))

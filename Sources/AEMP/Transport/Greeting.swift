@@ -53,8 +53,8 @@ public struct Greeting: Sendable, Equatable {
     /// The sender wants TLS: its `tls` pair is 1 as Perl reads it (`1 == int $tls`, aemp-protocol
     /// §4.5). A Perl node with a certificate sends `tls=1.0`.
     public var requestsTLS: Bool {
-        guard let value = pairs["tls"], let number = Double(value), number.isFinite else { return false }
-        return number.rounded(.towardZero) == 1
+        guard let value = pairs["tls"] else { return false }
+        return perlNumericPrefix(value).rounded(.towardZero) == 1
     }
 
     /// The line as sent, without the terminating LF. Pairs are written in a stable order.
