@@ -450,7 +450,7 @@ final class Connection: ChannelInboundHandler {
     /// peer's nonce are its first TLS records: they go through TLS, as everything after them.
     private func startTLS(remoteNonce: String) -> Bool {
         guard let contexts = settings.tls, let context else { return false }
-        let weAreClient = Self.latin1Bytes(localLines.1).lexicographicallyPrecedes(Self.latin1Bytes(remoteNonce))
+        let weAreClient = Self.isTLSClient(localNonce: localLines.1, remoteNonce: remoteNonce)
         let handler: NIOSSLHandler
         do {
             handler = weAreClient
@@ -473,6 +473,12 @@ final class Connection: ChannelInboundHandler {
         }
         logger[metadataKey: "tls"] = weAreClient ? "client" : "server"
         return true
+    }
+
+    /// Whether this side is the TLS client: its nonce line sorts lower, byte by byte (Perl's `lt`
+    /// on the lines as read; Transport.pm). The nonces differ (the echo check), so exactly one side is.
+    static func isTLSClient(localNonce: String, remoteNonce: String) -> Bool {
+        latin1Bytes(localNonce).lexicographicallyPrecedes(latin1Bytes(remoteNonce))
     }
 
     /// A handshake line's characters back as the bytes they were read from (Latin-1).

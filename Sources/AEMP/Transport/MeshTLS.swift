@@ -52,6 +52,7 @@ public struct MeshCertificate: Sendable {
             throw fail("no PEM blocks: expected a private key, then a certificate, then any CA certificates (as `aemp gencert` writes)")
         }
         var key: NIOSSLPrivateKey?
+        var keyText = ""
         var certificates: [NIOSSLCertificate] = []
         var first: X509.Certificate?
         for (index, block) in blocks.enumerated() {
@@ -66,6 +67,7 @@ public struct MeshCertificate: Sendable {
                 guard key == nil else { continue }  // AnyEvent::TLS uses the first key too
                 do {
                     key = try NIOSSLPrivateKey(bytes: Array(block.text.utf8), format: .pem)
+                    keyText = block.text
                 } catch {
                     throw fail("\(place): not a usable private key (\(error))")
                 }
@@ -85,6 +87,9 @@ public struct MeshCertificate: Sendable {
         }
         guard let leaf = first, !certificates.isEmpty else {
             throw fail("no certificate: expected a private key, then a certificate, then any CA certificates")
+        }
+        if let parsed = try? X509.Certificate.PrivateKey(pemEncoded: keyText), parsed.publicKey != leaf.publicKey {
+            throw fail("the private key does not belong to the first certificate (\(leaf.subject)); expected the key of that certificate")
         }
         self.pem = pem
         self.source = source
@@ -140,7 +145,7 @@ public struct MeshCertificate: Sendable {
             return MeshTLSContexts(client: try NIOSSLContext(configuration: client), server: try NIOSSLContext(configuration: server))
         } catch {
             let text = "\(error)"
-            if text.contains("KEY_VALUES_MISMATCH") || text.contains("X509_CHECK_PRIVATE_KEY") || text.contains("VALUES_MISMATCH") {
+            if text.contains("VALUES_MISMATCH") || text.contains("failedToLoadPrivateKey") {
                 throw MeshCertificateError(source: source, problem: "the private key does not belong to the first certificate")
             }
             throw MeshCertificateError(source: source, problem: "TLS cannot use it: \(text)")

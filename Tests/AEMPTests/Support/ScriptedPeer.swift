@@ -294,6 +294,9 @@ final class ScriptedPeer: Sendable {
     /// Whether the connection has closed.
     var isClosed: Bool { inbox.read { $0.closed } }
 
+    /// The bytes received and not read yet.
+    func inboxBytes() -> [UInt8] { inbox.read { Array($0.buffer.readableBytesView) } }
+
     // MARK: Handshake (the Perl side of aemp-protocol §4.1)
 
     /// Sends our greetings at once (as Perl does), reads the node's two lines and its auth line,
