@@ -62,6 +62,19 @@ public final class Gateway: HTTPHandler, Sendable {
     /// Starts the node, then the HTTP server. Returns the HTTP address (with the real port).
     @discardableResult
     public func start() async throws -> String {
+        if let certificate = configuration.node.certificate {
+            // Notice, like "gateway ready": an operator who turned TLS on sees it at the default level.
+            logger.notice(
+                "mesh TLS on",
+                metadata: [
+                    "certificate": "\(certificate.source)", "subject": "\(certificate.subject)",
+                    "fingerprint": "\(certificate.fingerprint)", "valid_until": "\(MeshCertificate.format(certificate.notValidAfter))",
+                    "secret": "\(configuration.node.secret.isEmpty ? "none (TLS only)" : "set (peers without the certificate may use it)")",
+                ])
+            if let problem = certificate.validityProblem() {
+                logger.warning("mesh certificate not valid now", metadata: ["problem": "\(problem)"])
+            }
+        }
         try await node.start()
         node.monMaster { [self] master in
             let previous = masterState.withLock { m in

@@ -38,6 +38,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("secret-file"), help: ArgumentHelp(GatewaySettings.help("secret-file")))
     var secretFile: [String] = []
 
+    @Option(name: .customLong("mesh-cert"), help: ArgumentHelp(GatewaySettings.help("mesh-cert")))
+    var meshCert: [String] = []
+
     @Option(name: .customLong("standalone-bind"), help: ArgumentHelp(GatewaySettings.help("standalone-bind")))
     var standaloneBind: [String] = []
 
@@ -147,6 +150,7 @@ struct GatewayCommand: AsyncParsableCommand {
             "node-id": nodeID,
             "secret": secret,
             "secret-file": secretFile,
+            "mesh-cert": meshCert,
             "standalone-bind": standaloneBind,
             "handshake-timeout": handshakeTimeout,
             "token-file": tokenFile,
@@ -201,9 +205,10 @@ struct GatewayCommand: AsyncParsableCommand {
         logger.logLevel = c.logLevel
         c.logger = logger
         c.node.logger = logger
-        if c.node.secret.isEmpty {
-            // Standalone and no secret: never run an open network. Generate one once and keep it
-            // where the next run finds it.
+        if c.node.secret.isEmpty && c.node.certificate == nil {
+            // Standalone and neither a secret nor a certificate: never run an open network.
+            // Generate a secret once and keep it where the next run finds it. (With a certificate
+            // the network is closed already: peers need the same file.)
             do {
                 c.node.secret = Array(try storedOrGeneratedSecret().utf8)
             } catch {

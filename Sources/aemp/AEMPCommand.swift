@@ -11,16 +11,19 @@ struct AEMPCommand: AsyncParsableCommand {
         commandName: "aemp",
         abstract: "A command-line AnyEvent::MP node.",
         discussion: """
-            Every command except `seed` runs a short-lived private node (no listener, node ID \
-            `anon/<random>` unless --node-id says otherwise): it joins the network through --seeds, \
-            waits up to --connect-timeout seconds for a master, does its job and exits.
+            Every command except `seed` and `cert` runs a short-lived private node (no listener, \
+            node ID `anon/<random>` unless --node-id says otherwise): it joins the network through \
+            --seeds, waits up to --connect-timeout seconds for a master, does its job and exits. \
+            A node authenticates with the shared secret (--secret, --secret-file, AEMP_SECRET), the \
+            network's certificate (--cert, AEMP_CERT: mesh TLS), or both.
 
             Output is JSON, one value per line, with object keys sorted. Errors are one line on \
             standard error, `aemp: error: …`. Exit status: 0 success; 1 the network said no or \
             did not answer (no master, wrong secret, timeout, dead or missing port); 64 bad \
-            command line or configuration (bad JSON, bad port ID, no secret, no seeds).
+            command line or configuration (bad JSON, bad port ID, no secret and no certificate, an \
+            unusable certificate file, no seeds).
             """,
-        subcommands: [Seed.self, Snd.self, Cal.self, DB.self, Nodes.self, Sink.self]
+        subcommands: [Seed.self, Snd.self, Cal.self, DB.self, Nodes.self, Sink.self, Cert.self]
     )
 
     /// Parses and runs a subcommand; a `ToolError` becomes one `aemp: error: …` line and its exit status.

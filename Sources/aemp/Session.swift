@@ -9,11 +9,17 @@ import Glibc
 
 /// Options every subcommand shares: who the node is and how it finds the network.
 struct NodeOptions: ParsableArguments {
-    @Option(help: "Shared secret (or use --secret-file or AEMP_SECRET).")
+    @Option(help: "Shared secret (or use --secret-file or AEMP_SECRET; not needed with --cert).")
     var secret: String?
 
     @Option(help: "File holding the shared secret (trailing newline ignored).")
     var secretFile: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The network's certificate: a PEM file with key, certificate and CA certificates, as `aemp cert generate` or Perl's `aemp gencert` writes it (or set AEMP_CERT). Mesh connections use TLS; no secret is needed then.",
+            valueName: "file"))
+    var cert: String?
 
     @Option(help: "Comma-separated seed addresses host:port.")
     var seeds: String?
@@ -31,7 +37,15 @@ struct NodeOptions: ParsableArguments {
     func configuration(
         defaultNodeID: String? = nil, defaultLogLevel: Logger.Level, diagnostics: JoinDiagnostics? = nil
     ) throws -> NodeConfiguration {
-        var c = NodeConfiguration(secret: try readSecret())
+        let certificate = try readCertificate()
+        let secret = try readSecret()
+        guard secret != nil || certificate != nil else {
+            throw ToolError.configuration("no shared secret and no certificate: pass --secret, --secret-file, --cert or set AEMP_SECRET")
+        }
+        var c = NodeConfiguration(secret: secret ?? "")
+        // A certificate alone is enough: the node then talks TLS only (as a Perl node with a `cert`
+        // and no `secret`).
+        c.certificate = certificate
         if let id = nodeID ?? defaultNodeID { c.nodeID = id }
         c.seeds = seedList
         if let maxPacket {
@@ -65,7 +79,21 @@ struct NodeOptions: ParsableArguments {
         (seeds ?? "").split(separator: ",").map { String($0).trimmingCharacters(in: " ") }.filter { !$0.isEmpty }
     }
 
-    private func readSecret() throws -> String {
+    /// The certificate of --cert or AEMP_CERT, nil if neither is given; a file the node cannot use
+    /// is a configuration error naming the file and the problem.
+    private func readCertificate() throws -> MeshCertificate? {
+        guard let path = cert ?? getenv("AEMP_CERT").map({ String(cString: $0) }).flatMap({ $0.isEmpty ? nil : $0 }) else {
+            return nil
+        }
+        do {
+            return try MeshCertificate(contentsOfFile: path)
+        } catch {
+            throw ToolError.configuration("\(error)")
+        }
+    }
+
+    /// The secret of --secret, --secret-file or AEMP_SECRET, nil if none is given.
+    private func readSecret() throws -> String? {
         let secretText: String
         if let secret {
             secretText = secret
@@ -86,7 +114,7 @@ struct NodeOptions: ParsableArguments {
         } else if let env = getenv("AEMP_SECRET") {
             secretText = String(cString: env)
         } else {
-            throw ToolError.configuration("no shared secret: pass --secret, --secret-file or set AEMP_SECRET")
+            return nil
         }
         guard !secretText.isEmpty else { throw ToolError.configuration("the shared secret is empty") }
         return secretText

@@ -59,7 +59,7 @@ struct ConfigurationTests {
             "--http: \"nope\" is not host:port", "--max-body: \"x\" is not an integer",
             "--log-level: unknown log level \"loud\"", "--tls-cert: cannot read /nonexistent/cert.pem",
             "AEMP_GATEWAY_SEEDS: seed \"bad\" is not host:port", "--default-wait (20) exceeds --max-wait (10)",
-            "a shared secret is required",
+            "a shared secret or a mesh certificate is required",
         ]
         for e in expected { #expect(all.contains { $0.contains(e) }, "missing \(e.debugDescription) in \(all)") }
         #expect(all.count == expected.count, "one line per problem: \(all)")
@@ -111,7 +111,7 @@ struct ConfigurationTests {
         #expect(lines == [
             "aemp-gateway: error: --http: \"nope\" is not host:port",
             "aemp-gateway: error: --max-connections: \"0\" is not an integer in 1...19000",
-            "aemp-gateway: error: a shared secret is required to join a network (--secret, --secret-file, AEMP_SECRET or --profile)",
+            "aemp-gateway: error: a shared secret or a mesh certificate is required to join a network (--secret, --secret-file, AEMP_SECRET, --mesh-cert or --profile)",
         ], "\(child.errorText)")
     }
 }

@@ -424,16 +424,16 @@ struct SecurityTests {
         }
         let seeds = ["seeds": ["127.0.0.1:9"]]
         let cases: [(String, (inout GatewaySettings, inout [String]) throws -> Void, String)] = [
-            ("nothing", { s, _ in s.addFlags(seeds) }, "a shared secret is required"),
+            ("nothing", { s, _ in s.addFlags(seeds) }, "a shared secret or a mesh certificate is required"),
             ("--secret ''", { s, _ in s.addFlags(seeds.merging(["secret": [""]]) { a, _ in a }) }, "--secret: the secret is empty"),
             ("--secret blank", { s, _ in s.addFlags(seeds.merging(["secret": [" \t "]]) { a, _ in a }) }, "--secret: the secret is empty"),
             ("AEMP_GATEWAY_SECRET ''", { s, _ in s.addFlags(seeds); s.addEnvironment(["AEMP_GATEWAY_SECRET": ""]) }, "AEMP_GATEWAY_SECRET: the secret is empty"),
-            ("AEMP_SECRET blank", { s, _ in s.addFlags(seeds) }, "a shared secret is required"),
+            ("AEMP_SECRET blank", { s, _ in s.addFlags(seeds) }, "a shared secret or a mesh certificate is required"),
             ("config file ''", { s, p in s.addFlags(seeds); s.addConfigFile(path: try file("c.json", #"{"secret": ""}"#), problems: &p) }, "secret: the secret is empty"),
-            ("config file seeds", { s, p in s.addConfigFile(path: try file("d.json", #"{"seeds": ["127.0.0.1:9"]}"#), problems: &p) }, "a shared secret is required"),
+            ("config file seeds", { s, p in s.addConfigFile(path: try file("d.json", #"{"seeds": ["127.0.0.1:9"]}"#), problems: &p) }, "a shared secret or a mesh certificate is required"),
             ("empty secret file", { s, _ in s.addFlags(seeds.merging(["secret-file": [try file("empty", "")]]) { a, _ in a }) }, "is empty"),
             ("blank secret file", { s, _ in s.addFlags(seeds.merging(["secret-file": [try file("blank", " \n\t\n")]]) { a, _ in a }) }, "is empty"),
-            ("profile without secret", { s, p in s.addProfile(name: "p", path: try file("rc", #"{"profile": {"p": {"seeds": ["127.0.0.1:9"]}}}"#), problems: &p) }, "a shared secret is required"),
+            ("profile without secret", { s, p in s.addProfile(name: "p", path: try file("rc", #"{"profile": {"p": {"seeds": ["127.0.0.1:9"]}}}"#), problems: &p) }, "a shared secret or a mesh certificate is required"),
         ]
         for (label, build, expected) in cases {
             var s = GatewaySettings()
@@ -459,7 +459,8 @@ struct SecurityTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try #"{"secret": ""}"#.write(toFile: dir + "config.json", atomically: true, encoding: .utf8)
         try "\n".write(toFile: dir + "secret", atomically: true, encoding: .utf8)
-        let required = "a shared secret is required to join a network (--secret, --secret-file, AEMP_SECRET or --profile)"
+        try "not a certificate\n".write(toFile: dir + "mesh.pem", atomically: true, encoding: .utf8)
+        let required = "a shared secret or a mesh certificate is required to join a network (--secret, --secret-file, AEMP_SECRET, --mesh-cert or --profile)"
         let cases: [([String], [String: String], String)] = [
             ([], [:], required),
             (["--secret", ""], [:], "--secret: the secret is empty"),
@@ -468,6 +469,9 @@ struct SecurityTests {
             ([], ["AEMP_SECRET": " "], required),
             (["--config", dir + "config.json"], [:], "\(dir)config.json: secret: the secret is empty"),
             (["--secret-file", dir + "secret"], [:], "--secret-file: \(dir)secret is empty"),
+            // A certificate instead of a secret, but one the node cannot use (issue 14).
+            (["--mesh-cert", dir + "mesh.pem"], [:],
+             "--mesh-cert: mesh certificate \(dir)mesh.pem: no PEM blocks: expected a private key, then a certificate, then any CA certificates (as `aemp gencert` writes)"),
         ]
         let http = try freePort()
         for (arguments, environment, expected) in cases {

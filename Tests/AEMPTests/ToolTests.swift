@@ -162,9 +162,16 @@ struct ToolTests {
         #expect(badPacket.exit == .exited(64), "\(badPacket)")
         #expect(badPacket.stderr == "aemp: error: --max-packet 100 is not in 65536...268435456\n", "\(badPacket)")
 
-        let noSecret = try await ChildProcess.run("aemp", ["nodes"] + dead, unsetEnvironment: ["AEMP_SECRET"])
+        let noSecret = try await ChildProcess.run("aemp", ["nodes"] + dead, unsetEnvironment: ["AEMP_SECRET", "AEMP_CERT"])
         #expect(noSecret.exit == .exited(64), "\(noSecret)")
-        #expect(noSecret.stderr == "aemp: error: no shared secret: pass --secret, --secret-file or set AEMP_SECRET\n")
+        #expect(noSecret.stderr == "aemp: error: no shared secret and no certificate: pass --secret, --secret-file, --cert or set AEMP_SECRET\n")
+        let noSeedSecret = try await ChildProcess.run(
+            "aemp", ["seed", "--bind", "127.0.0.1:0"], unsetEnvironment: ["AEMP_SECRET", "AEMP_CERT"])
+        #expect(noSeedSecret.exit == .exited(64), "\(noSeedSecret)")
+        #expect(noSeedSecret.stderr == noSecret.stderr, "\(noSeedSecret)")
+        let badCert = try await ChildProcess.run("aemp", ["nodes", "--cert", "/nonexistent/mesh.pem"] + dead)
+        #expect(badCert.exit == .exited(64), "\(badCert)")
+        #expect(badCert.stderr == "aemp: error: mesh certificate /nonexistent/mesh.pem: no such file\n", "\(badCert)")
 
         let noSeeds = try await ChildProcess.run("aemp", ["db", "get"] + secret + ["fam"])
         #expect(noSeeds.exit == .exited(64), "\(noSeeds)")
@@ -276,6 +283,79 @@ struct ToolTests {
             #expect(listed[pub.id] == [.string(pubAddress)])
             #expect(!listed.keys.contains { $0.hasPrefix("tool-lister-") }, "lists itself: \(listed)")
         }
+    }
+
+    // MARK: - cert (issue 14)
+
+    @Test("cert generate writes key then certificate, mode 0600, never over a file without --force; cert show prints the same fingerprint; a cert-only `aemp seed --cert` takes tools with the file and refuses one with only a secret")
+    func certificates() async throws {
+        let dir = NSTemporaryDirectory() + "aemp-tool-cert-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/mesh.pem"
+
+        let generated = try await ChildProcess.run("aemp", ["cert", "generate", "--out", file, "--cn", "tool test net", "--days", "30"])
+        #expect(generated.exit == .exited(0), "\(generated)")
+        let made = try #require(try JSONCodec.decode(generated.stdout).objectValue, "\(generated)")
+        #expect(made["subject"] == "CN=tool test net" && made["file"] == .string(file), "\(generated)")
+        let fingerprint = try #require(made["fingerprint"]?.stringValue)
+        #expect(fingerprint.count == 64, "\(generated)")
+
+        // Perl's layout: the private key, then the certificate.
+        let text = try String(contentsOfFile: file, encoding: .utf8)
+        let labels = text.split(separator: "\n").filter { $0.hasPrefix("-----BEGIN ") }
+        #expect(labels == ["-----BEGIN PRIVATE KEY-----", "-----BEGIN CERTIFICATE-----"], "\(text)")
+        let mode = try #require(try FileManager.default.attributesOfItem(atPath: file)[.posixPermissions] as? Int)
+        #expect(mode == 0o600, "mode \(String(mode, radix: 8))")
+
+        // A second run would replace the network's certificate: refused without --force.
+        let again = try await ChildProcess.run("aemp", ["cert", "generate", "--out", file])
+        #expect(again.exit == .exited(64), "\(again)")
+        #expect(again.stderr == "aemp: error: \(file) exists; pass --force to overwrite it\n", "\(again)")
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == text, "the file is unchanged")
+        let forced = dir + "/forced.pem"
+        _ = FileManager.default.createFile(atPath: forced, contents: Data("old".utf8), attributes: [.posixPermissions: 0o644])
+        let overwritten = try await ChildProcess.run("aemp", ["cert", "generate", "--out", forced, "--force", "--key", "rsa2048"])
+        #expect(overwritten.exit == .exited(0), "\(overwritten)")
+        #expect(try FileManager.default.attributesOfItem(atPath: forced)[.posixPermissions] as? Int == 0o600)
+        #expect(try String(contentsOfFile: forced, encoding: .utf8).hasPrefix("-----BEGIN PRIVATE KEY-----"))
+        let badKey = try await ChildProcess.run("aemp", ["cert", "generate", "--out", dir + "/x.pem", "--key", "dsa"])
+        #expect(badKey.exit == .exited(64) && badKey.stderr == "aemp: error: unknown key type 'dsa' (use p256, rsa2048, rsa3072)\n", "\(badKey)")
+
+        // cert show reads it as a node does.
+        let shown = try await ChildProcess.run("aemp", ["cert", "show", file])
+        #expect(shown.exit == .exited(0), "\(shown)")
+        let show = try #require(try JSONCodec.decode(shown.stdout).objectValue, "\(shown)")
+        #expect(show["fingerprint"] == .string(fingerprint) && show["subject"] == "CN=tool test net", "\(shown)")
+        #expect(show["trusted_certificates"] == 1 && show["valid_now"] == true, "\(shown)")
+        #expect(show["not_before"]?.stringValue != nil && show["not_after"]?.stringValue != nil, "\(shown)")
+        let keyOnly = dir + "/key-only.pem"
+        try String(text[..<text.range(of: "-----BEGIN CERTIFICATE-----")!.lowerBound]).write(toFile: keyOnly, atomically: true, encoding: .utf8)
+        let bad = try await ChildProcess.run("aemp", ["cert", "show", keyOnly])
+        #expect(bad.exit == .exited(64), "\(bad)")
+        #expect(bad.stderr == "aemp: error: mesh certificate \(keyOnly): no certificate: expected a private key, then a certificate, then any CA certificates\n", "\(bad)")
+
+        // A cert-only seed (no secret anywhere) and tools that join it with the same file.
+        let address = "127.0.0.1:\(try freePort())"
+        let seed = try ChildProcess(
+            "aemp", ["seed", "--bind", address, "--cert", file, "--node-id", "tool-tls-seed-%u"],
+            unsetEnvironment: ["AEMP_SECRET", "AEMP_CERT"], collectOutput: true)
+        defer { seed.stop() }
+        let seedID = try bannerNodeID(try await seed.readLine())
+        let time = try await ChildProcess.run("aemp", ["cal", "--cert", file, "--seeds", address, seedID, "time"], unsetEnvironment: ["AEMP_SECRET"])
+        #expect(time.exit == .exited(0), "\(time)")
+        #expect(try JSONCodec.decode(time.stdout).arrayValue?.first?.numberValue != nil, "\(time)")
+        let viaEnvironment = try await ChildProcess.run(
+            "aemp", ["nodes", "--seeds", address], environment: ["AEMP_CERT": file], unsetEnvironment: ["AEMP_SECRET"])
+        #expect(viaEnvironment.exit == .exited(0), "\(viaEnvironment)")
+        #expect(viaEnvironment.stdout.contains(seedID), "\(viaEnvironment)")
+        // Only a secret: the seed has none, so nothing authenticates the tool.
+        let secretOnly = try await ChildProcess.run(
+            "aemp", ["nodes", "--secret", testSecret, "--seeds", address, "--connect-timeout", "3"], unsetEnvironment: ["AEMP_CERT"])
+        #expect(secretOnly.exit == .exited(1), "\(secretOnly)")
+        #expect(secretOnly.stdout.isEmpty)
+        seed.signal(SIGTERM)
+        #expect(try await seed.waitForExit() == .exited(0))
     }
 
     // MARK: - Only processes

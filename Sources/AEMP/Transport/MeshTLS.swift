@@ -116,7 +116,8 @@ public struct MeshCertificate: Sendable {
         return nil
     }
 
-    static func format(_ date: Date) -> String {
+    /// A validity date as written in messages, `/v1/node` and `aemp cert show`: ISO 8601, UTC.
+    public static func format(_ date: Date) -> String {
         ISO8601DateFormatter().string(from: date)
     }
 
@@ -145,7 +146,11 @@ public struct MeshCertificate: Sendable {
             return MeshTLSContexts(client: try NIOSSLContext(configuration: client), server: try NIOSSLContext(configuration: server))
         } catch {
             let text = "\(error)"
-            if text.contains("VALUES_MISMATCH") || text.contains("failedToLoadPrivateKey") {
+            // The key itself loaded (above): BoringSSL refuses it here only when it is not the
+            // certificate's (NIOSSL reports that as failedToLoadPrivateKey).
+            if text.contains("KEY_VALUES_MISMATCH") || text.contains("X509_CHECK_PRIVATE_KEY") || text.contains("VALUES_MISMATCH")
+                || text.contains("failedToLoadPrivateKey")
+            {
                 throw MeshCertificateError(source: source, problem: "the private key does not belong to the first certificate")
             }
             throw MeshCertificateError(source: source, problem: "TLS cannot use it: \(text)")

@@ -8,8 +8,8 @@ import Glibc
 /// The gateway's settings from every source, resolved and validated in one place.
 ///
 /// Precedence: command-line flag, then environment variable (`AEMP_GATEWAY_<NAME>`), then the
-/// `--config` file (a JSON object keyed by flag name), then the AnyEvent::MP profile (secret and
-/// seeds only), then the default. Every problem is reported, one line each, not just the first.
+/// `--config` file (a JSON object keyed by flag name), then the AnyEvent::MP profile (secret,
+/// seeds and cert only), then the default. Every problem is reported, one line each, not just the first.
 public struct GatewaySettings: Sendable {
     /// One setting: its flag name (also the config-file key) and how it lands in the configuration.
     public struct Definition: Sendable {
@@ -28,6 +28,9 @@ public struct GatewaySettings: Sendable {
     public var values: [String: [String]] = [:]
     /// Where each value came from, for messages.
     public var origins: [String: String] = [:]
+    /// The PEM text of the AnyEvent::MP profile's `cert` (the profile holds the text itself, not a
+    /// file name) and where it came from; used when no `mesh-cert` is given.
+    public var profileCertificate: (pem: String, origin: String)?
 
     public init() {}
 
@@ -97,7 +100,7 @@ public struct GatewaySettings: Sendable {
         }
     }
 
-    /// Secret and seeds from an AnyEvent::MP profile file (`~/.perl-anyevent-mp`, JSON): the top
+    /// Secret, seeds and cert from an AnyEvent::MP profile file (`~/.perl-anyevent-mp`, JSON): the top
     /// level, overridden by the parent chain of the named profile, then the profile itself.
     public mutating func addProfile(name: String, path: String, problems: inout [String]) {
         guard let bytes = readBytes(path) else {
@@ -130,6 +133,10 @@ public struct GatewaySettings: Sendable {
             values["seeds"] = seeds
             origins["seeds"] = "\(path) profile \(name.isEmpty ? "(top level)" : name)"
         }
+        // Perl turns TLS on whenever the key exists (`aemp setcert` stores the file's text there).
+        if values["mesh-cert"] == nil, let pem = merged["cert"]?.stringValue {
+            profileCertificate = (pem, "\(path) profile \(name.isEmpty ? "(top level)" : name) key cert")
+        }
     }
 
     // MARK: - Result
@@ -153,8 +160,20 @@ public struct GatewaySettings: Sendable {
         {
             c.node.secret = Array(s.utf8)
         }
-        if c.node.secret.isEmpty && !c.node.seeds.isEmpty && values["secret"] == nil && values["secret-file"] == nil {
-            problems.append("a shared secret is required to join a network (--secret, --secret-file, AEMP_SECRET or --profile)")
+        if values["mesh-cert"] == nil, let profile = profileCertificate {
+            do {
+                c.node.certificate = try MeshCertificate(pem: profile.pem, source: profile.origin)
+            } catch {
+                problems.append("\(error)")
+            }
+        }
+        // A certificate alone authenticates (a Perl node with a `cert` and no `secret` talks TLS only).
+        let certificateGiven = values["mesh-cert"] != nil || profileCertificate != nil
+        if c.node.secret.isEmpty && !certificateGiven && !c.node.seeds.isEmpty && values["secret"] == nil
+            && values["secret-file"] == nil
+        {
+            problems.append(
+                "a shared secret or a mesh certificate is required to join a network (--secret, --secret-file, AEMP_SECRET, --mesh-cert or --profile)")
         }
         if (c.http.tlsCertificate == nil) != (c.http.tlsKey == nil) {
             problems.append("--tls-cert and --tls-key go together")
@@ -196,6 +215,16 @@ public struct GatewaySettings: Sendable {
             guard let bytes = readBytes(v) else { return p.append("cannot read \(v) (\(String(cString: strerror(errno))))") }
             let s = trim(String(decoding: bytes, as: UTF8.self))
             if s.isEmpty { p.append("\(v) is empty") } else { c.node.secret = Array(s.utf8) }
+        },
+        text(
+            "mesh-cert",
+            "PEM file of the network's certificate, as AnyEvent::MP's `aemp gencert` writes it (key, certificate, CA certificates): mesh connections use TLS; with it no shared secret is needed. Default: the profile's cert."
+        ) { v, c, p in
+            do {
+                c.node.certificate = try MeshCertificate(contentsOfFile: v)
+            } catch {
+                p.append("\(error)")
+            }
         },
         number(
             "handshake-timeout",
@@ -304,7 +333,7 @@ public struct GatewaySettings: Sendable {
             default: p.append("\(v.debugDescription) is not true or false")
             }
         },
-        text("profile", "Read secret and seeds from this AnyEvent::MP profile ('' = top level).") { _, _, _ in },
+        text("profile", "Read secret, seeds and cert from this AnyEvent::MP profile ('' = top level).") { _, _, _ in },
         text("aemp-rc", "AnyEvent::MP profile file (default $PERL_ANYEVENT_MP_RC or ~/.perl-anyevent-mp).") { _, _, _ in },
         text("config", "JSON config file keyed by option name.") { _, _, _ in },
     ]

@@ -34,6 +34,7 @@ final class GatewayMetrics: Sendable {
     let mailboxes: Gauge
     let queuedMessages: Gauge
     let meshConnections: Gauge
+    let meshTLSConnections: Gauge
     let masterAttached: Gauge
     let callsInFlight: Gauge
 
@@ -94,6 +95,8 @@ final class GatewayMetrics: Sendable {
         queuedMessages = registry.makeGauge(
             descriptor: name("mailbox_queued_messages", "", "Entries held in mailboxes (undelivered, or delivered and not yet acknowledged)."))
         meshConnections = registry.makeGauge(descriptor: name("mesh_connections", "", "AEMP nodes the gateway's node is connected to."))
+        meshTLSConnections = registry.makeGauge(
+            descriptor: name("mesh_tls_connections", "", "Established AEMP connections of the gateway's node that are TLS (--mesh-cert)."))
         masterAttached = registry.makeGauge(descriptor: name("master_attached", "", "1 while the gateway's node is attached to a master, else 0."))
         callsInFlight = registry.makeGauge(descriptor: name("calls_in_flight", "", "/v1/call requests waiting for their reply."))
         let valueEvent = name(

@@ -30,6 +30,7 @@ extension Gateway {
         let metrics = self.metrics
         Task {
             metrics.meshConnections.set(Int64(await node.upNodes().count))
+            metrics.meshTLSConnections.set(Int64(await node.connections().count { $0.tls != nil }))
             exchange.respond(
                 HTTPResponse(
                     status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],

@@ -3,7 +3,8 @@ import AEMP
 /// `/v1/node`, `/v1/nodes`, `/v1/nodes/events`.
 extension Gateway {
 
-    /// The gateway's own node: ID, master, seeds, connections.
+    /// The gateway's own node: ID, master, seeds, connections (which are TLS, and how each
+    /// authenticated), the mesh certificate in use.
     func nodeInfo(_ request: HTTPRequest, _ exchange: Exchange) -> HTTPResponse? {
         let node = self.node
         let configuration = self.configuration
@@ -12,6 +13,14 @@ extension Gateway {
         Task {
             let up = await node.upNodes()
             let listen = await node.listenAddresses()
+            let connections = await node.connections()
+            var meshTLS = Value.null
+            if let certificate = configuration.node.certificate {
+                meshTLS = [
+                    "subject": .string(certificate.subject), "fingerprint": .string(certificate.fingerprint),
+                    "not_after": .string(MeshCertificate.format(certificate.notValidAfter)),
+                ]
+            }
             exchange.respond(
                 .json(
                     200,
@@ -22,6 +31,15 @@ extension Gateway {
                         "listen": .array(listen.map { .string($0) }),
                         "up_nodes": .array(up.map { .string($0) }),
                         "mailboxes": .int(Int64(mailboxCount)),
+                        "mesh_tls": meshTLS,
+                        "connections": .array(
+                            connections.map { c in
+                                [
+                                    "node": .string(c.node), "address": .string(c.address), "dialed": .bool(c.dialed),
+                                    "tls": c.tls.map { .string($0) } ?? .null, "auth": .string(c.auth),
+                                    "send_framing": .string(c.sendFraming), "receive_framing": .string(c.receiveFraming),
+                                ]
+                            }),
                     ]))
         }
         return nil

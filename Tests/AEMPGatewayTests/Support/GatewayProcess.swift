@@ -144,6 +144,23 @@ final class ChildProcess: Sendable {
 
     /// Standard error so far (the child's log).
     var errorText: String { collected.read { String(decoding: $0.stderr, as: UTF8.self) } }
+
+    /// Standard output not yet taken by `readLine`.
+    var outputText: String { collected.read { String(decoding: $0.stdout, as: UTF8.self) } }
+
+    /// Runs `product` to its end (at most `seconds`): how it exited and everything it wrote.
+    static func run(
+        _ product: String, _ arguments: [String], environment: [String: String] = [:], unset: [String] = [],
+        within seconds: Double = 30
+    ) async throws -> (exit: ChildExit, stdout: String, stderr: String) {
+        let child = try ChildProcess(product, arguments, environment: environment, unset: unset)
+        defer { child.stop() }
+        let done = try await child.collected.wait(within: seconds * sanitizerSlowdown) { s -> ChildExit? in
+            s.stdoutClosed && s.stderrClosed ? s.exit : nil
+        }
+        guard let done else { throw ChildError.stillRunning("\(product) \(arguments) still runs after \(seconds) s") }
+        return (done, child.outputText, child.errorText)
+    }
 }
 
 /// An `aemp seed` child: a seed and global node on an ephemeral port of 127.0.0.1.
@@ -152,15 +169,18 @@ struct SeedProcess: Sendable {
     let id: String
     let address: String
 
-    /// `bind` picks the address (e.g. a dead seed's, to bring one back where the others look).
+    /// `bind` picks the address (e.g. a dead seed's, to bring one back where the others look);
+    /// `certificate` a mesh certificate file (`--cert`; with `secret` nil the seed talks TLS only).
     static func start(
-        id: String = "gw-seed-%u", secret: String = gatewayTestSecret, seeds: [String] = [], bind: String = "127.0.0.1:0",
-        logLevel: Logger.Level = testLogLevel
+        id: String = "gw-seed-%u", secret: String? = gatewayTestSecret, certificate: String? = nil, seeds: [String] = [],
+        bind: String = "127.0.0.1:0", logLevel: Logger.Level = testLogLevel
     ) async throws -> SeedProcess {
         let child = try ChildProcess(
             "aemp",
-            ["seed", "--bind", bind, "--secret", secret, "--node-id", id, "--log-level", "\(logLevel)"]
-                + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]))
+            ["seed", "--bind", bind, "--node-id", id, "--log-level", "\(logLevel)"]
+                + (secret.map { ["--secret", $0] } ?? []) + (certificate.map { ["--cert", $0] } ?? [])
+                + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]),
+            unset: ["AEMP_SECRET", "AEMP_CERT"])
         do {
             let line = try await child.readLine()
             // node <id> listening on <addr>[,<addr>…]
@@ -326,9 +346,13 @@ extension Node {
     }
 }
 
-/// Builds an in-process node on 127.0.0.1 with short timeouts for tests.
-func makeNode(id: String, binds: [String] = [], seeds: [String] = [], secret: String = gatewayTestSecret) throws -> Node {
+/// Builds an in-process node on 127.0.0.1 with short timeouts for tests; with a `certificate`
+/// and an empty `secret` it talks TLS only.
+func makeNode(
+    id: String, binds: [String] = [], seeds: [String] = [], secret: String = gatewayTestSecret, certificate: MeshCertificate? = nil
+) throws -> Node {
     var c = NodeConfiguration(secret: secret)
+    c.certificate = certificate
     c.nodeID = id
     c.binds = binds
     c.seeds = seeds
