@@ -1,3 +1,4 @@
+import AEMPTestSupport
 import AEMP
 import Foundation
 import Testing
@@ -402,7 +403,12 @@ struct ToolNetwork {
     let pub: Node?
 
     /// `--secret` and `--seeds` for the tool.
-    var options: [String] { ["--secret", testSecret, "--seeds", address] }
+    /// What every tool run of a test passes: the secret, the seed, and a master deadline stretched
+    /// under a sanitizer (a ThreadSanitizer run once took more than the default 10 s to attach
+    /// while another suite flooded the machine with connections).
+    var options: [String] {
+        ["--secret", testSecret, "--seeds", address, "--connect-timeout", "\(Int(10 * sanitizerSlowdown))"]
+    }
 
     /// Runs `body` with a fresh network and shuts it down afterwards, also when `body` throws.
     static func with(publicNode: Bool = false, _ body: (ToolNetwork) async throws -> Void) async throws {
