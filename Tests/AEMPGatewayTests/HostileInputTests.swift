@@ -454,15 +454,17 @@ struct HostileInputTests {
             limit.rlim_cur = limit.rlim_max
             setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         }
-        // Under a sanitizer a quarter of the flood: the gateway accepts several times slower there,
-        // 500 connects at once then time out at 5 s, and the flood starves the suites running beside
-        // it (a ThreadSanitizer run once failed here and in ToolTests at the same time). The
-        // sanitizer stage is for races and memory errors on this path, which a smaller flood reaches.
-        let attempts = underSanitizer ? 5_000 : 20_000
+        // Under a sanitizer a small flood in small batches: the gateway accepts several times slower
+        // there, and a large flood starves the suites running beside it (CI runs failed with 5,000
+        // attempts in batches of 500: here, in ToolTests and in SecurityTests at the same time).
+        // The sanitizer stage is for races and memory errors on this path, which 1,200 reach; the
+        // unsanitized stage carries the scale.
+        let attempts = underSanitizer ? 1_200 : 20_000
         // Held open at once (also the gateway's --max-connections); room is left for the other
         // suites running in this process.
-        let held = min(underSanitizer ? 3_000 : 12_000, Int(min(limit.rlim_cur, 1 << 20)) - 4_000)
-        try #require(held >= 2_000, "RLIMIT_NOFILE \(limit.rlim_cur)/\(limit.rlim_max) is too low for this test")
+        let held = min(underSanitizer ? 800 : 12_000, Int(min(limit.rlim_cur, 1 << 20)) - 4_000)
+        try #require(held >= 800, "RLIMIT_NOFILE \(limit.rlim_cur)/\(limit.rlim_max) is too low for this test")
+        let fillBatch = underSanitizer ? 100 : 500, beyondBatch = underSanitizer ? 100 : 250
 
         // One connection more for `http`, the suite's own client, which stays open throughout.
         try await Self.withGateway(["--max-connections", "\(held + 1)", "--connection-timeout", "600"]) { gateway, http in
@@ -483,7 +485,7 @@ struct HostileInputTests {
             let fillStart = ContinuousClock.now
             while open.count < held {
                 let batch = try await withThrowingTaskGroup(of: (RawConnection, Int?).self) { group in
-                    for _ in 0..<min(500, held - open.count) {
+                    for _ in 0..<min(fillBatch, held - open.count) {
                         group.addTask {
                             let c = try await RawConnection(port: gateway.port)
                             await c.send(request)
@@ -507,7 +509,7 @@ struct HostileInputTests {
             var attempted = held
             while attempted < attempts {
                 let results = try await withThrowingTaskGroup(of: String.self) { group in
-                    for _ in 0..<min(250, attempts - attempted) {
+                    for _ in 0..<min(beyondBatch, attempts - attempted) {
                         group.addTask {
                             let answer: [UInt8]
                             do {

@@ -70,8 +70,7 @@ struct GlobalMeshTests {
 
         // If the B-C connection breaks, the keepalive brings it back.
         await seedC.shutdown()
-        let seedC2 = try makeNode(id: "gg-c2-%u", binds: [c], seeds: [c, a])
-        try await seedC2.start()
+        let seedC2 = try await startTakingOver(c) { try makeNode(id: "gg-c2-%u", binds: [c], seeds: [c, a]) }
         await eventually("B reconnects to the restarted global it learnt from 'g") {
             await seedB.upNodes().contains(seedC2.id)
         }

@@ -222,7 +222,9 @@ final class HTTPTestClient: Sendable {
         _ method: String, _ path: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
         timeout: Double = 10
     ) async throws -> HTTPTestResponse {
-        try await sequence.withLock {
+        // An answer may take longer under a sanitizer (the gateway and this process both run slower).
+        let timeout = timeout * sanitizerSlowdown
+        return try await sequence.withLock {
             let channel = try await currentChannel()
             var h = HTTPHeaders(headers)
             if !h.contains(name: "Host") { h.add(name: "Host", value: "\(host):\(port)") }
@@ -551,6 +553,7 @@ final class SSEStream: Sendable {
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: h)
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
         channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        let timeout = timeout * sanitizerSlowdown  // the head may take longer under a sanitizer
         let got = try await state.wait(within: timeout) { s -> (Int, [(String, String)])? in
             if let status = s.status { return (status, s.headers) }
             if s.ended { throw HTTPTestError.connectionClosed("GET \(path): the connection closed before a response") }

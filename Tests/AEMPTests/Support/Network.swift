@@ -32,6 +32,26 @@ func makeNode(
     return try Node(configuration: c)
 }
 
+/// Makes and starts a node that listens where another node of the test just stopped listening.
+/// The address was free when the test picked it, but while it was free the kernel may have handed
+/// it to another socket for a moment (an outgoing connection's source port, where the ephemeral
+/// range reaches below it; a CI run failed so once). Retries `make` on `bindFailed` for up to
+/// 10 s (stretched under a sanitizer); any other error is thrown at once.
+func startTakingOver(_ address: String, _ make: () throws -> Node) async throws -> Node {
+    let deadline = ContinuousClock.now + .milliseconds(Int(10_000 * sanitizerSlowdown))
+    while true {
+        let node = try make()
+        do {
+            try await node.start()
+            return node
+        } catch NodeError.bindFailed(_, let reason) where ContinuousClock.now < deadline {
+            await node.shutdown()
+            print("\(address) still taken (\(reason)); trying again")
+            try await Task.sleep(for: .milliseconds(250))
+        }
+    }
+}
+
 /// Polls `condition` until it holds or `seconds` pass.
 func eventually(
     within seconds: Double = 10, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
