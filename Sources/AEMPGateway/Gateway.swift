@@ -23,7 +23,7 @@ public final class Gateway: HTTPHandler, Sendable {
     /// Long-poll, call and query deadlines (on `timers`).
     let timeouts: Timeouts
     let mailboxes: MailboxRegistry
-    let feeds = Locked<[String: FamilyFeed]>([:])
+    let feeds = Locked<FeedRegistry>(FeedRegistry())
     let nodeStreams = Locked<[UInt64: EventStream]>([:])
     let masterState = Locked<String?>(nil)
     /// Keys this gateway set (family → subkeys): only those can be deleted through it.
@@ -139,7 +139,7 @@ public final class Gateway: HTTPHandler, Sendable {
         guard !isStopping.exchange(true, ordering: .relaxed) else { return }
         let final = ServerSentEvent.encode(id: nil, event: "shutdown", data: ["detail": "the gateway is shutting down"])
         let gone = Problem.shuttingDown()
-        for feed in feeds.withLock({ Array($0.values) }) {
+        for feed in feeds.withLock({ Array($0.active.values) }) {
             feed.close(final: final, gone: { gone.response(requestID: $0) })
         }
         for (_, stream) in nodeStreams.withLock({ $0 }) { stream.finish(with: final) }
@@ -260,7 +260,7 @@ public final class Gateway: HTTPHandler, Sendable {
         timers.scheduleRepeatedTask(initialDelay: beat, delay: beat) { [self] task in
             if isStopping.load(ordering: .relaxed) { return task.cancel() }
             for s in allServers {
-                s.streams.withLock { Array($0.values) }.forEach { $0.send(ServerSentEvent.heartbeat) }
+                s.streams.withLock { Array($0.values) }.forEach { $0.heartbeat() }
             }
         }
     }
@@ -299,10 +299,13 @@ public final class Gateway: HTTPHandler, Sendable {
     }
 
     private func dropIdleFeeds() {
-        let cutoff = NIODeadline.now() - .seconds(60)
+        let cutoff = NIODeadline.now() - .nanoseconds(Int64(configuration.feedIdle * 1e9))
         let idle = feeds.withLock { f -> [FamilyFeed] in
-            let idle = f.values.filter { $0.isIdle(since: cutoff) }
-            for feed in idle { f[feed.family] = nil }
+            let idle = f.active.values.filter { $0.isIdle(since: cutoff) }
+            for feed in idle {
+                f.active[feed.family] = nil
+                f.remember(feed.family, feed.memory, capacity: configuration.feedMemory)
+            }
             return idle
         }
         for feed in idle {

@@ -36,6 +36,11 @@ public struct GatewayConfiguration: Sendable {
     public var maxSubscribersPerFamily: Int = 20_000
     /// Change events a family feed keeps for resuming clients.
     public var feedHistory: Int = 1_000
+    /// Seconds a family feed may go without clients before it gives up its `db_mon`.
+    public var feedIdle: Double = 60
+    /// Families whose idle feed's epoch and index are remembered (with a digest per value), so
+    /// their clients' IDs stay valid; the oldest is forgotten first.
+    public var feedMemory: Int = 10_000
     /// Long-poll wait: default and cap, seconds.
     public var defaultWait: Int = 30
     public var maxWait: Int = 120

@@ -112,6 +112,10 @@ struct GatewayCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("feed-history"), help: ArgumentHelp(GatewaySettings.help("feed-history")))
     var feedHistory: [String] = []
+    @Option(name: .customLong("feed-idle"), help: ArgumentHelp(GatewaySettings.help("feed-idle")))
+    var feedIdle: [String] = []
+    @Option(name: .customLong("feed-memory"), help: ArgumentHelp(GatewaySettings.help("feed-memory")))
+    var feedMemory: [String] = []
 
     @Option(name: .customLong("heartbeat-interval"), help: ArgumentHelp(GatewaySettings.help("heartbeat-interval")))
     var heartbeatInterval: [String] = []
@@ -175,6 +179,8 @@ struct GatewayCommand: AsyncParsableCommand {
             "call-timeout": callTimeout,
             "max-call-timeout": maxCallTimeout,
             "feed-history": feedHistory,
+            "feed-idle": feedIdle,
+            "feed-memory": feedMemory,
             "heartbeat-interval": heartbeatInterval,
             "tls-cert": tlsCert,
             "tls-key": tlsKey,

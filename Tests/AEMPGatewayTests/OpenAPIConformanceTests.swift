@@ -296,6 +296,7 @@ struct OpenAPIConformanceTests {
                 c.maxPendingCalls = 1
                 c.maxSubscribersPerFamily = 1
                 c.streamBacklog = 64
+                c.feedHistory = 2
             }
             opened.append(b)
             try await b.waitForMaster()
@@ -886,17 +887,68 @@ struct OpenAPIConformanceTests {
         _ = try await parkedWatch.value
         await client.close()
 
-        // Streams that fall more than 64 bytes behind end with `overflow` (a mailbox, a feed, the nodes).
+        // A mailbox stream never overflows: an entry larger than the 64-byte backlog goes out whole.
         let small = try await b.createMailbox()
         try await b.exchange("POST", "/v1/send", json: ["port": .string(small.port), "message": [.string(String(repeating: "x", count: 200))]], expect: 202)
-        for path in ["/v1/ports/\(small.name)/messages", "/v1/db/conf-overflow/watch", "/v1/nodes/events"] {
-            let s = try await b.stream(path)
-            var e = try await s.next()
-            while e.event.event != "overflow" { e = try await s.next() }
-            #expect(try await s.stream.waitForEnd(within: 5), "\(path): the stream ends after overflow")
-            await s.close()
-        }
+        let boxStream = try await b.stream("/v1/ports/\(small.name)/messages")
+        #expect(try await boxStream.next().event.event == "message")
+        await boxStream.close()
+        // The nodes' stream still ends with `overflow` when its snapshot exceeds the backlog.
+        let nodes = try await b.stream("/v1/nodes/events")
+        var e = try await nodes.next()
+        while e.event.event != "overflow" { e = try await nodes.next() }
+        #expect(try await nodes.stream.waitForEnd(within: 5), "/v1/nodes/events: the stream ends after overflow")
+        await nodes.close()
+        // A feed client that stops reading (a small receive window, full) until the history (2
+        // changes here) no longer reaches back to it gets `overflow`, and its stream ends.
+        try await feedOverflow(b)
         try await b.exchange("POST", "/v1/ports", expect: 503, "over_capacity")
+    }
+
+    func feedOverflow(_ b: SpecGateway) async throws {
+        let path = "/v1/db/conf-overflow/watch"
+        let stalled = try StalledReader(port: b.port, receiveBuffer: 2048)
+        defer { stalled.close() }
+        let auth = b.auth.map { "\($0.0): \($0.1)\r\n" }.joined()
+        try stalled.send("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\(auth)\r\n")
+        // Changes of about 900 bytes (b takes bodies of 1 KiB at most) until the stream is cut off.
+        let filler = String(repeating: "v", count: 880)
+        // 400 changes, about 360 KB: many times what the kernel buffers between the gateway and a
+        // 2 KiB receive window (the socket's send buffer starts at 16 KiB and cannot grow much
+        // while the window stays closed).
+        for i in 0..<400 {
+            let value = Value.string("\(i) \(filler)")  // a new value each time: an equal one is no change
+            let r = try await b.http.request("PUT", "/v1/db/conf-overflow/k\(i % 8)", json: value, headers: b.auth)
+            #expect(r.status == 200, "\(r)")
+        }
+        let (bytes, closed) = stalled.readAll(within: 10)
+        #expect(closed, "the stalled stream did not end (\(bytes.count) bytes)")
+        // The events it got, checked against the contract (the last one must be `overflow`).
+        var parsed = SSEState()
+        var parser = SSEParser()
+        parser.feed(Self.dechunk(bytes), into: &parsed)
+        let events = parsed.events
+        #expect(events.last?.event == "overflow", "\(events.suffix(2))")
+        for e in events {
+            b.check(contract.validateEvent("GET", path, id: e.id, event: e.event, data: e.data))
+            if let op = contract.operation("GET", path) { b.coverage.record("\(op.id) 200 text/event-stream event:\(e.event)") }
+        }
+    }
+
+    /// The body of a raw chunked HTTP/1.1 response (its head skipped).
+    static func dechunk(_ raw: [UInt8]) -> [UInt8] {
+        guard let head = raw.firstRange(of: Array("\r\n\r\n".utf8)) else { return [] }
+        var i = head.upperBound
+        var out: [UInt8] = []
+        while i < raw.count {
+            guard let eol = raw[i...].firstRange(of: Array("\r\n".utf8)),
+                let size = Int(String(decoding: raw[i..<eol.lowerBound], as: UTF8.self), radix: 16), size > 0,
+                eol.upperBound + size <= raw.count
+            else { break }
+            out += raw[eol.upperBound..<(eol.upperBound + size)]
+            i = eol.upperBound + size + 2
+        }
+        return out
     }
 
     func meshUnavailable(_ c: SpecGateway, remotePort: String) async throws {

@@ -303,8 +303,17 @@ public struct GatewaySettings: Sendable {
         number("call-timeout", "Default timeout of /v1/call, seconds.", 0.001...3600) { $1.defaultCallTimeout = $0 },
         number("max-call-timeout", "Largest timeout of /v1/call, seconds.", 0.001...3600) { $1.maxCallTimeout = $0 },
         integer("feed-history", "Changes a family feed keeps for resuming clients.", 1...1_000_000) { $1.feedHistory = $0 },
+        number(
+            "feed-idle", "Seconds a family feed may go without clients before it unsubscribes (its epoch and index are kept).",
+            0.5...86_400
+        ) { $1.feedIdle = $0 },
         integer(
-            "stream-backlog", "Bytes an SSE client may fall behind before it gets an overflow event and is cut off.",
+            "feed-memory", "Idle families whose feed epoch and index are kept, so resuming clients get changes, not a reset.",
+            0...10_000_000
+        ) { $1.feedMemory = $0 },
+        integer(
+            "stream-backlog",
+            "Bytes queued for one SSE client; replays go out in pieces of this size, and a feed client that stops reading is cut off with an overflow event.",
             1024...(1 << 30)
         ) { $1.streamBacklog = $0 },
         number("heartbeat-interval", "Seconds between SSE heartbeat comments.", 0.05...3600) { $1.heartbeatInterval = $0 },

@@ -4,12 +4,17 @@ import NIOCore
 /// One family's change feed: a single `db_mon` subscription shared by every HTTP client of the
 /// family, with a numbered history so clients resume without gaps.
 ///
-/// Event IDs are `<epoch>-<index>`; `epoch` is new for every feed instance, so an ID from an
-/// earlier feed (or process) never matches and the client gets a snapshot marked `reset`.
+/// Event IDs are `<epoch>-<index>`; `epoch` is new for every gateway process, so an ID from an
+/// earlier process never matches and the client gets a snapshot marked `reset`. A feed that fell
+/// idle gives up its `db_mon` subscription but leaves a `FeedMemory`: the next feed of the family
+/// goes on with the same epoch and index, and its first snapshot is compared with what the old
+/// one had (one `change` if the family changed meanwhile), so an idle client is never reset.
 final class FamilyFeed: Sendable {
     let family: String
     let epoch: String
     let historyLimit: Int
+    /// What the previous feed of this family had, compared with the first snapshot.
+    private let resumed: FeedMemory?
 
     struct Change {
         let index: UInt64
@@ -29,7 +34,7 @@ final class FamilyFeed: Sendable {
         var history: [Change] = []
         /// Index of the latest change (0 = none yet).
         var index: UInt64 = 0
-        var streams: [UInt64: EventStream] = [:]
+        var streams: [UInt64: Subscriber] = [:]
         var waiters: [UInt64: Waiter] = [:]
         /// Clients that asked before the first snapshot arrived.
         var early: [UInt64: @Sendable () -> Void] = [:]
@@ -37,13 +42,34 @@ final class FamilyFeed: Sendable {
         var idleSince: NIODeadline? = .now()
     }
 
+    /// An SSE client: the index of the last change written into its stream.
+    struct Subscriber {
+        let stream: EventStream
+        var cursor: UInt64
+    }
+
     let state = Locked(State())
 
-    init(family: String, historyLimit: Int) {
+    init(family: String, historyLimit: Int, resuming memory: FeedMemory? = nil, epoch: String) {
         self.family = family
         self.historyLimit = historyLimit
+        self.resumed = memory
+        self.epoch = memory?.epoch ?? epoch
+        if let memory { state.withLock { $0.index = memory.index } }
+    }
+
+    /// A fresh epoch: 8 hex digits from the system's CSPRNG.
+    static func newEpoch() -> String {
         var rng = SystemRandomNumberGenerator()
-        self.epoch = String(UInt32.random(in: 0x1000_0000...UInt32.max, using: &rng), radix: 16)
+        return String(UInt32.random(in: 0x1000_0000...UInt32.max, using: &rng), radix: 16)
+    }
+
+    /// What the next feed of this family needs to go on where this one stops (taken when it is
+    /// dropped for being idle): its epoch, its index and a digest of each value.
+    var memory: FeedMemory {
+        state.withLock { s in
+            FeedMemory(epoch: epoch, index: s.index, digests: s.synced ? s.values.mapValues(\.hashValue) : resumed?.digests ?? [:])
+        }
     }
 
     func id(_ index: UInt64) -> String { "\(epoch)-\(index)" }
@@ -62,32 +88,70 @@ final class FamilyFeed: Sendable {
                 s.synced = true
                 s.values = change.values
                 defer { s.early.removeAll() }
+                if let resumed {
+                    let d = resumed.difference(to: change.values)
+                    if !(d.added.isEmpty && d.changed.isEmpty && d.deleted.isEmpty) { record(&s, d) }
+                }
                 return Array(s.early.values)
             }
             s.values = change.values
-            s.index += 1
-            var added: [String: Value] = [:], changed: [String: Value] = [:]
-            for k in change.added { added[k] = change.values[k] ?? .null }
-            for k in change.changed { changed[k] = change.values[k] ?? .null }
-            let data: Value = [
-                "family": .string(family), "id": .string(id(s.index)),
-                "added": .object(added), "changed": .object(changed),
-                "deleted": .array(change.deleted.map { .string($0) }),
-            ]
-            let sse = ServerSentEvent.encode(id: id(s.index), event: "change", data: data)
-            s.history.append(Change(index: s.index, data: data, sse: sse))
-            if s.history.count > historyLimit { s.history.removeFirst(s.history.count - historyLimit) }
-            for (token, stream) in s.streams where !stream.send(sse, orEndWith: Self.overflowEvent) {
-                s.streams[token] = nil
-            }
-            for (token, waiter) in s.waiters where waiter.after < s.index {
-                s.waiters[token] = nil
-                waiter.timer?.cancel()
-                waiter.exchange.respond(response(&s, after: waiter.after))
-            }
+            record(&s, (change.added, change.changed, change.deleted))
             return []
         }
         for resume in early { resume() }  // outside the lock: they subscribe or poll
+    }
+
+    /// Appends one change to the history and hands it to every client.
+    private func record(_ s: inout State, _ change: (added: [String], changed: [String], deleted: [String])) {
+        s.index += 1
+        var added: [String: Value] = [:], changed: [String: Value] = [:]
+        for k in change.added { added[k] = s.values[k] ?? .null }
+        for k in change.changed { changed[k] = s.values[k] ?? .null }
+        let data: Value = [
+            "family": .string(family), "id": .string(id(s.index)),
+            "added": .object(added), "changed": .object(changed),
+            "deleted": .array(change.deleted.map { .string($0) }),
+        ]
+        let sse = ServerSentEvent.encode(id: id(s.index), event: "change", data: data)
+        s.history.append(Change(index: s.index, data: data, sse: sse))
+        if s.history.count > historyLimit { s.history.removeFirst(s.history.count - historyLimit) }
+        for token in s.streams.keys { feed(&s, token) }
+        for (token, waiter) in s.waiters where waiter.after < s.index {
+            s.waiters[token] = nil
+            waiter.timer?.cancel()
+            waiter.exchange.respond(response(&s, after: waiter.after))
+        }
+    }
+
+    /// Writes the changes after the subscriber's cursor into its stream while they fit in its
+    /// room (one at least when nothing is queued); the rest wait in the history until the client
+    /// has read more. A client the history no longer reaches back to (it stopped reading for
+    /// `historyLimit` changes) gets `overflow` and its stream ends.
+    private func feed(_ s: inout State, _ token: UInt64) {
+        guard var sub = s.streams[token], sub.cursor < s.index else { return }
+        guard let pending = changes(s, after: sub.cursor) else {
+            sub.stream.finish(with: Self.overflowEvent)
+            s.streams[token] = nil
+            return
+        }
+        let (room, empty) = sub.stream.room
+        var bytes: [UInt8] = []
+        for change in pending {
+            guard bytes.count + change.sse.count <= room || (bytes.isEmpty && empty) else { break }
+            bytes += change.sse
+            sub.cursor = change.index
+        }
+        guard !bytes.isEmpty else { return }
+        if sub.stream.append(bytes) {
+            s.streams[token] = sub
+        } else {
+            s.streams[token] = nil
+        }
+    }
+
+    /// The stream of `token` has room (libmicrohttpd's thread).
+    private func refill(_ token: UInt64) {
+        state.withLock { s in feed(&s, token) }
     }
 
     static let overflowEvent = ServerSentEvent.encode(
@@ -110,18 +174,25 @@ final class FamilyFeed: Sendable {
         ["family": .string(family), "id": .string(id(s.index)), "values": .object(s.values), "reset": .bool(reset)]
     }
 
-    /// Attaches an SSE client: a snapshot (or the changes after `lastEventID`), then every change.
+    /// Attaches an SSE client: a snapshot (or the changes after `lastEventID`), then every change,
+    /// in pieces of at most the stream's backlog as the client reads (the stream pulls the rest).
+    /// A snapshot is one event, written whole whatever its size.
     func subscribe(_ token: UInt64, stream: EventStream, lastEventID: String?) {
         state.withLock { s in
             s.idleSince = nil
             var bytes = ServerSentEvent.retry(1000)
-            if let lastEventID, let after = index(of: lastEventID), let replay = changes(s, after: after) {
-                for c in replay { bytes += c.sse }
+            let cursor: UInt64
+            if let lastEventID, let after = index(of: lastEventID), changes(s, after: after) != nil {
+                cursor = after
             } else {
                 let reset = lastEventID != nil
                 bytes += ServerSentEvent.encode(id: id(s.index), event: "snapshot", data: snapshotData(s, reset: reset))
+                cursor = s.index
             }
-            if stream.send(bytes, orEndWith: Self.overflowEvent) { s.streams[token] = stream }
+            guard stream.append(bytes) else { return }
+            s.streams[token] = Subscriber(stream: stream, cursor: cursor)
+            stream.pull { self.refill(token) }  // strong: the stream drops its source when it closes
+            feed(&s, token)
         }
     }
 
@@ -179,6 +250,14 @@ final class FamilyFeed: Sendable {
 
     var subscriberCount: Int { state.withLock { $0.streams.count + $0.waiters.count + $0.early.count } }
 
+    /// A client is about to use the feed: it is not idle from now on (the idle sweep, which takes
+    /// the same registry lock as the lookup, cannot drop it before the client attaches).
+    func touch() {
+        state.withLock { s in
+            if s.idleSince != nil { s.idleSince = .now() }
+        }
+    }
+
     func isIdle(since deadline: NIODeadline) -> Bool {
         state.withLock { s in s.idleSince.map { $0 < deadline } ?? false }
     }
@@ -186,7 +265,7 @@ final class FamilyFeed: Sendable {
     /// Ends every stream and answers every waiter (shutdown).
     func close(final: [UInt8]?, gone: (_ requestID: String) -> HTTPResponse) {
         state.withLock { s in
-            for (_, stream) in s.streams { stream.finish(with: final) }
+            for (_, sub) in s.streams { sub.stream.finish(with: final) }
             s.streams.removeAll()
             for (_, w) in s.waiters {
                 w.timer?.cancel()
@@ -194,5 +273,28 @@ final class FamilyFeed: Sendable {
             }
             s.waiters.removeAll()
         }
+    }
+}
+
+/// What a family feed leaves behind when it is dropped for being idle: enough for the next feed of
+/// the family to keep its IDs valid and tell what changed meanwhile (a digest per value, not the
+/// values).
+struct FeedMemory: Sendable {
+    let epoch: String
+    let index: UInt64
+    let digests: [String: Int]
+
+    /// The keys added, changed and deleted between the remembered family and `values`.
+    func difference(to values: [String: Value]) -> (added: [String], changed: [String], deleted: [String]) {
+        var added: [String] = [], changed: [String] = []
+        for (key, value) in values {
+            if let old = digests[key] {
+                if old != value.hashValue { changed.append(key) }
+            } else {
+                added.append(key)
+            }
+        }
+        let deleted = digests.keys.filter { values[$0] == nil }
+        return (added.sorted(), changed.sorted(), deleted.sorted())
     }
 }

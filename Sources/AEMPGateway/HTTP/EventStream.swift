@@ -20,6 +20,9 @@ public final class EventStream: Sendable {
         var suspended = false
         var connection: ConnectionRef?
         var onClose: (@Sendable () -> Void)?
+        /// Called (outside the lock) when the client has read everything queued: a pulled stream's
+        /// owner queues what comes next, as much as `room` allows.
+        var source: (@Sendable () -> Void)?
     }
 
     private let state = Locked(State())
@@ -59,6 +62,43 @@ public final class EventStream: Sendable {
         }
     }
 
+    /// Makes this a pulled stream: `source` runs (on libmicrohttpd's thread, outside the stream's
+    /// lock) whenever the client has read everything queued, and queues what comes next with
+    /// `append`, so a replay of any size goes out in pieces as the client reads.
+    public func pull(from source: @escaping @Sendable () -> Void) {
+        state.withLock { $0.source = source }
+    }
+
+    /// Bytes that may still be queued before the client counts as `limit` behind, and whether
+    /// nothing is queued now.
+    public var room: (bytes: Int, empty: Bool) {
+        state.withLock { s in
+            let backlog = s.pending.count - s.offset
+            return (Swift.max(0, limit - backlog), backlog == 0)
+        }
+    }
+
+    /// Queues bytes that the caller sized with `room` (no limit check). False when the stream is over.
+    @discardableResult
+    public func append(_ bytes: [UInt8]) -> Bool {
+        state.withLock { s in
+            guard !s.finished, !s.closed else { return false }
+            s.pending += bytes
+            Self.wake(&s)
+            return true
+        }
+    }
+
+    /// Queues a heartbeat comment, unless bytes are queued already (they keep the connection busy;
+    /// a heartbeat on top of a full backlog would cut off a client that is merely slow).
+    public func heartbeat() {
+        state.withLock { s in
+            guard !s.finished, !s.closed, s.pending.count == s.offset else { return }
+            s.pending += ServerSentEvent.heartbeat
+            Self.wake(&s)
+        }
+    }
+
     /// Ends the stream after what is queued, optionally with one last event.
     public func finish(with finalEvent: [UInt8]? = nil) {
         state.withLock { s in
@@ -81,12 +121,44 @@ public final class EventStream: Sendable {
 
     // MARK: - libmicrohttpd side (its thread)
 
+    /// Bounds what the kernel buffers for this client to about the stream's own backlog (at least
+    /// 16 KiB, at most 4 MiB; the kernel doubles it). Left to autotuning, a loopback socket whose
+    /// client stopped reading took 400 KB and more: memory no limit of ours counted, and a stalled
+    /// client looked like a reader for that long.
+    func boundKernelBuffer(fd: Int32) {
+        guard fd >= 0 else { return }
+        var size = Int32(Swift.min(Swift.max(limit, 16 << 10), 4 << 20))
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     func attach(_ connection: ConnectionRef) {
         state.withLock { $0.connection = connection }
     }
 
-    /// The content reader: copies queued bytes, ends the stream, or suspends the connection.
+    private enum ReadStep {
+        case copied(Int)
+        case end
+        case suspended
+        case refill(@Sendable () -> Void)
+    }
+
+    /// The content reader: copies queued bytes, ends the stream, or suspends the connection. A
+    /// pulled stream with nothing queued asks its source once before suspending.
     func read(into buffer: UnsafeMutablePointer<CChar>, max: Int) -> Int {
+        var refilled = false
+        while true {
+            switch step(into: buffer, max: max, mayRefill: !refilled) {
+            case .copied(let n): return n
+            case .end: return -1  // MHD_CONTENT_READER_END_OF_STREAM
+            case .suspended: return 0
+            case .refill(let source):
+                refilled = true
+                source()  // takes its owner's lock, then this one through `append`
+            }
+        }
+    }
+
+    private func step(into buffer: UnsafeMutablePointer<CChar>, max: Int, mayRefill: Bool) -> ReadStep {
         state.withLock { s in
             let available = s.pending.count - s.offset
             if available > 0 {
@@ -102,13 +174,15 @@ public final class EventStream: Sendable {
                     s.pending.removeFirst(s.offset)
                     s.offset = 0
                 }
-                return n
+                return .copied(n)
             }
-            if s.finished || s.closed { return -1 }  // MHD_CONTENT_READER_END_OF_STREAM
-            guard let connection = s.connection else { return -1 }
+            if s.finished || s.closed { return .end }
+            if mayRefill, let source = s.source { return .refill(source) }
+            guard let connection = s.connection else { return .end }
+            // Under the lock `append` and `send` take: whatever they queue after this wakes us.
             s.suspended = true
             MHD_suspend_connection(connection.pointer)
-            return 0
+            return .suspended
         }
     }
 
@@ -119,6 +193,7 @@ public final class EventStream: Sendable {
             s.suspended = false
             s.connection = nil
             s.pending = []
+            s.source = nil
             defer { s.onClose = nil }
             return s.onClose
         }

@@ -513,6 +513,7 @@ private func queue(
     let r: OpaquePointer?
     if let stream = response.stream {
         stream.attach(connection)
+        stream.boundKernelBuffer(fd: aemp_mhd_connection_fd(connection.pointer))
         server.streams.withLock { $0[ObjectIdentifier(stream)] = stream }
         let box = Unmanaged.passRetained(StreamBox(stream: stream, server: server)).toOpaque()
         r = MHD_create_response_from_callback(UInt64.max, 4096, mhdRead, box, mhdFreeStream)

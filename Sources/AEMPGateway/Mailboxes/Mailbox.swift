@@ -3,9 +3,12 @@ import NIOCore
 
 /// A port owned by the gateway whose messages wait for web clients (long-poll or SSE).
 ///
-/// Every entry gets a sequence number. Long-poll clients acknowledge with `after`, so a client
-/// that lost a response asks again and loses nothing; SSE clients resume with `Last-Event-ID`.
-/// Past `maxQueue` undelivered entries the oldest is dropped and a `dropped` entry says so.
+/// Every entry gets a sequence number, and only an acknowledgement frees it: `after` on a
+/// long-poll, `Last-Event-ID` (or `after`) when an SSE client reconnects, or `POST …/ack`. Handing
+/// an entry to a client, in a long-poll answer or written into a stream, does not: the client may
+/// never have had it. Past `maxQueue` unacknowledged entries the oldest go, and a `dropped` entry
+/// takes their place, in sequence order: its `seq` is the last one gone and `first` the first, so
+/// whoever resumes from before them is told, on any transport, at the place of the gap.
 final class Mailbox: Sendable {
     let name: String
     let port: PortID
@@ -17,7 +20,8 @@ final class Mailbox: Sendable {
     struct Entry {
         let seq: UInt64
         var value: Value
-        var isDropMarker: Bool
+        /// For a `dropped` entry: the first sequence number it stands for (`seq` is the last).
+        var droppedFrom: UInt64?
     }
 
     struct Waiter {
@@ -33,13 +37,18 @@ final class Mailbox: Sendable {
     }
 
     struct State {
-        var entries: [Entry] = []
+        /// Unacknowledged entries in sequence order: at most one `dropped` entry, at the front,
+        /// then consecutive sequence numbers.
+        var entries = CircularBuffer<Entry>()
         var nextSeq: UInt64 = 1
-        /// Highest sequence number acknowledged (`after`) — entries up to it are gone.
+        /// Highest sequence number acknowledged: entries up to it are gone.
         var acked: UInt64 = 0
         /// Highest sequence number handed to any client.
         var delivered: UInt64 = 0
+        /// Entries given up unacknowledged because the queue was full (what `dropped` entries count).
         var droppedTotal: UInt64 = 0
+        /// Of those, the ones no client had been handed.
+        var droppedUnseen: UInt64 = 0
         var lastActivity: NIODeadline = .now()
         var waiters: [UInt64: Waiter] = [:]
         var subscribers: [UInt64: Subscriber] = [:]
@@ -47,6 +56,21 @@ final class Mailbox: Sendable {
         /// Set when the mailbox is gone (deleted, expired, or its port killed).
         var closedReason: String?
         var killReason: Value?
+
+        /// Messages (and monitor events) held, the `dropped` entry not counted.
+        var messageCount: Int { entries.count - (entries.first?.droppedFrom == nil ? 0 : 1) }
+
+        /// Where the first entry after `cursor` is (entries.count if none): O(1), the sequence
+        /// numbers behind the front are consecutive.
+        func position(after cursor: UInt64) -> Int {
+            guard let front = entries.first else { return 0 }
+            if cursor < front.seq { return 0 }
+            return Swift.min(entries.count, Int(cursor - front.seq) + 1)
+        }
+
+        subscript(offset: Int) -> Entry {
+            entries[entries.index(entries.startIndex, offsetBy: offset)]
+        }
     }
 
     let state = Locked(State())
@@ -68,54 +92,32 @@ final class Mailbox: Sendable {
             metrics?.messagesDelivered.increment()
             let seq = s.nextSeq
             s.nextSeq += 1
-            s.entries.append(Entry(seq: seq, value: value, isDropMarker: false))
+            s.entries.append(Entry(seq: seq, value: value, droppedFrom: nil))
             trim(&s)
             wakeWaiters(&s)
             feedSubscribers(&s)
         }
     }
 
-    /// Keeps at most `maxQueue` undelivered entries; delivered-but-unacknowledged ones go first.
+    /// Keeps at most `maxQueue` unacknowledged messages: the oldest go into the `dropped` entry at
+    /// the front (made, or grown, in place).
     private func trim(_ s: inout State) {
-        // Fast path: with no more entries than the limit, neither kind can exceed it (the count
-        // below walks the queue, which a full mailbox of 100,000 entries made the hot spot).
-        if s.entries.count <= maxQueue { return }
-        let deliveredThrough = s.delivered
-        let undelivered = s.entries.lazy.filter { $0.seq > deliveredThrough && !$0.isDropMarker }.count
-        let delivered = s.entries.count - undelivered
-        // Delivered entries are kept for replay up to `maxQueue` too.
-        if delivered > maxQueue {
-            s.entries.removeFirst(delivered - maxQueue)
-        }
-        var excess = undelivered - maxQueue
+        var excess = s.messageCount - maxQueue
         guard excess > 0 else { return }
-        var dropped: UInt64 = 0
-        var i = 0
-        while excess > 0, i < s.entries.count {
-            if s.entries[i].seq > s.delivered && !s.entries[i].isDropMarker {
-                s.entries.remove(at: i)
-                dropped += 1
-                excess -= 1
-            } else {
-                i += 1
-            }
+        var marker = s.entries.first?.droppedFrom != nil ? s.entries.removeFirst() : nil
+        var unseen: UInt64 = 0, dropped: UInt64 = 0
+        while excess > 0, let gone = s.entries.first {
+            s.entries.removeFirst()
+            if gone.seq > s.delivered { unseen += 1 }
+            dropped += 1
+            excess -= 1
+            marker = Entry(seq: gone.seq, value: .null, droppedFrom: marker?.droppedFrom ?? gone.seq)
         }
+        if let marker { s.entries.prepend(marker) }
         s.droppedTotal += dropped
-        metrics?.droppedMessages.increment(by: Int64(dropped))
-        // One marker per burst: grow the last one while nobody has seen it.
-        if let last = s.entries.indices.last(where: { s.entries[$0].isDropMarker }), s.entries[last].seq > s.delivered {
-            let count = (s.entries[last].value.objectValue?["count"]?.integerValue ?? 0) + Int64(dropped)
-            s.entries[last].value = Self.dropMarker(count: count, total: s.droppedTotal)
-        } else {
-            let seq = s.nextSeq
-            s.nextSeq += 1
-            s.entries.append(
-                Entry(seq: seq, value: Self.dropMarker(count: Int64(dropped), total: s.droppedTotal), isDropMarker: true))
-        }
-    }
-
-    private static func dropMarker(count: Int64, total: UInt64) -> Value {
-        ["type": "dropped", "count": .int(count), "total": .int(Int64(total))]
+        s.droppedUnseen += unseen
+        metrics?.droppedMessages.increment(by: Int64(unseen))
+        metrics?.droppedHandedMessages.increment(by: Int64(dropped - unseen))
     }
 
     // MARK: - Clients (any thread)
@@ -129,31 +131,54 @@ final class Mailbox: Sendable {
         }
     }
 
-    /// Drops entries up to `after`; a client can only acknowledge what it was given, so the
-    /// acknowledgement stops at the highest entry handed out.
+    /// `POST …/ack`: frees entries through `through` without reading; returns what is acknowledged.
+    func acknowledge(through: UInt64) -> UInt64 {
+        state.withLock { s in
+            s.lastActivity = .now()
+            acknowledge(&s, through: through)
+            return s.acked
+        }
+    }
+
+    /// Frees entries up to `after`; a client can only acknowledge what it was given, so the
+    /// acknowledgement stops at the highest entry handed out. A `dropped` entry reaching past it
+    /// shrinks to what is still unacknowledged.
     private func acknowledge(_ s: inout State, through after: UInt64?) {
         guard let after, after > s.acked else { return }
         s.acked = min(after, s.delivered)
-        s.entries.removeAll { $0.seq <= s.acked }
+        while let front = s.entries.first, front.seq <= s.acked { s.entries.removeFirst() }
+        if let from = s.entries.first?.droppedFrom, from <= s.acked {
+            s.entries[s.entries.startIndex].droppedFrom = s.acked + 1
+        }
     }
 
     private func collect(_ s: inout State, after: UInt64, max: Int) -> (events: [Value], last: UInt64)? {
-        let ready = s.entries.lazy.filter { $0.seq > after }.prefix(max)
-        guard !ready.isEmpty else { return nil }
+        let from = s.position(after: after)
+        guard from < s.entries.count else { return nil }
         var events: [Value] = []
         var last = after
-        for entry in ready {
-            events.append(Self.event(entry))
+        for i in from..<Swift.min(s.entries.count, from + max) {
+            let entry = s[i]
+            events.append(event(entry, after: after, s))
             last = entry.seq
         }
         s.delivered = Swift.max(s.delivered, last)
         return (events, last)
     }
 
-    static func event(_ entry: Entry) -> Value {
-        var v = entry.value.objectValue ?? [:]
-        v["seq"] = .int(Int64(entry.seq))
-        return .object(v)
+    /// What a client that has seen `after` gets for `entry`: the entry with its `seq`; a `dropped`
+    /// entry counts only what that client has not seen.
+    private func event(_ entry: Entry, after: UInt64, _ s: State) -> Value {
+        guard let from = entry.droppedFrom else {
+            var v = entry.value.objectValue ?? [:]
+            v["seq"] = .int(Int64(entry.seq))
+            return .object(v)
+        }
+        let first = Swift.max(from, after + 1)
+        return [
+            "type": "dropped", "seq": .int(Int64(entry.seq)), "first": .int(Int64(first)),
+            "count": .int(Int64(entry.seq - first + 1)), "total": .int(Int64(s.droppedTotal)),
+        ]
     }
 
     /// Parks a long-poll until an entry after `after` arrives or the timer fires.
@@ -162,7 +187,7 @@ final class Mailbox: Sendable {
         state.withLock { s in
             guard s.closedReason == nil else { return false }
             let from = after ?? s.acked
-            if s.entries.contains(where: { $0.seq > from }) { return false }
+            if s.position(after: from) < s.entries.count { return false }
             s.waiters[token] = Waiter(exchange: exchange, after: from, max: max, timer: timer)
             return true
         }
@@ -192,14 +217,16 @@ final class Mailbox: Sendable {
             headers: [("X-AEMP-Last", String(last))])
     }
 
-    /// Attaches an SSE client that has seen everything up to `after`; replays what it missed.
+    /// Attaches an SSE client that has seen everything up to `after`; replays what it missed, in
+    /// pieces of at most the stream's backlog as the client reads (the stream pulls the rest).
     func subscribe(_ token: UInt64, stream: EventStream, after: UInt64?) -> Bool {
         state.withLock { s in
             guard s.closedReason == nil else { return false }
             s.lastActivity = .now()
             acknowledge(&s, through: after)
             s.subscribers[token] = Subscriber(stream: stream, cursor: after ?? s.acked)
-            feedSubscribers(&s)
+            stream.pull { self.refill(token) }  // strong: the stream drops its source when it closes
+            feed(&s, token)
             return true
         }
     }
@@ -211,25 +238,40 @@ final class Mailbox: Sendable {
         }
     }
 
+    /// The stream of `token` has room: queue what comes next (libmicrohttpd's thread).
+    private func refill(_ token: UInt64) {
+        state.withLock { s in feed(&s, token) }
+    }
+
     private func feedSubscribers(_ s: inout State) {
-        guard !s.subscribers.isEmpty else { return }
-        for (token, var sub) in s.subscribers {
-            var bytes: [UInt8] = []
-            for entry in s.entries where entry.seq > sub.cursor {
-                let type = entry.value.objectValue?["type"]?.stringValue ?? "message"
-                bytes += ServerSentEvent.encode(id: String(entry.seq), event: type, data: Self.event(entry))
-                sub.cursor = entry.seq
-            }
-            guard !bytes.isEmpty else { continue }
-            s.delivered = max(s.delivered, sub.cursor)
-            let final = ServerSentEvent.encode(
-                id: nil, event: "overflow",
-                data: ["detail": "the client fell too far behind; reconnect with Last-Event-ID"])
-            if sub.stream.send(bytes, orEndWith: final) {
-                s.subscribers[token] = sub
-            } else {
-                s.subscribers[token] = nil
-            }
+        for token in s.subscribers.keys { feed(&s, token) }
+    }
+
+    /// Writes the entries after the subscriber's cursor into its stream while they fit in its room
+    /// (one at least when nothing is queued, however large). What does not fit waits here, in the
+    /// mailbox, until the client has read the rest: a mailbox stream never overflows.
+    private func feed(_ s: inout State, _ token: UInt64) {
+        guard var sub = s.subscribers[token] else { return }
+        var from = s.position(after: sub.cursor)
+        guard from < s.entries.count else { return }
+        let (room, empty) = sub.stream.room
+        var bytes: [UInt8] = []
+        while from < s.entries.count {
+            let entry = s[from]
+            let value = event(entry, after: sub.cursor, s)
+            let type = value.objectValue?["type"]?.stringValue ?? "message"
+            let encoded = ServerSentEvent.encode(id: String(entry.seq), event: type, data: value)
+            guard bytes.count + encoded.count <= room || (bytes.isEmpty && empty) else { break }
+            bytes += encoded
+            sub.cursor = entry.seq
+            from += 1
+        }
+        guard !bytes.isEmpty else { return }
+        s.delivered = max(s.delivered, sub.cursor)
+        if sub.stream.append(bytes) {
+            s.subscribers[token] = sub
+        } else {
+            s.subscribers[token] = nil
         }
     }
 
@@ -276,8 +318,9 @@ final class Mailbox: Sendable {
             [
                 "name": .string(name), "port": .string(port.description),
                 "ttl": .int(ttl.nanoseconds / 1_000_000_000), "max_queue": .int(Int64(maxQueue)),
-                "queued": .int(Int64(s.entries.count)), "last": .int(Int64(s.nextSeq - 1)),
+                "queued": .int(Int64(s.messageCount)), "last": .int(Int64(s.nextSeq - 1)),
                 "acknowledged": .int(Int64(s.acked)), "dropped": .int(Int64(s.droppedTotal)),
+                "dropped_unseen": .int(Int64(s.droppedUnseen)),
             ]
         }
     }

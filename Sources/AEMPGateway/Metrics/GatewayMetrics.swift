@@ -18,6 +18,7 @@ final class GatewayMetrics: Sendable {
 
     // Counters.
     let droppedMessages: Counter
+    let droppedHandedMessages: Counter
     let masterChanges: Counter
     let messagesSent: Counter
     let sendsRefusedBacklog: Counter
@@ -33,6 +34,8 @@ final class GatewayMetrics: Sendable {
     let parkedLongPolls: Gauge
     let mailboxes: Gauge
     let queuedMessages: Gauge
+    let familyFeeds: Gauge
+    let dormantFeeds: Gauge
     let meshConnections: Gauge
     let meshTLSConnections: Gauge
     let masterAttached: Gauge
@@ -64,7 +67,13 @@ final class GatewayMetrics: Sendable {
                     descriptor: latency, labels: [("route", route.template)], buckets: Self.latencyBuckets))
         }
         droppedMessages = registry.makeCounter(
-            descriptor: name("mailbox_dropped_messages", "total", "Messages dropped by full mailboxes (oldest first)."))
+            descriptor: name(
+                "mailbox_dropped_messages", "total",
+                "Messages a full mailbox gave up before any client was handed them (oldest first)."))
+        droppedHandedMessages = registry.makeCounter(
+            descriptor: name(
+                "mailbox_dropped_handed_messages", "total",
+                "Messages a full mailbox gave up after handing them to a client that never acknowledged them."))
         masterChanges = registry.makeCounter(
             descriptor: name("master_changes", "total", "Times the gateway's node changed its master (attach and loss included)."))
         messagesSent = registry.makeCounter(
@@ -92,8 +101,12 @@ final class GatewayMetrics: Sendable {
         parkedLongPolls = registry.makeGauge(
             descriptor: name("long_polls_parked", "", "Long-polls waiting for a message or a change (mailboxes and feeds)."))
         mailboxes = registry.makeGauge(descriptor: name("mailboxes", "", "Mailboxes held."))
+        familyFeeds = registry.makeGauge(
+            descriptor: name("family_feeds", "", "Family feeds with a db_mon subscription (watched by clients, or idle for less than --feed-idle)."))
+        dormantFeeds = registry.makeGauge(
+            descriptor: name("family_feeds_remembered", "", "Idle families whose feed epoch and index are kept (at most --feed-memory)."))
         queuedMessages = registry.makeGauge(
-            descriptor: name("mailbox_queued_messages", "", "Entries held in mailboxes (undelivered, or delivered and not yet acknowledged)."))
+            descriptor: name("mailbox_queued_messages", "", "Messages held in mailboxes, not yet acknowledged (handed to a client or not; dropped entries not counted)."))
         meshConnections = registry.makeGauge(descriptor: name("mesh_connections", "", "AEMP nodes the gateway's node is connected to."))
         meshTLSConnections = registry.makeGauge(
             descriptor: name("mesh_tls_connections", "", "Established AEMP connections of the gateway's node that are TLS (--mesh-cert)."))

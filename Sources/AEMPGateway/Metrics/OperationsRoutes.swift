@@ -50,10 +50,13 @@ extension Gateway {
         for mailbox in all {
             mailbox.state.withLock { s in
                 parked += s.waiters.count
-                queued += s.entries.count
+                queued += s.messageCount
             }
         }
-        for feed in feeds.withLock({ Array($0.values) }) {
+        let (active, dormant) = feeds.withLock { (Array($0.active.values), $0.dormantCount) }
+        metrics.familyFeeds.set(Int64(active.count))
+        metrics.dormantFeeds.set(Int64(dormant))
+        for feed in active {
             parked += feed.state.withLock { $0.waiters.count }
         }
         metrics.parkedLongPolls.set(Int64(parked))

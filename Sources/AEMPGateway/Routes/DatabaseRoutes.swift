@@ -90,9 +90,14 @@ extension Gateway {
     /// The shared feed of a family (one `db_mon` for every client of the gateway).
     func feed(_ family: String) -> FamilyFeed {
         let (feed, created) = feeds.withLock { f -> (FamilyFeed, Bool) in
-            if let existing = f[family] { return (existing, false) }
-            let feed = FamilyFeed(family: family, historyLimit: configuration.feedHistory)
-            f[family] = feed
+            if let existing = f.active[family] {
+                existing.touch()
+                return (existing, false)
+            }
+            let feed = FamilyFeed(
+                family: family, historyLimit: configuration.feedHistory, resuming: f.resume(family),
+                epoch: FamilyFeed.newEpoch())
+            f.active[family] = feed
             return (feed, true)
         }
         if created {
