@@ -129,6 +129,17 @@ final class Mailbox: Sendable {
         }
     }
 
+    /// What `poll` with no wait would answer now, changing nothing (HEAD): no acknowledgement, no
+    /// entry counted as handed out.
+    func peek(after: UInt64?, max: Int) -> HTTPResponse {
+        state.withLock { s in
+            let acked = after.map { $0 > s.acked ? Swift.min($0, s.delivered) : s.acked } ?? s.acked
+            let from = Swift.max(after ?? acked, acked)
+            let ready = s.entries.lazy.filter { $0.seq > from }.prefix(max)
+            return Self.pollResponse(events: ready.map(Self.event), last: ready.last?.seq ?? acked, dropped: s.droppedTotal)
+        }
+    }
+
     /// Drops entries up to `after`; a client can only acknowledge what it was given, so the
     /// acknowledgement stops at the highest entry handed out.
     private func acknowledge(_ s: inout State, through after: UInt64?) {
