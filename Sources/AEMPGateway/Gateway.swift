@@ -183,6 +183,18 @@ public final class Gateway: HTTPHandler, Sendable {
         return problem.response(requestID: request.requestID)
     }
 
+    public func unsupportedTransferCoding(_ request: HTTPRequest, _ codings: String) -> HTTPResponse {
+        let problem = Problem.unsupportedTransferCoding(codings)
+        log(request, problem)
+        return problem.response(requestID: request.requestID)
+    }
+
+    public func tooManyArguments(_ request: HTTPRequest, count: Int, limit: Int) -> HTTPResponse {
+        let problem = Problem.tooManyArguments(count, limit: limit)
+        log(request, problem)
+        return problem.response(requestID: request.requestID)
+    }
+
     public func shuttingDown(_ request: HTTPRequest) -> HTTPResponse {
         Problem.shuttingDown().response(requestID: request.requestID)
     }

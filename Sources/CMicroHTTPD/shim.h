@@ -19,3 +19,9 @@ static inline int aemp_mhd_connection_fd(struct MHD_Connection *connection) {
 #include <sys/eventfd.h>
 /* malloc_trim: the gateway hands freed heap back to the system after a burst of connections. */
 #include <malloc.h>
+/* MHD_set_response_options is variadic too: a response of unknown size without chunked encoding
+   (its end is the connection's end). libmicrohttpd 0.9.75 sends a chunked response's last chunk
+   even for HEAD; this is how a HEAD of an event stream gets its header block alone. */
+static inline enum MHD_Result aemp_mhd_response_unchunked(struct MHD_Response *response) {
+    return MHD_set_response_options(response, MHD_RF_HTTP_1_0_COMPATIBLE_STRICT, MHD_RO_END);
+}

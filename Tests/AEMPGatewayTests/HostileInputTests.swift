@@ -252,7 +252,8 @@ struct HostileInputTests {
             let low = try await gateway.raw(head("Content-Length: 100\r\n") + x, timeout: 20)
             expectProblem(try Self.response(low), 400, "malformed_json")
 
-            // Chunked, 10 MB in 64 KiB chunks: read to the end but not kept; then the connection goes on.
+            // Chunked, 10 MB in 64 KiB chunks: answered 413 once the body outgrew the limit, the rest
+            // read (for the client to see the answer rather than a reset) but not kept, then closed.
             var chunked = head("Transfer-Encoding: chunked\r\n")
             for offset in stride(from: 0, to: tenMB, by: 65_536) {
                 chunked += Array("10000\r\n".utf8) + x[offset..<(offset + 65_536)] + [13, 10]
@@ -289,7 +290,7 @@ struct HostileInputTests {
             for answer in uploading {
                 expectProblem(try Self.response(answer), 413, "body_too_large")
                 let text = String(decoding: answer, as: UTF8.self)
-                #expect(text.contains("HTTP/1.1 200 OK") && text.hasSuffix(#"{"status":"ok"}"#), "the request after the chunked body: \(text.suffix(300))")
+                #expect(!text.contains("HTTP/1.1 200 OK"), "the request after the chunked body was read: \(text.suffix(300))")
             }
 
             // Framing libmicrohttpd refuses itself (HTML answers; libmicrohttpd 0.9.75 repeats its

@@ -77,6 +77,18 @@ extension Problem {
             413, "body_too_large", "Request body too large", "The request body exceeds the limit of \(limit) bytes",
             extra: ["limit": .int(Int64(limit))])
     }
+    /// More query arguments than `HTTPServerSettings.maxQueryArguments` (the query is part of the URI).
+    static func tooManyArguments(_ count: Int, limit: Int) -> Problem {
+        Problem(
+            414, "too_many_arguments", "Too many query arguments",
+            "The URL has \(count) query arguments; the gateway takes at most \(limit)", extra: ["limit": .int(Int64(limit))])
+    }
+    /// A body in transfer codings besides chunked (RFC 9112 6.1); the connection is closed.
+    static func unsupportedTransferCoding(_ codings: String) -> Problem {
+        Problem(
+            501, "unsupported_transfer_coding", "Transfer coding not supported",
+            "The body is sent in the transfer coding \(codings.debugDescription) besides chunked; the gateway takes chunked alone (or a Content-Length); the connection is closed")
+    }
     /// A message or database value nested deeper than Perl decodes in the packet that carries it
     /// (`MeshLimits`): refused before anything is sent. `depth` and `limit` count `what`'s levels.
     static func tooDeep(_ what: String, depth: Int, limit: Int) -> Problem {

@@ -21,6 +21,11 @@ public protocol HTTPHandler: Sendable {
     func tooManyConnections(_ request: HTTPRequest, limit: Int) -> HTTPResponse
     /// The answer to a request whose body boundary is ambiguous (then the connection is closed).
     func ambiguousFraming(_ request: HTTPRequest, _ why: String) -> HTTPResponse
+    /// The answer to a request whose body comes in transfer codings besides chunked (`codings`;
+    /// then the connection is closed, RFC 9112 6.1).
+    func unsupportedTransferCoding(_ request: HTTPRequest, _ codings: String) -> HTTPResponse
+    /// The answer to a request with `count` query arguments, more than `limit`.
+    func tooManyArguments(_ request: HTTPRequest, count: Int, limit: Int) -> HTTPResponse
     /// Headers added to every response of this request (e.g. CORS), however it is answered.
     func commonHeaders(for request: HTTPRequest) -> [(String, String)]
     /// A response was queued for `exchange`, once per request, on libmicrohttpd's thread (metrics).
@@ -58,6 +63,9 @@ public struct HTTPServerSettings: Sendable {
     public var connectionTimeout: Int = 60
     /// libmicrohttpd's per-connection memory pool (8 KiB measured best, conventions).
     public var connectionMemory: Int = 8 * 1024
+    /// Most query arguments a request may have (more: `tooManyArguments`). The server reads the
+    /// query itself (`mhdRequestLine`), so this is the only bound besides the request line's size.
+    public var maxQueryArguments: Int = 100
     public var logger = Logger(label: "aemp-gateway.http")
     /// PEM certificate (chain) and private key: with both, the server speaks HTTPS only
     /// (libmicrohttpd with GnuTLS).
@@ -159,13 +167,24 @@ public final class Exchange: Sendable {
     }
 }
 
-/// Per-request state on libmicrohttpd's thread (stored in its `req_cls`).
+/// Per-request state on libmicrohttpd's thread (stored in its `req_cls`, created with the request
+/// line by `mhdRequestLine`).
 final class RequestContext {
+    /// The raw query (after `?`), taken from the request line; libmicrohttpd keeps none of it.
+    var query: [UInt8] = []
+    /// How many query arguments there are, when more than the limit (the request is refused).
+    var tooManyArguments: Int?
+    /// Whether the access handler has seen the header (its first call is over).
+    var headerSeen = false
     var body: [UInt8] = []
     var tooLarge = false
+    /// The 413 went out on the socket before the (chunked) body ended; the connection is closing.
+    var answeredEarly = false
     var overCapacity = false
     /// Why the request's framing is ambiguous (it is refused unread).
     var ambiguousFraming: String?
+    /// Transfer codings other than chunked (the request is refused unread).
+    var unsupportedCodings: String?
     var exchange: Exchange?
 }
 
@@ -226,6 +245,8 @@ public final class HTTPServer: Sendable {
             MHD_OptionItem(option: .CONNECTION_MEMORY_LIMIT, value: settings.connectionMemory, ptr_value: nil),
             MHD_OptionItem(
                 option: .NOTIFY_COMPLETED, value: unsafeBitCast(mhdCompleted, to: Int.self), ptr_value: me),
+            MHD_OptionItem(
+                option: .URI_LOG_CALLBACK, value: unsafeBitCast(mhdRequestLine, to: Int.self), ptr_value: me),
             MHD_OptionItem(option: .END, value: 0, ptr_value: nil),
         ]
         // MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME (incl. MHD_USE_ITC, which also wakes the poller
@@ -404,19 +425,32 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
     guard let cls, let connection, let reqCls, let uploadSize else { return .NO }
     let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
     let connectionRef = ConnectionRef(pointer: connection, resumer: server.resumer)
-
-    guard let raw = reqCls.pointee else {
-        // First call: headers only. Answer on a later call (keep-alive stays on, conventions).
-        let context = RequestContext()
+    let context: RequestContext
+    if let raw = reqCls.pointee {
+        context = Unmanaged<RequestContext>.fromOpaque(raw).takeUnretainedValue()
+    } else {
+        // `mhdRequestLine` makes it; only in case libmicrohttpd ever skipped that.
+        context = RequestContext()
         reqCls.pointee = Unmanaged.passRetained(context).toOpaque()
+    }
+
+    if !context.headerSeen {
+        // First call: headers only. Answer on a later call (keep-alive stays on, conventions).
+        context.headerSeen = true
         // Refused from the header alone: answered at once, the body (if any) never read.
         if server.refusedConnections.withLock({ $0.contains(connectionKey(connection)) }) {
             context.overCapacity = true
-        } else if let why = ambiguousFraming(connection) {
+        } else if context.tooManyArguments != nil {
+            // Counted from the request line (`mhdRequestLine`).
+        } else if let fault = framingFault(connection) {
             // Where the body ends depends on which field one believes: a proxy in front may believe
-            // another than libmicrohttpd (request smuggling). Refused, and the connection closed
-            // (RFC 9112 6.1 and 6.3).
-            context.ambiguousFraming = why
+            // another than libmicrohttpd (request smuggling); or it is in a coding we cannot undo,
+            // which libmicrohttpd would read until the client closes. Refused, and the connection
+            // closed (RFC 9112 6.1 and 6.3).
+            switch fault {
+            case .ambiguous(let why): context.ambiguousFraming = why
+            case .unsupported(let codings): context.unsupportedCodings = codings
+            }
         } else if let length = lookup(connection, .HEADER_KIND, "Content-Length").flatMap({ Int($0) }),
             length > server.settings.maxBodySize
         {
@@ -431,7 +465,6 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
         guard let response = exchange.takeOrSuspend() else { return .YES }
         return queue(response, on: connectionRef, exchange: exchange, server: server)
     }
-    let context = Unmanaged<RequestContext>.fromOpaque(raw).takeUnretainedValue()
 
     if uploadSize.pointee > 0 {
         let n = uploadSize.pointee
@@ -439,21 +472,26 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
             if context.body.count + n > server.settings.maxBodySize {
                 context.tooLarge = true
                 context.body = []
+                // A chunked body (a Content-Length over the limit was refused up front), possibly of
+                // a chunk of 2^64 - 1 bytes: its end may never come, and libmicrohttpd takes no
+                // response before it. Answered on the socket now.
+                answerEarly(connectionRef, url: url, method: method, context: context, server: server)
             } else if let uploadData {
                 uploadData.withMemoryRebound(to: UInt8.self, capacity: n) {
                     context.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: n))
                 }
             }
         }
-        // Consumed, or dropped once the body outgrew the limit (a chunked body has no length to
-        // refuse up front): the 413 can only be queued when the upload is complete.
+        // Consumed, or dropped once the body outgrew the limit.
         uploadSize.pointee = 0
         return .YES
     }
+    // The 413 is on the wire already: the body ended after all, nothing more to answer; close.
+    if context.answeredEarly { return .NO }
     // The request is complete (a later call of a suspended exchange changes nothing).
     server.deadlines.arrived(connectionKey(connection))
 
-    if context.exchange == nil, !context.tooLarge, !context.overCapacity, context.ambiguousFraming == nil, let url, let method,
+    if context.exchange == nil, !context.tooLarge, let url, let method,
         let response = server.handler.quickAnswer(
             method: String(cString: method), path: url, body: context.body,
             header: { lookup(connection, .HEADER_KIND, $0) })
@@ -465,6 +503,55 @@ private let mhdAccess: MHD_AccessHandlerCallback = {
     return queue(response, on: connectionRef, exchange: exchange, server: server)
 }
 
+/// Answers a request whose chunked body outgrew the limit before the body ended, by writing the
+/// 413 on the socket itself: libmicrohttpd 0.9.75 queues no response in the middle of an upload.
+/// The write side is then shut down and the connection closed a moment later (`RequestDeadlines.
+/// linger`), so that the client reads the answer rather than a reset; what it still sends is read
+/// and dropped until then. With TLS the socket carries records, not bytes: there the body is read
+/// to its end and answered then, as before.
+private func answerEarly(
+    _ connection: ConnectionRef, url: UnsafePointer<CChar>?, method: UnsafePointer<CChar>?, context: RequestContext,
+    server: HTTPServer
+) {
+    guard server.settings.tlsCertificate == nil else { return }
+    let fd = aemp_mhd_connection_fd(connection.pointer)
+    guard fd >= 0 else { return }
+    let exchange = makeExchange(connection, url: url, method: method, context: context, server: server)
+    guard let response = exchange.takeOrSuspend() else { return }
+    var headers = response.headers + exchange.commonHeaders
+    headers += [("X-Request-ID", exchange.request.requestID), ("Connection", "close"), ("Date", httpDate())]
+    var head = "HTTP/1.1 \(response.status) \(reasonPhrase(response.status))\r\n"
+    for (name, value) in headers { head += "\(name): \(value)\r\n" }
+    head += "Content-Length: \(response.body.count)\r\n\r\n"
+    let bytes = Array(head.utf8) + response.body
+    // Nothing else was written on this connection since its previous answer went out completely:
+    // a few hundred bytes fit the empty socket buffer (a short write just cuts the answer).
+    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    shutdown(fd, Int32(SHUT_WR))
+    context.answeredEarly = true
+    server.deadlines.linger(connectionKey(connection.pointer), seconds: 2)
+    server.handler.answered(exchange, response)
+}
+
+/// The reason phrases of the statuses `answerEarly` sends.
+private func reasonPhrase(_ status: Int) -> String {
+    switch status {
+    case 413: return "Content Too Large"
+    case 503: return "Service Unavailable"
+    default: return "Error"
+    }
+}
+
+/// The current time as an HTTP date (RFC 9110 5.6.7).
+private func httpDate() -> String {
+    var now = time(nil)
+    var parts = tm()
+    gmtime_r(&now, &parts)
+    var buffer = [CChar](repeating: 0, count: 64)
+    let n = strftime(&buffer, buffer.count, "%a, %d %b %Y %H:%M:%S GMT", &parts)
+    return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
 /// Builds the request once its body is complete (or refused) and hands it to the handler.
 private func makeExchange(
     _ connection: ConnectionRef, url: UnsafePointer<CChar>?, method: UnsafePointer<CChar>?, context: RequestContext,
@@ -473,7 +560,7 @@ private func makeExchange(
     let request = HTTPRequest(
         method: method.map { String(cString: $0) } ?? "GET",
         path: url.map(requestPath) ?? "/",
-        query: queryArguments(connection.pointer),
+        query: context.tooManyArguments == nil ? queryArguments(context.query) : [:],
         headers: values(connection.pointer, .HEADER_KIND),
         body: context.body,
         requestID: server.nextRequestID())
@@ -488,6 +575,12 @@ private func makeExchange(
         var response = server.handler.ambiguousFraming(request, why)
         response.headers.append(("Connection", "close"))
         exchange.respond(response)
+    } else if let codings = context.unsupportedCodings {
+        var response = server.handler.unsupportedTransferCoding(request, codings)
+        response.headers.append(("Connection", "close"))
+        exchange.respond(response)
+    } else if let count = context.tooManyArguments {
+        exchange.respond(server.handler.tooManyArguments(request, count: count, limit: server.settings.maxQueryArguments))
     } else if context.tooLarge {
         exchange.respond(server.handler.bodyTooLarge(request, limit: server.settings.maxBodySize))
     } else {
@@ -501,17 +594,28 @@ private func queue(_ response: HTTPResponse, on connection: ConnectionRef, excha
 {
     let queued = queue(
         response, adding: exchange.commonHeaders + [("X-Request-ID", exchange.request.requestID)], on: connection,
-        server: server)
+        server: server, head: exchange.request.method == "HEAD")
     server.handler.answered(exchange, response)
     return queued
 }
 
-/// Queues `response` (a complete body, or an event stream) with its headers and `extra` ones.
+/// Queues `response` (a complete body, or an event stream) with its headers and `extra` ones. For
+/// `head` (a HEAD request) libmicrohttpd sends the header block alone, and an event stream is not
+/// started.
 private func queue(
-    _ response: HTTPResponse, adding extra: [(String, String)], on connection: ConnectionRef, server: HTTPServer
+    _ response: HTTPResponse, adding extra: [(String, String)], on connection: ConnectionRef, server: HTTPServer,
+    head: Bool = false
 ) -> MHD_Result {
     let r: OpaquePointer?
-    if let stream = response.stream {
+    if let stream = response.stream, head {
+        // HEAD: the stream's header block alone, and the stream itself ends here. Not chunked:
+        // libmicrohttpd 0.9.75 would send the last chunk (`0\r\n\r\n`) after a HEAD's header
+        // block. Unchunked, it sends neither a length nor a body, asks the reader once, which ends
+        // the stream, and closes the connection (as a GET of the stream would hold it).
+        stream.closed()
+        r = MHD_create_response_from_callback(UInt64.max, 4096, { _, _, _, _ in -1 }, nil, nil)
+        if let r { _ = aemp_mhd_response_unchunked(r) }
+    } else if let stream = response.stream {
         stream.attach(connection)
         stream.boundKernelBuffer(fd: aemp_mhd_connection_fd(connection.pointer))
         server.streams.withLock { $0[ObjectIdentifier(stream)] = stream }
@@ -581,6 +685,28 @@ private let mhdCompleted: MHD_RequestCompletedCallback = { cls, connection, reqC
     reqCls.pointee = nil
 }
 
+/// The request line has arrived (MHD_OPTION_URI_LOG_CALLBACK): makes the request's context, with
+/// its raw query. libmicrohttpd 0.9.75 would store every query argument in the connection's memory
+/// pool (about 50 bytes each, where the URL spends 2), and when the pool runs out it builds a 431
+/// and then loses it, closing the connection without an answer (150 short arguments did, with the
+/// 8 KiB pool). So the query is copied here and ended at its first byte: libmicrohttpd splits the
+/// arguments off after this call, at the `?` it found before it, and now finds none. `uri` is the
+/// request line in libmicrohttpd's read buffer, writable (const only in the callback's type); the
+/// path before the `?` is left as it is.
+private let mhdRequestLine: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, OpaquePointer?) -> UnsafeMutableRawPointer? = {
+    cls, uri, _ in
+    let context = RequestContext()
+    if let cls, let uri, let mark = strchr(uri, Int32(UInt8(ascii: "?"))) {
+        let limit = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue().settings.maxQueryArguments
+        let start = UnsafeMutableRawPointer(mutating: mark + 1).assumingMemoryBound(to: UInt8.self)
+        let query = UnsafeBufferPointer(start: start, count: strlen(mark + 1))
+        let count = query.isEmpty ? 0 : query.count(where: { $0 == UInt8(ascii: "&") }) + 1
+        if count > limit { context.tooManyArguments = count } else { context.query = Array(query) }
+        start.pointee = 0
+    }
+    return Unmanaged.passRetained(context).toOpaque()
+}
+
 private let mhdLog: MHD_LogCallback = {
     cls, format, args in
     guard let cls, let format, let args else { return }
@@ -619,16 +745,43 @@ private func requestPath(_ url: UnsafePointer<CChar>) -> String {
     return out
 }
 
-/// Why the end of the request's body is ambiguous, if it is: `Content-Length` given more than
-/// once with different values (libmicrohttpd 0.9.75 silently takes the first), or together with
-/// `Transfer-Encoding`. Nil for the common case, also without looking at every field.
-private func ambiguousFraming(_ connection: OpaquePointer) -> String? {
-    guard lookup(connection, .HEADER_KIND, "Content-Length") != nil else { return nil }
-    if lookup(connection, .HEADER_KIND, "Transfer-Encoding") != nil {
-        return "the request has both Content-Length and Transfer-Encoding"
+/// What is wrong with where the request's body ends, if anything.
+private enum FramingFault {
+    /// The end is ambiguous or cannot be found: 400, RFC 9112 6.3.
+    case ambiguous(String)
+    /// Transfer codings besides chunked (listed), which the server does not undo: 501, RFC 9112 6.1.
+    case unsupported(String)
+}
+
+/// Nil for the common case (neither field, or one `Content-Length`, or `Transfer-Encoding:
+/// chunked`), also without looking at every field. Ambiguous: `Content-Length` given more than once
+/// with different values (libmicrohttpd 0.9.75 silently takes the first), or together with
+/// `Transfer-Encoding`; a `Transfer-Encoding` whose codings (of all its fields) do not end with one
+/// chunked, or whose first field is not exactly `chunked` although its codings are (libmicrohttpd
+/// decodes chunked only then, and would read anything else until the client closes).
+private func framingFault(_ connection: OpaquePointer) -> FramingFault? {
+    let length = lookup(connection, .HEADER_KIND, "Content-Length")
+    let coding = lookup(connection, .HEADER_KIND, "Transfer-Encoding")
+    if let coding {
+        if length != nil { return .ambiguous("the request has both Content-Length and Transfer-Encoding") }
+        if asciiCaseInsensitiveEqual(coding, "chunked"), values(connection, .HEADER_KIND).count(where: { asciiCaseInsensitiveEqual($0.name, "Transfer-Encoding") }) == 1 {
+            return nil
+        }
+        let fields = values(connection, .HEADER_KIND).filter { asciiCaseInsensitiveEqual($0.name, "Transfer-Encoding") }.map(\.value)
+        let codings = fields.flatMap { $0.split(separator: ",") }.map { element in
+            // A coding's name, without parameters (`;q=…`) and blanks.
+            String(element.prefix { $0 != ";" }.filter { $0 != " " && $0 != "\t" }).lowercased()
+        }.filter { !$0.isEmpty }
+        let listed = fields.joined(separator: ", ").debugDescription
+        guard codings.last == "chunked", codings.firstIndex(of: "chunked") == codings.count - 1 else {
+            return .ambiguous("Transfer-Encoding \(listed) does not end with chunked, once, so where the body ends is unknown")
+        }
+        guard codings.count == 1 else { return .unsupported(codings.dropLast().joined(separator: ", ")) }
+        return .ambiguous("Transfer-Encoding \(listed) is not written as plain chunked in its first field")
     }
+    guard length != nil else { return nil }
     let lengths = Set(values(connection, .HEADER_KIND).filter { asciiCaseInsensitiveEqual($0.name, "Content-Length") }.map(\.value))
-    return lengths.count > 1 ? "the request has several different Content-Length fields" : nil
+    return lengths.count > 1 ? .ambiguous("the request has several different Content-Length fields") : nil
 }
 
 private func lookup(_ connection: OpaquePointer, _ kind: MHD_ValueKind, _ key: String) -> String? {
@@ -658,13 +811,17 @@ private func values(_ connection: OpaquePointer, _ kind: MHD_ValueKind) -> [(nam
     return collector.values
 }
 
-/// The query arguments, decoded as form values (raw, see UNESCAPE_CALLBACK; undecodable stays
-/// raw); a repeated name keeps its first value.
-private func queryArguments(_ connection: OpaquePointer) -> [String: String] {
+/// The query arguments of the raw query, decoded as form values (`+` is a blank; undecodable
+/// stays raw); a repeated name keeps its first value.
+func queryArguments(_ query: [UInt8]) -> [String: String] {
+    guard !query.isEmpty else { return [:] }
     var out: [String: String] = [:]
-    for (name, value) in values(connection, .GET_ARGUMENT_KIND) {
-        let key = Destination.percentDecoded(name.replacingPlus()) ?? name
-        if out[key] == nil { out[key] = Destination.percentDecoded(value.replacingPlus()) ?? value }
+    for argument in query.split(separator: UInt8(ascii: "&"), omittingEmptySubsequences: true) {
+        let equals = argument.firstIndex(of: UInt8(ascii: "="))
+        let name = String(decoding: argument[..<(equals ?? argument.endIndex)], as: UTF8.self).replacingPlus()
+        let value = equals.map { String(decoding: argument[argument.index(after: $0)...], as: UTF8.self).replacingPlus() } ?? ""
+        let key = Destination.percentDecoded(name) ?? name
+        if out[key] == nil { out[key] = Destination.percentDecoded(value) ?? value }
     }
     return out
 }

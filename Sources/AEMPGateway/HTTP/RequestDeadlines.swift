@@ -45,6 +45,12 @@ final class RequestDeadlines: Sendable {
         entries.withLock { $0[connection]?.since = .now }
     }
 
+    /// The connection was answered before its request arrived completely, and is closing: it is
+    /// cut off `seconds` from now (time for the client to read the answer), not after the timeout.
+    func linger(_ connection: UInt, seconds: Int) {
+        entries.withLock { $0[connection]?.since = .now - limit + .seconds(seconds) }
+    }
+
     func closed(_ connection: UInt) {
         entries.withLock { _ = $0.removeValue(forKey: connection) }
     }

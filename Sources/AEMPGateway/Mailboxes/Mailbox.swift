@@ -4,8 +4,8 @@ import NIOCore
 /// A port owned by the gateway whose messages wait for web clients (long-poll or SSE).
 ///
 /// Every entry gets a sequence number, and only an acknowledgement frees it: `after` on a
-/// long-poll, `Last-Event-ID` (or `after`) when an SSE client reconnects, or `POST …/ack`. Handing
-/// an entry to a client, in a long-poll answer or written into a stream, does not: the client may
+/// long-poll, `Last-Event-ID` (or `after`) when an SSE client reconnects. Handing an entry to a
+/// client, in a long-poll answer or written into a stream, does not: the client may
 /// never have had it. Past `maxQueue` unacknowledged entries the oldest go, and a `dropped` entry
 /// takes their place, in sequence order: its `seq` is the last one gone and `first` the first, so
 /// whoever resumes from before them is told, on any transport, at the place of the gap.
@@ -131,12 +131,20 @@ final class Mailbox: Sendable {
         }
     }
 
-    /// `POST …/ack`: frees entries through `through` without reading; returns what is acknowledged.
-    func acknowledge(through: UInt64) -> UInt64 {
+    /// What `poll` with no wait would answer now, changing nothing (HEAD): no acknowledgement, no
+    /// entry counted as handed out.
+    func peek(after: UInt64?, max: Int) -> HTTPResponse {
         state.withLock { s in
-            s.lastActivity = .now()
-            acknowledge(&s, through: through)
-            return s.acked
+            let acked = after.map { $0 > s.acked ? Swift.min($0, s.delivered) : s.acked } ?? s.acked
+            let cursor = Swift.max(after ?? acked, acked)
+            let from = s.position(after: cursor)
+            var events: [Value] = []
+            var last = acked
+            for i in from..<Swift.min(s.entries.count, from + max) {
+                events.append(event(s[i], after: cursor, s))
+                last = s[i].seq
+            }
+            return Self.pollResponse(events: events, last: last, dropped: s.droppedTotal)
         }
     }
 

@@ -117,12 +117,16 @@ extension Gateway {
         }
         let token = nextToken()
         if wantsEventStream(request) {
+            // HEAD: the stream's header block, nothing subscribed.
+            if isHead(request) { return .eventStream(EventStream(limit: 0)) }
             let stream = EventStream(limit: configuration.streamBacklog)
             stream.onClose { feed.unsubscribe(token) }
             feed.whenSynced(token) { feed.subscribe(token, stream: stream, lastEventID: lastEventID) }
             return .eventStream(stream)
         }
         let wait = try waitArgument(request)
+        // HEAD answers what is there now, never parked.
+        let parks = wait > 0 && !isHead(request)
         let index = request.query["index"] ?? lastEventID
         // Until the first snapshot arrives (the master answers g_mon1), the request waits, bounded.
         let syncTimer = after(configuration.queryTimeout) { [self] in
@@ -131,7 +135,7 @@ extension Gateway {
         }
         feed.whenSynced(token) { [self] in
             syncTimer.cancel()
-            let response = feed.poll(token, exchange: exchange, indexID: index, park: wait > 0) {
+            let response = feed.poll(token, exchange: exchange, indexID: index, park: parks) {
                 self.after(Double(wait)) { feed.expire(token) }
             }
             if let response { exchange.respond(response) }

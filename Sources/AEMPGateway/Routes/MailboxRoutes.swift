@@ -101,6 +101,14 @@ extension Gateway {
             acknowledged = n
         }
         let after = acknowledged
+        if isHead(request) {
+            // The header block of what GET would answer now, without subscribing, waiting or
+            // acknowledging anything.
+            if wantsEventStream(request) { return .eventStream(EventStream(limit: 0)) }
+            let max = try intArgument(request, "max", default: 100, range: 1...1000)
+            _ = try waitArgument(request)
+            return mailbox.peek(after: after, max: max)
+        }
         let token = nextToken()
         if wantsEventStream(request) {
             let stream = EventStream(limit: configuration.streamBacklog)

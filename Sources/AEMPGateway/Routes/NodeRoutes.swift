@@ -74,6 +74,8 @@ extension Gateway {
 
     /// SSE: the nodes connected now (`snapshot`), then `up` / `down` events.
     func nodeEvents(_ request: HTTPRequest) -> HTTPResponse {
+        // HEAD: the stream's header block, nothing registered.
+        if isHead(request) { return .eventStream(EventStream(limit: 0)) }
         let stream = EventStream(limit: configuration.streamBacklog)
         let token = nextToken()
         let node = self.node

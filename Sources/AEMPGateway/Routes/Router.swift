@@ -3,23 +3,25 @@ import AEMP
 /// Maps method and path onto the route handlers (openapi/openapi.yaml is the contract).
 extension Gateway {
 
-    /// Routes a request; returns the response, or nil when the answer comes later.
+    /// Routes a request; returns the response, or nil when the answer comes later. HEAD is routed
+    /// as GET (RFC 9110 9.3.2: the server sends GET's header block alone); the routes that wait or
+    /// stream answer it at once, changing nothing (`isHead`).
     func route(_ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
         let segments = try pathSegments(request.path)
-        let method = request.method
+        let method = isHead(request) ? "GET" : request.method
         exchange.route.store(RouteTemplate(method: method, segments: segments).rawValue, ordering: .relaxed)
 
         if method == "OPTIONS" { return preflight(request) }
         switch segments {
         case ["healthz"], ["readyz"], ["openapi.json"]:
-            try allow(method, ["GET"])
+            try allow(request, ["GET"])
             if segments == ["healthz"] { return .json(200, ["status": "ok"]) }
             if segments == ["readyz"] { return try readiness() }
             return openAPIResponse()
         case ["metrics"]:
             // Scraped without a token only when the operator says so (`metricsPublic`).
             if !configuration.metricsPublic { try authorize(request) }
-            try allow(method, ["GET"])
+            try allow(request, ["GET"])
             return metricsResponse(exchange)
         default:
             break
@@ -28,25 +30,25 @@ extension Gateway {
 
         switch segments.first == "v1" ? Array(segments.dropFirst()) : nil {
         case ["send"]?:
-            try allow(method, ["POST"])
+            try allow(request, ["POST"])
             return try send(request)
         case ["call"]?:
-            try allow(method, ["POST"])
+            try allow(request, ["POST"])
             return try call(request, exchange)
         case ["ports"]?:
-            try allow(method, ["POST"])
+            try allow(request, ["POST"])
             return try createMailbox(request)
         case let s? where s.count == 2 && s[0] == "ports":
-            try allow(method, ["GET", "DELETE"])
+            try allow(request, ["GET", "DELETE"])
             return method == "GET" ? try mailboxInfo(s[1]) : try deleteMailbox(s[1], request)
         case let s? where s.count == 3 && s[0] == "ports" && s[2] == "messages":
-            try allow(method, ["GET"])
+            try allow(request, ["GET"])
             return try readMailbox(s[1], request, exchange)
         case let s? where s.count == 3 && s[0] == "ports" && s[2] == "monitor":
-            try allow(method, ["POST"])
+            try allow(request, ["POST"])
             return try monitorFromMailbox(s[1], request)
         case let s? where s.count == 2 && s[0] == "db":
-            try allow(method, ["GET"])
+            try allow(request, ["GET"])
             return try query("g_db_family", family: s[1], request, exchange)
         case let s? where s.count == 3 && s[0] == "db" && (s[2] == "keys" || s[2] == "values") && method == "GET":
             return try query(s[2] == "keys" ? "g_db_keys" : "g_db_values", family: s[1], request, exchange)
@@ -57,16 +59,16 @@ extension Gateway {
         case let s? where s.count == 3 && s[0] == "db":
             // keys/values/watch also answer GET, reg also POST (matched above): Allow says so.
             let also = ["keys", "values", "watch"].contains(s[2]) ? ["GET"] : s[2] == "reg" ? ["POST"] : []
-            try allow(method, also + ["PUT", "DELETE"])
+            try allow(request, also + ["PUT", "DELETE"])
             return method == "PUT" ? try put(family: s[1], subkey: s[2], request) : try delete(family: s[1], subkey: s[2], request)
         case ["node"]?:
-            try allow(method, ["GET"])
+            try allow(request, ["GET"])
             return nodeInfo(request, exchange)
         case ["nodes"]?:
-            try allow(method, ["GET"])
+            try allow(request, ["GET"])
             return nodeList(request, exchange)
         case ["nodes", "events"]?:
-            try allow(method, ["GET"])
+            try allow(request, ["GET"])
             return nodeEvents(request)
         default:
             throw .notFound(request.path)
@@ -89,9 +91,16 @@ extension Gateway {
         return out
     }
 
-    func allow(_ method: String, _ allowed: [String]) throws(Problem) {
-        guard allowed.contains(method) else { throw .methodNotAllowed(method, allowed: allowed) }
+    /// Refuses `method` unless `allowed` lists it; GET allows HEAD too (routed as GET), and `Allow`
+    /// lists it after GET.
+    func allow(_ request: HTTPRequest, _ allowed: [String]) throws(Problem) {
+        guard !allowed.contains(isHead(request) ? "GET" : request.method) else { return }
+        throw .methodNotAllowed(request.method, allowed: allowed.flatMap { $0 == "GET" ? ["GET", "HEAD"] : [$0] })
     }
+
+    /// Whether the request is a HEAD: answered as GET would be, without the body, and never waiting
+    /// (long-polls answer what is there now, without taking it; streams send their header block).
+    func isHead(_ request: HTTPRequest) -> Bool { request.method == "HEAD" }
 
     /// Bearer tokens, when configured: every route but health checks needs one; read-only
     /// tokens may only read.
@@ -108,7 +117,7 @@ extension Gateway {
             p.headers["WWW-Authenticate"] = "Bearer realm=\"aemp-gateway\""
             throw p
         }
-        if scope == .readOnly && method != "GET" {
+        if scope == .readOnly && method != "GET" && method != "HEAD" {
             throw Problem(403, "read_only_token", "Read-only token", "This token may only read (GET)")
         }
     }
