@@ -266,6 +266,7 @@ public final class Gateway: HTTPHandler, Sendable {
             if isStopping.load(ordering: .relaxed) { return task.cancel() }
             expireMailboxes()
             dropIdleFeeds()
+            configuration.logRateLimiter?.flush()
             returnFreedMemory()
         }
         let beat = TimeAmount.nanoseconds(Int64(configuration.heartbeatInterval * 1e9))

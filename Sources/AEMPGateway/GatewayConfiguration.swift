@@ -71,6 +71,15 @@ public struct GatewayConfiguration: Sendable {
     /// Level and format of the executable's log lines (the executable builds `logger` from them).
     public var logLevel: Logger.Level = .notice
     public var logFormat: LogFormat = .text
+    /// Lines of one kind (message, level, call site) written per `logInterval` before the rest are
+    /// only counted and summarised (`--log-burst`; 0 = no limit). The executable builds
+    /// `logRateLimiter` from them.
+    public var logBurst: Int = 20
+    /// Seconds of a rate-limiting window (`--log-interval`).
+    public var logInterval: Double = 10
+    /// The limiter `logger` writes through, if any: the gateway flushes its summaries every second
+    /// and counts what it left out in `aemp_gateway_log_lines_suppressed_total`.
+    public var logRateLimiter: LogRateLimiter?
 
     public init(node: NodeConfiguration) {
         self.node = node

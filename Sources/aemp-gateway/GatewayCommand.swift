@@ -132,6 +132,12 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-format"), help: ArgumentHelp(GatewaySettings.help("log-format")))
     var logFormat: [String] = []
 
+    @Option(name: .customLong("log-burst"), help: ArgumentHelp(GatewaySettings.help("log-burst")))
+    var logBurst: [String] = []
+
+    @Option(name: .customLong("log-interval"), help: ArgumentHelp(GatewaySettings.help("log-interval")))
+    var logInterval: [String] = []
+
     @Flag(name: .customLong("metrics-public"), help: ArgumentHelp(GatewaySettings.help("metrics-public")))
     var metricsPublic = false
 
@@ -186,6 +192,8 @@ struct GatewayCommand: AsyncParsableCommand {
             "tls-key": tlsKey,
             "log-level": logLevel,
             "log-format": logFormat,
+            "log-burst": logBurst,
+            "log-interval": logInterval,
             "metrics-public": metricsPublic ? ["true"] : [],
             "profile": profile,
             "aemp-rc": aempRC,
@@ -205,8 +213,15 @@ struct GatewayCommand: AsyncParsableCommand {
             for p in problems { writeError("aemp-gateway: error: \(p)") }
             throw ExitCode(2)
         }
+        // Repeated lines (the library's and the gateway's alike) pass a rate limiter; its summary
+        // lines go straight to standard error.
+        let format = c.logFormat, level = c.logLevel
+        var summaries = Logger(label: "aemp-gateway") { LineLogHandler(label: $0, format: format, level: .trace) }
+        summaries.logLevel = .trace
+        let limiter = LogRateLimiter(burst: c.logBurst, interval: .nanoseconds(Int64(c.logInterval * 1e9)), summaries: summaries)
+        c.logRateLimiter = limiter
         var logger = Logger(label: "aemp-gateway") { label in
-            LineLogHandler(label: label, format: c.logFormat, level: c.logLevel)
+            RateLimitedLogHandler(wrapping: LineLogHandler(label: label, format: format, level: level), limiter: limiter)
         }
         logger.logLevel = c.logLevel
         c.logger = logger

@@ -192,16 +192,20 @@ extension Kernel: ConnectionDelegate {
         if let problem = NodeIDTemplate.addressProblem(with: greeting.nodeID) {
             return "peer greeting: \(problem)"
         }
+        if greeting.nodeID == nodeID {
+            // Nothing in a greeting is authenticated yet: a peer that claims our ID is not us (Perl
+            // takes a seed that greets with its own ID for itself and turns global, K 486-505; a
+            // fake seed could make every node it reaches a global that way). Seeds that are this
+            // node were found from our listen addresses before any dial (`connectSeeds`).
+            var where_ = "a peer that dialed us"
+            if case .dialed(let address) = connection.origin { where_ = "seed or peer \(address)" }
+            return "I refuse to talk to myself: the greeting of \(where_) claims this node's ID "
+                + "\(nodeID.debugDescription) before authenticating; a seed is taken for this node only when its "
+                + "address is one we listen on (\(listenAddresses.joined(separator: ", "))), never on a peer's word "
+                + "(another node with our ID, a loop through an address we do not bind, or a peer echoing our greeting)"
+        }
         if case .dialed(let address) = connection.origin, let i = seeds.firstIndex(where: { $0.address == address }) {
             seeds[i].nodeID = greeting.nodeID
-            if greeting.nodeID == nodeID {
-                seeds[i].isSelf = true
-                logger.info("seed is this node itself", metadata: ["seed": "\(address)"])
-                becomeGlobal()
-            }
-        }
-        if greeting.nodeID == nodeID {
-            return "I refuse to talk to myself"
         }
         if let existing = peers[greeting.nodeID]?.connection, existing.isEstablished {
             return "already connected to \(greeting.nodeID)"

@@ -4,9 +4,13 @@ import NIOCore
 /// Seeds, master selection and address lookup for a non-global node (aemp-protocol §9, §10.1-§10.2).
 extension Kernel {
 
-    /// Dials every seed that is neither connected, nor being dialed, nor this node.
-    func connectSeeds() {
-        let own = Set(listenAddresses + configuration.binds)
+    /// Marks the seeds that are this node (`ownSeeds`, found from our listen addresses by
+    /// `OwnAddresses`, and any seed spelled as one of our binds or listen addresses), becoming
+    /// global if there is one; then dials every other seed. A seed's greeting never makes it this
+    /// node: that is unauthenticated (`connection(_:checkGreeting:)`).
+    func connectSeeds(ownSeeds: Set<String> = []) {
+        guard !isShutDown else { return }
+        let own = Set(listenAddresses + configuration.binds).union(ownSeeds)
         for i in seeds.indices where own.contains(seeds[i].address) {
             seeds[i].isSelf = true
             seeds[i].nodeID = nodeID

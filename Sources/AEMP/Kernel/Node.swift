@@ -76,20 +76,28 @@ public final class Node: Sendable {
         self.kernel = NIOLoopBoundBox.makeBoxSendingValue(k, as: Kernel.self, eventLoop: loop)
     }
 
-    /// Binds the listeners, then starts connecting to the seeds (aemp-protocol §10.1).
+    /// Binds the listeners, then starts connecting to the seeds (aemp-protocol §10.1). Seeds that
+    /// are this node are found from the listeners' addresses first (`OwnAddresses`; host names are
+    /// resolved off the node's loop) and never dialed.
     public func start() async throws {
         let binds = configuration.binds
-        try await eventLoop.flatSubmit { [kernel] () -> EventLoopFuture<Void> in
+        let listening = try await eventLoop.flatSubmit { [kernel] () -> EventLoopFuture<[SocketAddress]> in
             let k = kernel.value
             guard !k.isShutDown else { return k.loop.makeFailedFuture(NodeError.shutDown) }
             var future = k.loop.makeSucceededVoidFuture()
             for address in binds {
                 future = future.flatMap { kernel.value.bind(address) }
             }
-            return future.map {
-                kernel.value.connectSeeds()
-            }
+            return future.map { kernel.value.listeners.compactMap(\.localAddress) }
         }.get()
+        let seeds = configuration.seeds
+        let ours: Set<String>
+        if seeds.isEmpty || listening.isEmpty {
+            ours = []
+        } else {
+            ours = (try? await NIOThreadPool.singleton.runIfActive { OwnAddresses.seeds(seeds, thatAreUs: listening) }) ?? []
+        }
+        await withKernel { $0.connectSeeds(ownSeeds: ours) }
     }
 
     /// Closes every listener and connection and stops all timers.

@@ -636,9 +636,12 @@ final class Connection: ChannelInboundHandler {
             logger.warning("cutting off a peer that broke the protocol", metadata: ["reason": "\(reason)"])
         } else if wasEstablished {
             logger.info("connection closed", metadata: ["reason": "\(reason)"])
-        } else if reason.hasPrefix("already connected") || reason.hasPrefix("I refuse to talk to myself") {
-            // Routine: crossing dials and a seed list naming ourselves (aemp-protocol §4.1, §9).
+        } else if reason.hasPrefix("already connected") {
+            // Routine: crossing dials (aemp-protocol §4.1, §9).
             logger.info("handshake refused", metadata: ["reason": "\(reason)"])
+        } else if reason.hasPrefix("I refuse to talk to myself") {
+            // Not routine any more: a seed that is this node is never dialed (`OwnAddresses`).
+            logger.warning("handshake refused", metadata: ["reason": "\(reason)"])
         } else if needsOperator {
             logger.warning("handshake failed", metadata: ["reason": "\(reason)"])
         } else {

@@ -335,6 +335,14 @@ public struct GatewaySettings: Sendable {
         text("log-format", "Log lines as text, logfmt or json.") { v, c, p in
             if let f = LogFormat(rawValue: v) { c.logFormat = f } else { p.append("unknown log format \(v.debugDescription) (text, logfmt, json)") }
         },
+        integer(
+            "log-burst",
+            "Log lines of one kind (same message, level and origin) written per --log-interval; the rest are counted and summarised in one line when the interval ends (0 = no limit; default 20).",
+            0...1_000_000
+        ) { $1.logBurst = $0 },
+        number("log-interval", "Seconds of the log rate-limiting window of --log-burst (default 10).", 0.1...86_400) {
+            $1.logInterval = $0
+        },
         text("metrics-public", "Serve /metrics without a token even when tokens are configured (true/false).") { v, c, p in
             switch v.lowercased() {
             case "true", "1", "yes": c.metricsPublic = true

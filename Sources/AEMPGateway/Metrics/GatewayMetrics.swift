@@ -27,6 +27,9 @@ final class GatewayMetrics: Sendable {
     let messagesDelivered: Counter
     let requestBytes: Counter
     let responseBytes: Counter
+    let logLinesSuppressed: Counter
+    /// What of the log rate limiter's count was exported so far.
+    private let logLinesSuppressedExported = Locked(0)
 
     // Gauges, set when scraped (`Gateway.collectMetrics`).
     let connections: Gauge
@@ -96,6 +99,10 @@ final class GatewayMetrics: Sendable {
             descriptor: name("http_request_body", "bytes_total", "Bytes of HTTP request bodies read."))
         responseBytes = registry.makeCounter(
             descriptor: name("http_response_body", "bytes_total", "Bytes of HTTP response bodies written (event streams included)."))
+        logLinesSuppressed = registry.makeCounter(
+            descriptor: name(
+                "log_lines_suppressed", "total",
+                "Log lines left out by rate limiting (--log-burst per --log-interval for each kind of line); each interval's summary line says how many."))
         connections = registry.makeGauge(descriptor: name("http_connections", "", "HTTP connections open."))
         eventStreams = registry.makeGauge(descriptor: name("sse_streams", "", "Server-Sent-Events streams open (mailboxes, feeds, node events)."))
         parkedLongPolls = registry.makeGauge(
@@ -127,6 +134,16 @@ final class GatewayMetrics: Sendable {
                 if delta > 0 { valueEvents[kind.rawValue].increment(by: Int64(delta)) }
                 exported[kind.rawValue] = now
             }
+        }
+    }
+
+    /// Brings the suppressed-lines counter up to the log rate limiter's count (when scraped).
+    func collectSuppressedLines(_ limiter: LogRateLimiter?) {
+        guard let limiter else { return }
+        logLinesSuppressedExported.withLock { exported in
+            let now = limiter.suppressedLines
+            if now > exported { logLinesSuppressed.increment(by: Int64(now - exported)) }
+            exported = now
         }
     }
 

@@ -65,6 +65,7 @@ extension Gateway {
         metrics.masterAttached.set(master == nil ? Int64(0) : 1)
         metrics.callsInFlight.set(Int64(pendingCalls.load(ordering: .relaxed)))
         metrics.collectValueEvents()
+        metrics.collectSuppressedLines(configuration.logRateLimiter)
     }
 }
 
