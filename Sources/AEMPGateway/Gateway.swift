@@ -183,6 +183,11 @@ public final class Gateway: HTTPHandler, Sendable {
         return problem.response(requestID: request.requestID)
     }
 
+    public func clientClosed(_ request: HTTPRequest) -> HTTPResponse {
+        Problem(499, "client_closed", "Client closed the connection", "The client hung up before the answer").response(
+            requestID: request.requestID)
+    }
+
     public func unsupportedTransferCoding(_ request: HTTPRequest, _ codings: String) -> HTTPResponse {
         let problem = Problem.unsupportedTransferCoding(codings)
         log(request, problem)

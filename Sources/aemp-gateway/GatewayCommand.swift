@@ -79,6 +79,8 @@ struct GatewayCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("max-mailboxes"), help: ArgumentHelp(GatewaySettings.help("max-mailboxes")))
     var maxMailboxes: [String] = []
+    @Option(name: .customLong("max-pending-calls"), help: ArgumentHelp(GatewaySettings.help("max-pending-calls")))
+    var maxPendingCalls: [String] = []
 
     @Option(name: .customLong("remembered-mailboxes"), help: ArgumentHelp(GatewaySettings.help("remembered-mailboxes")))
     var rememberedMailboxes: [String] = []
@@ -174,6 +176,7 @@ struct GatewayCommand: AsyncParsableCommand {
             "stream-backlog": streamBacklog,
             "peer-backlog": peerBacklog,
             "max-mailboxes": maxMailboxes,
+            "max-pending-calls": maxPendingCalls,
             "max-subscribers-per-family": maxSubscribersPerFamily,
             "remembered-mailboxes": rememberedMailboxes,
             "mailbox-queue": mailboxQueue,

@@ -286,6 +286,9 @@ public struct GatewaySettings: Sendable {
             65_536...(128 << 20)
         ) { $1.peerBacklog = $0 },
         integer("max-mailboxes", "Mailboxes the gateway holds at most.", 0...10_000_000) { $1.maxMailboxes = $0 },
+        integer("max-pending-calls", "Calls (POST /v1/call) waiting for their reply at once; beyond, 503 over_capacity.", 1...10_000_000) {
+            $1.maxPendingCalls = $0
+        },
         integer("max-subscribers-per-family", "SSE and long-poll clients per family.", 1...1_000_000) {
             $1.maxSubscribersPerFamily = $0
         },

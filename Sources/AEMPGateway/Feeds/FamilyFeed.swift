@@ -239,6 +239,15 @@ final class FamilyFeed: Sendable {
         }
     }
 
+    /// The long-poll's client hung up: its waiter goes, unanswered.
+    func forget(_ token: UInt64) {
+        state.withLock { s in
+            guard let waiter = s.waiters.removeValue(forKey: token) else { return }
+            waiter.timer?.cancel()
+            if s.streams.isEmpty && s.waiters.isEmpty { s.idleSince = .now() }
+        }
+    }
+
     /// The long-poll's time is up: it gets an empty change list.
     func expire(_ token: UInt64) {
         state.withLock { s in

@@ -109,6 +109,16 @@ public final class EventStream: Sendable {
         }
     }
 
+    /// The client hung up while the stream was idle: it ends (libmicrohttpd, resumed, finds the
+    /// end and closes the connection; `closed` then lets the owner go).
+    func hangUp() {
+        state.withLock { s in
+            s.finished = true
+            s.closed = true
+            Self.wake(&s)
+        }
+    }
+
     /// Whether the stream still accepts events.
     public var isOpen: Bool { state.withLock { !$0.finished && !$0.closed } }
 
@@ -182,6 +192,7 @@ public final class EventStream: Sendable {
             // Under the lock `append` and `send` take: whatever they queue after this wakes us.
             s.suspended = true
             MHD_suspend_connection(connection.pointer)
+            connection.watchHangup { [self] in hangUp() }
             return .suspended
         }
     }
@@ -211,6 +222,10 @@ struct ConnectionRef: @unchecked Sendable {
 
     /// Has the polling thread resume the suspended connection (from any thread).
     func resume() { resumer.resume(self) }
+
+    /// On the polling thread, right after suspending: `action` runs if the client hangs up while
+    /// the connection is suspended (it must resume the connection, by answering or ending it).
+    func watchHangup(_ action: @escaping @Sendable () -> Void) { resumer.hangups.watch(pointer, action) }
 }
 
 /// Resumes suspended connections on the polling thread, in bulk: other threads queue them, and
@@ -221,9 +236,12 @@ struct ConnectionRef: @unchecked Sendable {
 final class Resumer: Sendable {
     /// Readable when connections wait to be resumed.
     let fd: Int32
+    /// The suspended connections watched for their clients hanging up (unwatched on resume).
+    let hangups: Hangups
     private let queue = Locked<(connections: [ConnectionRef], signalled: Bool)>(([], false))
 
     init() throws {
+        hangups = try Hangups()
         fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard fd >= 0 else { throw HTTPServerError.listenFailed(address: "eventfd", reason: String(cString: strerror(errno))) }
     }
@@ -259,6 +277,9 @@ final class Resumer: Sendable {
             defer { q.connections.removeAll(keepingCapacity: q.connections.count <= 1024) }
             return q.connections
         }
-        for c in connections { MHD_resume_connection(c.pointer) }
+        for c in connections {
+            hangups.unwatch(c.pointer)
+            MHD_resume_connection(c.pointer)
+        }
     }
 }

@@ -21,6 +21,8 @@ public protocol HTTPHandler: Sendable {
     func tooManyConnections(_ request: HTTPRequest, limit: Int) -> HTTPResponse
     /// The answer to a request whose body boundary is ambiguous (then the connection is closed).
     func ambiguousFraming(_ request: HTTPRequest, _ why: String) -> HTTPResponse
+    /// The answer recorded for a request whose client hung up before it (never sent).
+    func clientClosed(_ request: HTTPRequest) -> HTTPResponse
     /// The answer to a request whose body comes in transfer codings besides chunked (`codings`;
     /// then the connection is closed, RFC 9112 6.1).
     func unsupportedTransferCoding(_ request: HTTPRequest, _ codings: String) -> HTTPResponse
@@ -104,6 +106,11 @@ public final class Exchange: Sendable {
         var suspended = false
         var queued = false
         var completed = false
+        /// What the owner of the pending answer releases if the client hangs up first.
+        var onHangup: [@Sendable () -> Void] = []
+        /// The client hung up first: the 499 is recorded at once (libmicrohttpd, resumed, may
+        /// close the connection without queueing it).
+        var hungUp = false
     }
 
     let connection: ConnectionRef
@@ -139,6 +146,32 @@ public final class Exchange: Sendable {
     /// Whether an answer was given.
     public var isAnswered: Bool { state.withLock { $0.response != nil } }
 
+    /// Runs `action` if the client hangs up before the answer (a parked long-poll's waiter, a
+    /// call's reply port): the owner releases what the request held. At once if it already did.
+    public func onHangup(_ action: @escaping @Sendable () -> Void) {
+        state.withLock { $0.onHangup.append(action) }
+    }
+
+    /// The client hung up while the answer was pending (polling thread): the owners release what
+    /// the request held, and the answer `499 client_closed` (recorded, never read) resumes the
+    /// connection so that libmicrohttpd closes it.
+    func hungUp() {
+        let actions = state.withLock { s -> [@Sendable () -> Void]? in
+            defer { s.onHangup = [] }
+            guard s.response == nil else { return nil }
+            s.hungUp = true
+            return s.onHangup
+        }
+        guard let actions else { return }
+        for action in actions { action() }
+        let answer = server.handler.clientClosed(request)
+        respond(answer)
+        server.handler.answered(self, answer)
+    }
+
+    /// Whether the client hung up before the answer (which is then recorded already).
+    var wasHungUp: Bool { state.withLock { $0.hungUp } }
+
     /// On libmicrohttpd's thread: the answer if there is one (once), else suspends the connection.
     func takeOrSuspend() -> HTTPResponse? {
         state.withLock { s in
@@ -150,6 +183,7 @@ public final class Exchange: Sendable {
             if !s.suspended {
                 s.suspended = true
                 MHD_suspend_connection(connection.pointer)
+                connection.watchHangup { [self] in hungUp() }
                 // Waiting for an answer: `stop` answers it if none comes first (`respond` and
                 // `complete` take it out; answers given at once never enter the table).
                 server.pending.withLock { $0[ObjectIdentifier(self)] = self }
@@ -159,6 +193,7 @@ public final class Exchange: Sendable {
     }
 
     func complete() {
+        state.withLock { $0.onHangup = [] }
         let waiting = state.withLock { s -> Bool in
             s.completed = true
             return s.suspended
@@ -204,6 +239,10 @@ public final class HTTPServer: Sendable {
     /// Resumes connections for other threads, on the polling thread.
     let resumer: Resumer
     private let counter = Atomic<UInt64>(0)
+    /// Suspended connections whose client hung up (a parked request answered early, an idle
+    /// stream ended), since the start.
+    private let hangupCount = Atomic<Int>(0)
+    public var hangups: Int { hangupCount.load(ordering: .relaxed) }
     /// Connections open now.
     let openConnections = Atomic<Int>(0)
     /// Connections that arrived beyond the limit: each of their requests is answered 503 (decided
@@ -322,11 +361,16 @@ public final class HTTPServer: Sendable {
         var fds = [
             pollfd(fd: aemp_mhd_epoll_fd(d.pointer), events: Int16(POLLIN), revents: 0),
             pollfd(fd: resumer.fd, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: resumer.hangups.fd, events: Int16(POLLIN), revents: 0),
         ]
         while !stopping.load(ordering: .acquiring) {
             var timeout: UInt64 = 0
             let wait = MHD_get_timeout(d.pointer, &timeout) == .YES ? Int32(min(timeout, 1000)) : 1000
-            if Glibc.poll(&fds, 2, wait) > 0, fds[1].revents != 0 { resumer.drain() }
+            if Glibc.poll(&fds, 3, wait) > 0 {
+                // Hang-ups first: their answers queue resumptions, which the drain below takes.
+                if fds[2].revents != 0 { hangupCount.wrappingAdd(resumer.hangups.drain(), ordering: .relaxed) }
+                if fds[1].revents != 0 || fds[2].revents != 0 { resumer.drain() }
+            }
             settings.pass {
                 _ = MHD_run(d.pointer)
             }
@@ -595,7 +639,7 @@ private func queue(_ response: HTTPResponse, on connection: ConnectionRef, excha
     let queued = queue(
         response, adding: exchange.commonHeaders + [("X-Request-ID", exchange.request.requestID)], on: connection,
         server: server, head: exchange.request.method == "HEAD")
-    server.handler.answered(exchange, response)
+    if !exchange.wasHungUp { server.handler.answered(exchange, response) }
     return queued
 }
 

@@ -1,3 +1,4 @@
+import Synchronization
 import AEMP
 import Prometheus
 
@@ -20,6 +21,9 @@ final class GatewayMetrics: Sendable {
     let droppedMessages: Counter
     let droppedHandedMessages: Counter
     let masterChanges: Counter
+    let hangups: Counter
+    /// What `hangups` was last advanced to (the servers count; a scrape adds the difference).
+    let hangupsReported = Atomic<Int>(0)
     let messagesSent: Counter
     let sendsRefusedBacklog: Counter
     let refusedTooDeep: Counter
@@ -77,6 +81,10 @@ final class GatewayMetrics: Sendable {
             descriptor: name(
                 "mailbox_dropped_handed_messages", "total",
                 "Messages a full mailbox gave up after handing them to a client that never acknowledged them."))
+        hangups = registry.makeCounter(
+            descriptor: name(
+                "http_hangups", "total",
+                "Clients that hung up while their request was parked or their stream idle (answered 499, or the stream ended, at once)."))
         masterChanges = registry.makeCounter(
             descriptor: name("master_changes", "total", "Times the gateway's node changed its master (attach and loss included)."))
         messagesSent = registry.makeCounter(

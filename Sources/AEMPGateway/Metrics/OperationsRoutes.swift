@@ -43,6 +43,9 @@ extension Gateway {
     func collectGauges() {
         let servers = allServers
         metrics.connections.set(Int64(servers.reduce(0) { $0 + $1.connectionCount }))
+        let hangups = servers.reduce(0) { $0 + $1.hangups }
+        let reported = metrics.hangupsReported.exchange(hangups, ordering: .relaxed)
+        if hangups > reported { metrics.hangups.increment(by: Int64(hangups - reported)) }
         metrics.eventStreams.set(Int64(servers.reduce(0) { $0 + $1.streams.withLock { $0.count } }))
         var parked = 0
         var queued = 0

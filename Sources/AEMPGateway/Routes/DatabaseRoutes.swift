@@ -133,6 +133,11 @@ extension Gateway {
             feed.unsubscribe(token)
             fail(exchange, .meshUnavailable("no snapshot of \(family.debugDescription) from the master within \(configuration.queryTimeout) s"))
         }
+        exchange.onHangup {
+            syncTimer.cancel()
+            feed.unsubscribe(token)
+            feed.forget(token)
+        }
         feed.whenSynced(token) { [self] in
             syncTimer.cancel()
             let response = feed.poll(token, exchange: exchange, indexID: index, park: parks) {

@@ -130,6 +130,8 @@ extension Gateway {
         let timer = self.after(Double(wait)) {
             if let waiter = mailbox.unpark(token) { waiter.exchange.respond(empty()) }
         }
+        // A client that hangs up while parked leaves nothing behind (its slot, its waiter, its timer).
+        exchange.onHangup { mailbox.unpark(token)?.timer?.cancel() }
         if mailbox.park(token, exchange: exchange, after: after, max: max, timer: timer) { return nil }
         timer.cancel()
         if let (events, last) = mailbox.poll(after: after, max: max) {

@@ -157,6 +157,8 @@ extension Gateway {
             log(request, p)
             finish(p.response(requestID: request.requestID))
         }
+        // A client that hangs up before the reply frees its call slot, reply port and monitor.
+        exchange.onHangup { [self] in finish(clientClosed(request)) }
         if call.start(reply: reply, monitor: monitor, timer: timer) {
             // Ended before it started (the monitor fired at once): release what start handed over.
             timer.cancel()

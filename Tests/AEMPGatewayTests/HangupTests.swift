@@ -1,0 +1,90 @@
+import AEMP
+import Foundation
+import Testing
+
+/// Issue 15, item 5: clients that send a long-poll, a call or open a stream and hang up at once
+/// hold no slot, descriptor or call once they are gone. A real gateway process; raw TCP clients.
+@Suite("gateway: hang-ups of waiting clients", .serialized, .timeLimit(.minutes(3)))
+struct HangupTests {
+
+    static func scrape(_ http: HTTPTestClient) async throws -> MetricsSample {
+        try await MetricsSample.scrape(http)
+    }
+
+    /// Opens `count` raw connections, each sending `request`; returns them once `parked` says the
+    /// gateway holds them all waiting.
+    static func open(
+        _ count: Int, _ request: String, gateway: GatewayProcess, http: HTTPTestClient, waiting: String
+    ) async throws -> [RawConnection] {
+        let before = try await scrape(http)[waiting]
+        var open: [RawConnection] = []
+        for _ in 0..<count {
+            let c = try await RawConnection(port: gateway.port)
+            await c.send(Array(request.utf8))
+            open.append(c)
+        }
+        try await eventually("\(count) requests waiting (\(waiting))") {
+            try await scrape(http)[waiting] - before >= Double(count)
+        }
+        return open
+    }
+
+    @Test("long-polls, calls and event streams whose clients hang up free their connections, waiters and call slots at once, not when their wait ends")
+    func waitingClientsHangUp() async throws {
+        try await HostileInputTests.withGateway([
+            "--max-connections", "120", "--max-pending-calls", "60", "--heartbeat-interval", "600", "--max-wait", "120",
+        ]) { gateway, http in
+            let box = try await gateway.createMailbox(http)
+            let hangupsBefore = try await Self.scrape(http)["aemp_gateway_http_hangups_total"]
+
+            // Three rounds of 100 long-polls of 120 s that hang up: each round needs the slots of
+            // the one before (120 connections at most).
+            for round in 1...3 {
+                let polls = try await Self.open(
+                    100, "GET /v1/ports/\(box.name)/messages?wait=120 HTTP/1.1\r\nHost: x\r\n\r\n", gateway: gateway, http: http,
+                    waiting: "aemp_gateway_long_polls_parked")
+                for c in polls { c.close() }
+                try await eventually(within: 5, "round \(round): the hung-up long-polls are gone") {
+                    let m = try await Self.scrape(http)
+                    return m["aemp_gateway_long_polls_parked"] == 0 && m["aemp_gateway_http_connections"] == 1
+                }
+            }
+
+            // Calls to a port that never answers (the mailbox's), 120 s: 50 of 60 slots, twice.
+            let call = "{\"port\":\"\(box.port)\",\"message\":[\"q\"],\"timeout\":120}"
+            let request = "POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(call.utf8.count)\r\n\r\n\(call)"
+            for round in 1...2 {
+                let calls = try await Self.open(50, request, gateway: gateway, http: http, waiting: "aemp_gateway_calls_in_flight")
+                for c in calls { c.close() }
+                try await eventually(within: 5, "round \(round): the hung-up calls are gone") {
+                    let m = try await Self.scrape(http)
+                    return m["aemp_gateway_calls_in_flight"] == 0 && m["aemp_gateway_http_connections"] == 1
+                }
+            }
+            // Their reply ports went with them: a late reply finds no port (nothing is delivered
+            // into the mailbox either way), and a real call still gets its answer.
+            let timed = try await http.request("POST", "/v1/call", json: ["port": .string(box.port), "message": ["q"], "timeout": 0.2])
+            #expect(timed.status == 504, "\(timed)")
+
+            // Event streams (mailbox and feed) whose clients hang up while idle: ended at once,
+            // although the next heartbeat is 10 minutes away.
+            var streams: [RawConnection] = []
+            for path in ["/v1/ports/\(box.name)/messages", "/v1/db/hangup/watch"] {
+                for _ in 0..<40 {
+                    let c = try await RawConnection(port: gateway.port)
+                    await c.send(Array("GET \(path) HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".utf8))
+                    streams.append(c)
+                }
+            }
+            try await eventually("80 streams open") { try await Self.scrape(http)["aemp_gateway_sse_streams"] == 80 }
+            for c in streams { c.close() }
+            try await eventually(within: 5, "the hung-up streams are gone") {
+                let m = try await Self.scrape(http)
+                return m["aemp_gateway_sse_streams"] == 0 && m["aemp_gateway_http_connections"] == 1
+            }
+            let m = try await Self.scrape(http)
+            #expect(m["aemp_gateway_http_hangups_total"] - hangupsBefore == 300 + 100 + 80, "\(m)")
+            #expect(m[#"aemp_gateway_http_requests_total{route="/v1/ports/{name}/messages",status="499"}"#] == 300, "\(m)")
+        }
+    }
+}
