@@ -26,6 +26,10 @@ public final class Gateway: HTTPHandler, Sendable {
     let feeds = Locked<FeedRegistry>(FeedRegistry())
     let nodeStreams = Locked<[UInt64: EventStream]>([:])
     let masterState = Locked<String?>(nil)
+    /// Which nodes a message can reach now: those connected to the gateway's node, and those the
+    /// network's directory (`'l`) has an address for (followed from start; `synced` after its
+    /// first snapshot). Read by every send, written on the node's loop.
+    let reachability = Locked<Reachability>(Reachability())
     /// Keys this gateway set (family → subkeys): only those can be deleted through it.
     let ownedKeys = Locked<[String: Set<String>]>([:])
     let pendingCalls = Atomic<Int>(0)
@@ -86,7 +90,17 @@ public final class Gateway: HTTPHandler, Sendable {
                 logger.notice("master changed", metadata: ["master": "\(master ?? "none")"])
             }
         }
+        node.dbMon("'l") { [self] change in
+            let listed = Set(change.values.lazy.filter { !($0.value.arrayValue ?? []).isEmpty }.map(\.key))
+            reachability.withLock { r in
+                r.listed = listed
+                r.synced = true
+            }
+        }
         node.monNodes { [self] id, up in
+            reachability.withLock { r in
+                if up { r.connected.insert(id) } else { r.connected.remove(id) }
+            }
             let event = ServerSentEvent.encode(
                 id: nil, event: up ? "up" : "down", data: ["node": .string(id), "up": .bool(up)])
             for (token, stream) in nodeStreams.withLock({ $0 }) where !stream.send(event, orEndWith: FamilyFeed.overflowEvent) {
@@ -334,5 +348,20 @@ public final class Gateway: HTTPHandler, Sendable {
     /// Runs `body` on the timer loop after `seconds` (within 10 ms), unless cancelled.
     func after(_ seconds: Double, _ body: @escaping @Sendable () -> Void) -> Timeouts.Handle {
         timeouts.after(seconds, body)
+    }
+}
+
+/// What the gateway knows about reaching other nodes (see `Gateway.reachability`).
+struct Reachability: Sendable {
+    var connected: Set<String> = []
+    /// Nodes with at least one address in `'l`.
+    var listed: Set<String> = []
+    var synced = false
+
+    /// Whether a message to `node` is known to be undeliverable: not connected, and the synced
+    /// directory has no address to dial (it left, it is private and not connected here, or it
+    /// never was). Before the directory is synced nothing is known.
+    func knownUnreachable(_ node: String) -> Bool {
+        synced && !connected.contains(node) && !listed.contains(node)
     }
 }

@@ -68,6 +68,14 @@ final class Bench: @unchecked Sendable {
             ["sink", "--seeds", "127.0.0.1:\(seedPort)", "--secret", secret, "--report", "0.1"])
         children.append(sink)
         sinkPort = String(try await sink.line("sink ", timeout: 20).dropFirst(5))
+        // Sends to a node the gateway neither sees connected nor finds in 'l answer 502: wait
+        // until its end of the sink's handshake is done.
+        let sinkNode = String(sinkPort.prefix { $0 != "#" })
+        let deadline = monotonicNanoseconds() + 20_000_000_000
+        while !((try? httpExchange(port: httpPort, method: "GET", path: "/v1/node"))?.1.contains("\"\(sinkNode)\"") ?? false) {
+            guard monotonicNanoseconds() < deadline else { throw BenchError("the gateway never saw the sink \(sinkNode) connected") }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
 
         node = try await Self.joinedNode(id: "bench/%u", seed: "127.0.0.1:\(seedPort)", secret: secret)
     }

@@ -236,6 +236,56 @@ struct LossTests {
         }
     }
 
+    // MARK: - Item 4: no 202 for a node the gateway knows it cannot reach
+
+    @Test("sends and calls to a node that is neither connected nor in the directory answer 502 node_unreachable (counted), not 202")
+    func unreachableNodes() async throws {
+        try await GatewayNetwork.with { net in
+            let refusals = "aemp_gateway_sends_refused_unreachable_total"
+            let before = try await MetricsSample.scrape(net.http, headers: net.authHeaders)[refusals]
+            // A node ID nobody has.
+            let nowhere = try await net.post("/v1/send", json: ["port": "no-such-node#p", "message": [1]])
+            expectProblem(nowhere, 502, "node_unreachable")
+            #expect(nowhere.json?.objectValue?["node"] == "no-such-node", "\(nowhere)")
+            let call = try await net.post("/v1/call", json: ["port": "no-such-node#p", "message": [1], "timeout": 5])
+            expectProblem(call, 502, "node_unreachable")
+
+            // A private node joined through the seed: connected there, not here, no address.
+            let hidden = try makeNode(id: "gw-private-%u", seeds: [net.seed.address])
+            net.cleanup.add { await hidden.shutdown() }
+            try await hidden.start()
+            #expect(await hidden.waitForMaster(timeout: .seconds(15)) == net.seed.id)
+            let toPrivate = try await net.post("/v1/send", json: ["port": .string("\(hidden.id)#p"), "message": [1]])
+            expectProblem(toPrivate, 502, "node_unreachable")
+
+            // A batch with one such message is refused whole, naming it; nothing of it is sent.
+            let (port, inbox) = net.node.mailbox()
+            var received = inbox.makeAsyncIterator()
+            let batch = try await net.post(
+                "/v1/send", json: [["port": .string(port.description), "message": ["first"]], ["port": "no-such-node#p", "message": [2]]])
+            expectProblem(batch, 502, "node_unreachable")
+            #expect(batch.json?.objectValue?["index"] == 1, "\(batch)")
+            // The public node is reachable: 202, and it arrives (after nothing of the refused batch).
+            let ok = try await net.post("/v1/send", json: ["port": .string(port.description), "message": ["second"]])
+            #expect(ok.status == 202, "\(ok)")
+            #expect(try await next(&received, "the accepted message") == ["second"])
+
+            let after = try await MetricsSample.scrape(net.http, headers: net.authHeaders)[refusals]
+            #expect(after - before == 4, "refusals counted")
+
+            // A node that leaves: once it is gone from the directory, sends to it are refused.
+            let leaving = try await net.startNode(id: "gw-leaving-%u")
+            try await net.gateway.waitForConnection(to: leaving.id)
+            let before202 = try await net.post("/v1/send", json: ["port": .string("\(leaving.id)#p"), "message": [1]])
+            #expect(before202.status == 202, "\(before202)")
+            let gone = leaving.id
+            await leaving.shutdown()
+            try await eventually("sends to the node that left are refused") {
+                (try await net.post("/v1/send", json: ["port": .string("\(gone)#p"), "message": [1]])).status == 502
+            }
+        }
+    }
+
     /// Waits until no family feed is active and at least one is remembered.
     static func waitUntilDormant(_ net: GatewayNetwork) async throws {
         try await eventually("the idle feed gave up its db_mon and was remembered") {

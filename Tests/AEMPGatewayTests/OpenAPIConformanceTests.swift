@@ -382,6 +382,9 @@ struct OpenAPIConformanceTests {
             try await joined.start()
             // Attached first: a node the network has no address for yet fails at once (as in Perl).
             #expect(await joined.waitForMaster(timeout: .seconds(10)) != nil)
+            // And connected on the gateway's side too (its end of the handshake may finish after
+            // the node learnt its master): sends to a node neither connected nor listed are refused.
+            try await eventually("the gateway sees the node") { await a.gateway.node.upNodes().contains(joined.id) }
             let echo = joined.port { message in
                 guard let reply = message.last?.stringValue else { return }
                 joined.snd(reply, ["pong"] + Array(message.dropLast()))
@@ -416,6 +419,9 @@ struct OpenAPIConformanceTests {
                 try await a.exchange("POST", "/v1/send", json: ["port": .string(port), "message": ["eval", "1"]], expect: 403, "node_port_forbidden")
                 try await a.exchange("POST", "/v1/call", json: ["port": .string(port), "message": ["time"]], expect: 403, "node_port_forbidden")
             }
+
+            // send to a node neither connected nor in the directory: refused, nothing sent.
+            try await a.exchange("POST", "/v1/send", json: ["port": "conf-no-such-node#p", "message": [1]], expect: 502, "node_unreachable")
 
             // call: the reply; a port that dies; a node that cannot be reached; no reply in time.
             let reply = try await a.exchange("POST", "/v1/call", json: ["port": .string(echo.description), "message": ["ping", 7], "timeout": 5], expect: 200)

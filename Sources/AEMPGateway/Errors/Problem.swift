@@ -125,6 +125,14 @@ extension Problem {
         p.headers["Retry-After"] = "1"
         return p
     }
+    /// A destination node the gateway knows it cannot reach (`Reachability.knownUnreachable`).
+    static func nodeUnreachable(_ nodeID: String) -> Problem {
+        Problem(
+            502, "node_unreachable", "Target node unreachable",
+            "node \(nodeID) is not connected to this gateway and the network's directory ('l) has no address for it: "
+                + "it is down, it never joined, or it is a private node connected elsewhere; nothing of this request was sent",
+            extra: ["node": .string(nodeID), "reason": ["transport_error", .string(nodeID), "no known address"]])
+    }
     static func timeout(_ detail: String) -> Problem {
         Problem(504, "timeout", "Timed out", detail)
     }

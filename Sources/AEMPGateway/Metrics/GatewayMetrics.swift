@@ -26,6 +26,7 @@ final class GatewayMetrics: Sendable {
     let hangupsReported = Atomic<Int>(0)
     let messagesSent: Counter
     let sendsRefusedBacklog: Counter
+    let sendsRefusedUnreachable: Counter
     let refusedTooDeep: Counter
     let refusedTooLarge: Counter
     let messagesDelivered: Counter
@@ -89,6 +90,10 @@ final class GatewayMetrics: Sendable {
             descriptor: name("master_changes", "total", "Times the gateway's node changed its master (attach and loss included)."))
         messagesSent = registry.makeCounter(
             descriptor: name("messages_sent", "total", "Messages sent into the network through /v1/send and /v1/call."))
+        sendsRefusedUnreachable = registry.makeCounter(
+            descriptor: name(
+                "sends_refused_unreachable", "total",
+                "Sends and calls refused with 502 node_unreachable: a destination node neither connected nor in the directory."))
         sendsRefusedBacklog = registry.makeCounter(
             descriptor: name(
                 "sends_refused_backlogged", "total",

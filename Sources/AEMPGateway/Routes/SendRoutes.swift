@@ -61,6 +61,7 @@ extension Gateway {
             }
         }
         if master == nil, sends.contains(where: { $0.0.node != node.id }) { throw .meshUnavailable() }
+        try refuseIfUnreachable(sends.lazy.map(\.port.node), batch: batch, counting: countingRefusals)
         try refuseIfBacklogged(sends.lazy.map(\.port.node), counting: countingRefusals)
         node.snd(batch: sends)
         metrics.messagesSent.increment(by: Int64(sends.count))
@@ -97,6 +98,26 @@ extension Gateway {
         }
     }
 
+    /// A message to a node the gateway knows it cannot reach would be dropped after the `202`:
+    /// the whole request is refused instead (502 node_unreachable, naming the node and, in a
+    /// batch, the first message to it), before anything of it is sent.
+    func refuseIfUnreachable<S: Sequence<String>>(_ nodes: S, batch: Bool = false, counting: Bool = true) throws(Problem) {
+        let me = node.id
+        let found: (Int, String)? = reachability.withLock { r in
+            guard r.synced else { return nil }
+            var last: String?
+            for (i, id) in nodes.enumerated() where id != me && id != last {
+                last = id
+                if r.knownUnreachable(id) { return (i, id) }
+            }
+            return nil
+        }
+        guard let (index, id) = found else { return }
+        if counting { metrics.sendsRefusedUnreachable.increment() }
+        let problem = Problem.nodeUnreachable(id)
+        throw batch ? problem.at(index: index) : problem
+    }
+
     /// Messages to other nodes need the network: without a master they would be lost.
     func requireMesh(for ports: [PortID]) throws(Problem) {
         guard master == nil, ports.contains(where: { $0.node != node.id }) else { return }
@@ -122,6 +143,7 @@ extension Gateway {
             timeout = seconds
         }
         try requireMesh(for: [target])
+        try refuseIfUnreachable(CollectionOfOne(target.node))
         try refuseIfBacklogged(CollectionOfOne(target.node))
         let seconds = timeout
         guard pendingCalls.wrappingAdd(1, ordering: .relaxed).newValue <= configuration.maxPendingCalls else {
