@@ -36,6 +36,9 @@ public final class Gateway: HTTPHandler, Sendable {
     let tokens = Atomic<UInt64>(0)
     let server = Locked<HTTPServer?>(nil)
     let extraServers = Locked<[HTTPServer]>([])
+    /// The admin listener (`--admin-http`), apart from `allServers`: its connections count
+    /// against no client limit and in no client gauge.
+    let adminServer = Locked<HTTPServer?>(nil)
     let isStopping = Atomic<Bool>(false)
     /// The highest load (connections + mailboxes) since memory was last returned, the load a second
     /// ago, and for how many seconds it has not grown (`returnFreedMemory`).
@@ -129,6 +132,19 @@ public final class Gateway: HTTPHandler, Sendable {
                 throw error
             }
         }
+        if let address = configuration.adminHTTPAddress {
+            var admin = http
+            admin.address = address
+            admin.maxConnections = configuration.adminMaxConnections
+            do {
+                let a = try HTTPServer(settings: admin, handler: AdminHandler(gateway: self))
+                adminServer.withLock { $0 = a }
+            } catch {
+                s.stop()
+                for extra in extraServers.withLock({ $0 }) { extra.stop() }
+                throw error
+            }
+        }
         scheduleHousekeeping()
         logger.notice(
             "gateway ready",
@@ -145,6 +161,9 @@ public final class Gateway: HTTPHandler, Sendable {
     /// Every HTTP address served (the first is `httpAddress`).
     public var httpAddresses: [String] { allServers.map(\.boundAddress) }
 
+    /// Where the admin listener listens (with its real port), if there is one.
+    public var adminHTTPAddress: String? { adminServer.withLock { $0?.boundAddress } }
+
     /// The libmicrohttpd daemons, one per listen address.
     var allServers: [HTTPServer] { (server.withLock { $0 }.map { [$0] } ?? []) + extraServers.withLock { $0 } }
 
@@ -158,9 +177,11 @@ public final class Gateway: HTTPHandler, Sendable {
         }
         for (_, stream) in nodeStreams.withLock({ $0 }) { stream.finish(with: final) }
         for s in allServers { s.stop(finalEvent: final) }
+        adminServer.withLock { $0 }?.stop(finalEvent: final)
         // The servers hold this gateway as their handler: let go of them, or neither is ever freed.
         server.withLock { $0 = nil }
         extraServers.withLock { $0 = [] }
+        adminServer.withLock { $0 = nil }
         await node.shutdown()
     }
 

@@ -14,6 +14,11 @@ public struct GatewayConfiguration: Sendable {
     /// Further HTTP listen addresses, served with the same settings (one libmicrohttpd daemon
     /// each; the connection limit applies per address).
     public var additionalHTTPAddresses: [String] = []
+    /// A listener of its own for `/healthz`, `/readyz` and `/metrics` (nil: none), with its own
+    /// small connection limit: probes never wait behind clients (`--admin-http`).
+    public var adminHTTPAddress: String?
+    /// Connections the admin listener serves at once.
+    public var adminMaxConnections: Int = 64
 
     /// Bytes a mesh peer's connection may hold unsent (the peer is reading slower than HTTP
     /// clients send to it) before `send` and `call` to its ports answer 503 peer_backlogged;

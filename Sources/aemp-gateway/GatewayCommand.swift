@@ -25,6 +25,8 @@ struct GatewayCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("http"), help: ArgumentHelp(GatewaySettings.help("http")))
     var http: [String] = []
+    @Option(name: .customLong("admin-http"), help: ArgumentHelp(GatewaySettings.help("admin-http")))
+    var adminHTTP: [String] = []
 
     @Option(name: .customLong("seeds"), help: ArgumentHelp(GatewaySettings.help("seeds")))
     var seeds: [String] = []
@@ -158,6 +160,7 @@ struct GatewayCommand: AsyncParsableCommand {
         var settings = GatewaySettings()
         settings.addFlags([
             "http": http,
+            "admin-http": adminHTTP,
             "seeds": seeds,
             "node-id": nodeID,
             "secret": secret,
@@ -255,7 +258,8 @@ struct GatewayCommand: AsyncParsableCommand {
         writeLine(
             "aemp-gateway \(gateway.node.id) serving \(scheme)://\(address)"
                 + (c.isStandalone ? " (standalone seed on \(seedAddress))" : "")
-                + (more.isEmpty ? "" : " (also serving \(more.joined(separator: " ")))"))
+                + (more.isEmpty ? "" : " (also serving \(more.joined(separator: " ")))")
+                + (gateway.adminHTTPAddress.map { " (admin \(scheme)://\($0))" } ?? ""))
         await waitForTermination()
         await gateway.shutdown()
     }

@@ -88,3 +88,41 @@ struct HangupTests {
         }
     }
 }
+
+/// Issue 15, item 6: probes and scrapers on `--admin-http` answer at once while clients hold
+/// every connection of `--http`.
+@Suite("gateway: the admin listener", .serialized, .timeLimit(.minutes(2)))
+struct AdminListenerTests {
+
+    @Test("with --max-connections and 64 more held on --http, /healthz, /readyz and /metrics answer at once on --admin-http; nothing else is served there")
+    func probesNeverWait() async throws {
+        let admin = try freePort()
+        try await HostileInputTests.withGateway(["--max-connections", "40", "--admin-http", "127.0.0.1:\(admin)"]) { gateway, http in
+            // The gateway's limit (the suite's client is one of the 40), the 64 answered 503 and
+            // closed, and 60 more that libmicrohttpd does not accept: all held open.
+            var held: [RawConnection] = []
+            defer { for c in held { c.close() } }
+            for _ in 0..<(39 + 64 + 60) {
+                if let c = try? await RawConnection(port: gateway.port, connectTimeout: 2) { held.append(c) }
+            }
+            // A probe on --http now waits (or is refused); on --admin-http it is answered at once.
+            let probe = try await HTTPTestClient(port: admin)
+            defer { Task { await probe.close() } }
+            for path in ["/healthz", "/readyz", "/metrics"] {
+                let started = ContinuousClock.now
+                let r = try await probe.request("GET", path, timeout: 5)
+                #expect(r.status == 200, "\(path): \(r)")
+                #expect(ContinuousClock.now - started < promptly(.seconds(1)), "\(path) took \(ContinuousClock.now - started)")
+            }
+            // The admin listener's connection is in no client gauge: --http's 40 and the 64 it
+            // accepted to answer 503 are (they sent no request, so they wait for their timeout).
+            try await eventually("--http's 104 connections counted, the admin one not") {
+                try await probe.request("GET", "/metrics").text.contains("aemp_gateway_http_connections 104.0")
+            }
+            expectProblem(try await probe.request("GET", "/v1/node"), 404, "route_not_found")
+            expectProblem(try await probe.request("POST", "/v1/ports"), 404, "route_not_found")
+            for c in held { c.close() }
+            held = []
+        }
+    }
+}

@@ -197,6 +197,13 @@ public struct GatewaySettings: Sendable {
             if let first = v.first { c.http.address = first }
             c.additionalHTTPAddresses = Array(v.dropFirst())
         },
+        text(
+            "admin-http",
+            "Listen address host:port for /healthz, /readyz and /metrics alone, with its own connection limit (64): probes never wait behind clients."
+        ) { v, c, p in
+            guard isAddress(v) else { return p.append("\(v.debugDescription) is not host:port") }
+            c.adminHTTPAddress = v
+        },
         list("seeds", "Seed addresses host:port (none = standalone: the gateway is its own seed).") { v, c, p in
             for a in v where !isAddress(a) { p.append("seed \(a.debugDescription) is not host:port") }
             c.node.seeds = v
