@@ -39,6 +39,10 @@ public final class Gateway: HTTPHandler, Sendable {
     /// The admin listener (`--admin-http`), apart from `allServers`: its connections count
     /// against no client limit and in no client gauge.
     let adminServer = Locked<HTTPServer?>(nil)
+    /// The bytes all mailboxes hold together (`--max-mailbox-bytes`).
+    let mailboxBudget: ByteBudget
+    /// The unsent bytes of all event streams together (`--max-stream-bytes`).
+    let streamBudget: ByteBudget
     let isStopping = Atomic<Bool>(false)
     /// The highest load (connections + mailboxes) since memory was last returned, the load a second
     /// ago, and for how many seconds it has not grown (`returnFreedMemory`).
@@ -56,6 +60,8 @@ public final class Gateway: HTTPHandler, Sendable {
             c.node.seeds = [c.standaloneBind]
         }
         self.configuration = c
+        self.mailboxBudget = ByteBudget(limit: c.maxMailboxBytes)
+        self.streamBudget = ByteBudget(limit: c.maxStreamBytes)
         self.tokenDigests = c.tokens.map { (ConstantTime.digest($0.key.utf8), $0.value) }
         self.logger = c.logger
         JSONBody.conversionLog.use(c.logger)

@@ -34,6 +34,9 @@ public struct GatewayConfiguration: Sendable {
     /// of `max_queue`).
     public var mailboxQueue: Int = 1_000
     public var maxMailboxQueue: Int = 100_000
+    /// Bytes all mailboxes may hold together (estimated); at the limit a new message makes its
+    /// mailbox give up its oldest messages, or is given up itself.
+    public var maxMailboxBytes: Int = 256 << 20
     /// Idle time after which a mailbox expires (default, and upper bound of `ttl`), seconds.
     public var mailboxTTL: Int = 300
     public var maxMailboxTTL: Int = 86_400
@@ -60,6 +63,9 @@ public struct GatewayConfiguration: Sendable {
     public var heartbeatInterval: Double = 15
     /// Bytes an SSE client may fall behind before it is cut off with a final event.
     public var streamBacklog: Int = 1 << 20
+    /// Bytes all event streams may hold unsent together: beyond, pulled streams (mailboxes, feeds)
+    /// wait for room, one event each at most, and a pushed stream (nodes) that is behind is cut off.
+    public var maxStreamBytes: Int = 256 << 20
     /// Messages in one batch `send`.
     public var maxBatch: Int = 10_000
     /// Node-port tags HTTP clients may send; none by default. Only `Destination.harmlessNodePortTags`

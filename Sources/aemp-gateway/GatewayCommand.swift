@@ -81,6 +81,10 @@ struct GatewayCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("max-mailboxes"), help: ArgumentHelp(GatewaySettings.help("max-mailboxes")))
     var maxMailboxes: [String] = []
+    @Option(name: .customLong("max-mailbox-bytes"), help: ArgumentHelp(GatewaySettings.help("max-mailbox-bytes")))
+    var maxMailboxBytes: [String] = []
+    @Option(name: .customLong("max-stream-bytes"), help: ArgumentHelp(GatewaySettings.help("max-stream-bytes")))
+    var maxStreamBytes: [String] = []
     @Option(name: .customLong("max-pending-calls"), help: ArgumentHelp(GatewaySettings.help("max-pending-calls")))
     var maxPendingCalls: [String] = []
 
@@ -179,6 +183,8 @@ struct GatewayCommand: AsyncParsableCommand {
             "stream-backlog": streamBacklog,
             "peer-backlog": peerBacklog,
             "max-mailboxes": maxMailboxes,
+            "max-mailbox-bytes": maxMailboxBytes,
+            "max-stream-bytes": maxStreamBytes,
             "max-pending-calls": maxPendingCalls,
             "max-subscribers-per-family": maxSubscribersPerFamily,
             "remembered-mailboxes": rememberedMailboxes,

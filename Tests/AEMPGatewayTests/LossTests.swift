@@ -319,3 +319,73 @@ struct LossTests {
         }
     }
 }
+
+/// Issue 15, item 10: memory bounded by configuration.
+@Suite("gateway: memory limits", .serialized, .timeLimit(.minutes(3)))
+struct MemoryLimitTests {
+
+    @Test("--max-mailbox-bytes: a mailbox filled with 40 MB holds at most the limit; what it gave up is reported in place and counted; RSS stays bounded")
+    func mailboxBytes() async throws {
+        try await GatewayNetwork.with(gatewayArguments: ["--max-mailbox-bytes", "4000000"]) { net in
+            let box = try await net.createMailbox(["max_queue": 100_000])
+            let other = try await net.createMailbox()
+            let rssBefore = try net.gateway.residentMegabytes()
+            let pad = String(repeating: "x", count: 100_000)
+            try await LossTests.send(net, to: box.port, 1...400, pad: 100_000 - 20)
+            let m = try await MetricsSample.scrape(net.http, headers: net.authHeaders)
+            #expect(m["aemp_gateway_mailbox_bytes"] <= 4_000_000, "\(m["aemp_gateway_mailbox_bytes"])")
+            #expect(m["aemp_gateway_mailbox_dropped_for_memory_total"] >= 360, "\(m["aemp_gateway_mailbox_dropped_for_memory_total"])")
+            let rssAfter = try net.gateway.residentMegabytes()
+            #expect(underSanitizer || rssAfter < rssBefore + 30, "RSS \(rssBefore) -> \(rssAfter) MB for 40 MB sent")
+
+            // Every message is received or reported: a dropped entry first, then the newest.
+            let r = try await net.poll(box.name, query: "after=0&max=1000")
+            let entries = r.json?.objectValue?["messages"]?.arrayValue ?? []
+            let first = entries.first?.objectValue
+            #expect(first?["type"] == "dropped" && first?["first"] == 1, "\(first ?? [:])")
+            let gaveUp = Int(first?["count"]?.integerValue ?? 0)
+            #expect(gaveUp + entries.count - 1 == 400, "given up \(gaveUp), kept \(entries.count - 1)")
+            #expect(entries.dropFirst().map { LossTests.number($0) } == Array((gaveUp + 1)...400), "the newest, in order")
+
+            // The limit is all mailboxes': while the first holds it, a message to the second is
+            // given up too, with a dropped entry (never silently).
+            net.node.snd(other.port, ["n", 1, .string(pad)])
+            let marker = try await net.createMailbox()
+            net.node.snd(marker.port, ["after"])
+            _ = try await net.poll(marker.name, query: "wait=10")
+            let o = try await net.poll(other.name)
+            let e = o.json?.objectValue?["messages"]?.arrayValue?.first?.objectValue
+            #expect(e?["type"] == "dropped" && e?["count"] == 1, "\(o)")
+            // Acknowledged, the first mailbox's entries free the budget: the second takes messages again.
+            _ = try await net.poll(box.name, query: "after=\(entries.last?.objectValue?["seq"]?.integerValue ?? 0)&wait=0")
+            net.node.snd(other.port, ["n", 2, .string(pad)])
+            let again = try await net.poll(other.name, query: "after=\(e?["seq"]?.integerValue ?? 0)&wait=10")
+            #expect(GatewayNetwork.messages(again).first?.arrayValue?.prefix(2) == ["n", 2], "\(again)")
+        }
+    }
+
+    @Test("--max-stream-bytes: stalled SSE readers of full mailboxes hold at most the limit (plus one event each) unsent; once they read they get every message")
+    func streamBytes() async throws {
+        try await GatewayNetwork.with(gatewayArguments: ["--max-stream-bytes", "65536", "--stream-backlog", "65536"]) { net in
+            var readers: [(StalledReader, String)] = []
+            defer { for (r, _) in readers { r.close() } }
+            for _ in 0..<6 {
+                let box = try await net.createMailbox()
+                let reader = try StalledReader(port: net.gateway.port, receiveBuffer: 2048)
+                try reader.send("GET /v1/ports/\(box.name)/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+                try await LossTests.send(net, to: box.port, 1...300, pad: 1000)
+                readers.append((reader, box.name))
+            }
+            let m = try await MetricsSample.scrape(net.http, headers: net.authHeaders)
+            #expect(m["aemp_gateway_sse_unsent_bytes"] <= 65536 + 6 * 1200, "\(m["aemp_gateway_sse_unsent_bytes"])")
+            // Nothing was lost for it: each reader, reading now, gets all 300 in order.
+            for (reader, name) in readers {
+                reader.widen()
+                let (bytes, _) = reader.readAll(within: 10) { String(decoding: $0.suffix(1500), as: UTF8.self).contains("id: 300\n") }
+                let text = String(decoding: OpenAPIConformanceTests.dechunk(bytes), as: UTF8.self)
+                let ids = text.split(separator: "\n").filter { $0.hasPrefix("id: ") }.compactMap { Int($0.dropFirst(4)) }
+                #expect(ids == Array(1...300), "\(name): \(ids.count) events, last \(ids.last ?? 0)")
+            }
+        }
+    }
+}

@@ -81,7 +81,14 @@ final class StalledReader: @unchecked Sendable {
     }
 
     /// Reads until the server closes (true) or `seconds` pass without data (false).
-    func readAll(within seconds: Int) -> (bytes: [UInt8], ended: Bool) {
+    /// Lets the kernel buffer more for this socket from now on (a stalled reader that starts
+    /// reading with a tiny window crawls at one window per delayed ACK).
+    func widen() {
+        var size: Int32 = 1 << 20
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    func readAll(within seconds: Int, until done: (([UInt8]) -> Bool)? = nil) -> (bytes: [UInt8], ended: Bool) {
         var timeout = timeval(tv_sec: seconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var out: [UInt8] = []
@@ -91,6 +98,7 @@ final class StalledReader: @unchecked Sendable {
             if n == 0 { return (out, true) }
             if n < 0 { return (out, false) }
             out += buffer[0..<n]
+            if let done, done(out) { return (out, false) }
             // A chunked stream's end is its last chunk, even if the connection stays open.
             if out.count >= 5, out.suffix(5) == Array("0\r\n\r\n".utf8) { return (out, true) }
         }

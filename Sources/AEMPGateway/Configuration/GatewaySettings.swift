@@ -305,6 +305,11 @@ public struct GatewaySettings: Sendable {
             0...10_000_000
         ) { $1.rememberedMailboxes = $0 },
         integer("mailbox-queue", "Default max_queue of a mailbox.", 1...10_000_000) { $1.mailboxQueue = $0 },
+        integer(
+            "max-mailbox-bytes",
+            "Bytes all mailboxes may hold together (estimated; default 256 MiB): at the limit a new message makes its mailbox give up its oldest messages, or is given up itself, with a dropped entry.",
+            1024...(1 << 40)
+        ) { $1.maxMailboxBytes = $0 },
         integer("max-mailbox-queue", "Largest max_queue a client may ask for.", 1...10_000_000) { $1.maxMailboxQueue = $0 },
         integer("mailbox-ttl", "Default idle TTL of a mailbox, seconds.", 1...31_536_000) { $1.mailboxTTL = $0 },
         integer("max-mailbox-ttl", "Largest TTL a client may ask for, seconds.", 1...31_536_000) { $1.maxMailboxTTL = $0 },
@@ -326,6 +331,11 @@ public struct GatewaySettings: Sendable {
             "Bytes queued for one SSE client; replays go out in pieces of this size, and a feed client that stops reading is cut off with an overflow event.",
             1024...(1 << 30)
         ) { $1.streamBacklog = $0 },
+        integer(
+            "max-stream-bytes",
+            "Bytes all event streams may hold unsent together (default 256 MiB): beyond, mailbox and feed streams wait for room (one event each at most), and a nodes stream that is behind is cut off.",
+            1024...(1 << 40)
+        ) { $1.maxStreamBytes = $0 },
         number("heartbeat-interval", "Seconds between SSE heartbeat comments.", 0.05...3600) { $1.heartbeatInterval = $0 },
         text("tls-cert", "PEM certificate (chain): serve HTTPS (with --tls-key).") { v, c, p in
             guard let bytes = readBytes(v) else { return p.append("cannot read \(v) (\(String(cString: strerror(errno))))") }

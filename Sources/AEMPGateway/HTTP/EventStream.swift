@@ -28,9 +28,23 @@ public final class EventStream: Sendable {
     private let state = Locked(State())
     /// Bytes a slow client may fall behind before it is cut off.
     public let limit: Int
+    /// Unsent bytes of all streams together (`--max-stream-bytes`; nil: no such limit).
+    let budget: ByteBudget?
 
     public init(limit: Int = 1 << 20) {
         self.limit = limit
+        self.budget = nil
+    }
+
+    init(limit: Int, budget: ByteBudget?) {
+        self.limit = limit
+        self.budget = budget
+    }
+
+    /// Queues `bytes` (under the lock), counted in the budget.
+    private func enqueue(_ bytes: [UInt8], _ s: inout State) {
+        s.pending += bytes
+        budget?.add(bytes.count)
     }
 
     /// Runs `action` once when the client disconnects or the stream has ended.
@@ -50,13 +64,16 @@ public final class EventStream: Sendable {
     public func send(_ bytes: [UInt8], orEndWith finalEvent: [UInt8]? = nil) -> Bool {
         state.withLock { s in
             guard !s.finished, !s.closed else { return false }
-            if s.pending.count - s.offset + bytes.count > limit {
+            let backlog = s.pending.count - s.offset
+            // Behind by more than its own limit, or (not caught up) when all streams together
+            // hold their limit: the client is cut off. One event always fits a caught-up stream.
+            if backlog + bytes.count > limit || (backlog > 0 && bytes.count > (budget?.remaining ?? Int.max)) {
                 s.finished = true
-                if let finalEvent { s.pending += finalEvent }
+                if let finalEvent { enqueue(finalEvent, &s) }
                 Self.wake(&s)
                 return false
             }
-            s.pending += bytes
+            enqueue(bytes, &s)
             Self.wake(&s)
             return true
         }
@@ -74,7 +91,7 @@ public final class EventStream: Sendable {
     public var room: (bytes: Int, empty: Bool) {
         state.withLock { s in
             let backlog = s.pending.count - s.offset
-            return (Swift.max(0, limit - backlog), backlog == 0)
+            return (Swift.max(0, Swift.min(limit - backlog, budget?.remaining ?? Int.max)), backlog == 0)
         }
     }
 
@@ -83,7 +100,7 @@ public final class EventStream: Sendable {
     public func append(_ bytes: [UInt8]) -> Bool {
         state.withLock { s in
             guard !s.finished, !s.closed else { return false }
-            s.pending += bytes
+            enqueue(bytes, &s)
             Self.wake(&s)
             return true
         }
@@ -94,7 +111,7 @@ public final class EventStream: Sendable {
     public func heartbeat() {
         state.withLock { s in
             guard !s.finished, !s.closed, s.pending.count == s.offset else { return }
-            s.pending += ServerSentEvent.heartbeat
+            enqueue(ServerSentEvent.heartbeat, &s)
             Self.wake(&s)
         }
     }
@@ -103,7 +120,7 @@ public final class EventStream: Sendable {
     public func finish(with finalEvent: [UInt8]? = nil) {
         state.withLock { s in
             guard !s.finished, !s.closed else { return }
-            if let finalEvent { s.pending += finalEvent }
+            if let finalEvent { enqueue(finalEvent, &s) }
             s.finished = true
             Self.wake(&s)
         }
@@ -177,6 +194,7 @@ public final class EventStream: Sendable {
                     UnsafeMutableRawPointer(buffer).copyMemory(from: p.baseAddress! + s.offset, byteCount: n)
                 }
                 s.offset += n
+                budget?.give(n)
                 if s.offset == s.pending.count {
                     s.pending.removeAll(keepingCapacity: s.pending.capacity <= 4096)
                     s.offset = 0
@@ -203,7 +221,9 @@ public final class EventStream: Sendable {
             s.closed = true
             s.suspended = false
             s.connection = nil
+            budget?.give(s.pending.count - s.offset)
             s.pending = []
+            s.offset = 0
             s.source = nil
             defer { s.onClose = nil }
             return s.onClose

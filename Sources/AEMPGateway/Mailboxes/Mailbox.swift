@@ -16,12 +16,16 @@ final class Mailbox: Sendable {
     let ttl: TimeAmount
     /// Counts deliveries and drops (nil: not counted).
     let metrics: GatewayMetrics?
+    /// The bytes all mailboxes hold together (nil: no limit).
+    let budget: ByteBudget?
 
     struct Entry {
         let seq: UInt64
         var value: Value
         /// For a `dropped` entry: the first sequence number it stands for (`seq` is the last).
         var droppedFrom: UInt64?
+        /// Bytes taken from the budget (0 for a `dropped` entry).
+        var size = 0
     }
 
     struct Waiter {
@@ -75,12 +79,15 @@ final class Mailbox: Sendable {
 
     let state = Locked(State())
 
-    init(name: String, port: PortID, maxQueue: Int, ttl: TimeAmount, metrics: GatewayMetrics? = nil) {
+    init(
+        name: String, port: PortID, maxQueue: Int, ttl: TimeAmount, metrics: GatewayMetrics? = nil, budget: ByteBudget? = nil
+    ) {
         self.name = name
         self.port = port
         self.maxQueue = maxQueue
         self.ttl = ttl
         self.metrics = metrics
+        self.budget = budget
     }
 
     // MARK: - Incoming (node loop)
@@ -92,28 +99,56 @@ final class Mailbox: Sendable {
             metrics?.messagesDelivered.increment()
             let seq = s.nextSeq
             s.nextSeq += 1
-            s.entries.append(Entry(seq: seq, value: value, droppedFrom: nil))
-            trim(&s)
+            var entry = Entry(seq: seq, value: value, droppedFrom: nil)
+            if let budget {
+                // At the limit of all mailboxes together, this mailbox gives up its own oldest
+                // messages to make room; if that is not enough, the new message itself.
+                let size = value.footprint
+                var freed = 0
+                while !budget.take(size) {
+                    guard s.messageCount > 0 else {
+                        giveUp(&s, 0, also: seq)
+                        metrics?.droppedForMemory.increment(by: Int64(freed + 1))
+                        wakeWaiters(&s)
+                        feedSubscribers(&s)
+                        return
+                    }
+                    giveUp(&s, 1)
+                    freed += 1
+                }
+                if freed > 0 { metrics?.droppedForMemory.increment(by: Int64(freed)) }
+                entry.size = size
+            }
+            s.entries.append(entry)
+            giveUp(&s, s.messageCount - maxQueue)
             wakeWaiters(&s)
             feedSubscribers(&s)
         }
     }
 
-    /// Keeps at most `maxQueue` unacknowledged messages: the oldest go into the `dropped` entry at
-    /// the front (made, or grown, in place).
-    private func trim(_ s: inout State) {
-        var excess = s.messageCount - maxQueue
-        guard excess > 0 else { return }
+    /// Gives up the `count` oldest unacknowledged messages (and then the message `also`, which
+    /// never entered the queue): they go into the `dropped` entry at the front, made or grown in
+    /// place, and their bytes back to the budget.
+    private func giveUp(_ s: inout State, _ count: Int, also seq: UInt64? = nil) {
+        var excess = count
+        guard excess > 0 || seq != nil else { return }
         var marker = s.entries.first?.droppedFrom != nil ? s.entries.removeFirst() : nil
-        var unseen: UInt64 = 0, dropped: UInt64 = 0
+        var unseen: UInt64 = 0, dropped: UInt64 = 0, bytes = 0
         while excess > 0, let gone = s.entries.first {
             s.entries.removeFirst()
             if gone.seq > s.delivered { unseen += 1 }
             dropped += 1
             excess -= 1
+            bytes += gone.size
             marker = Entry(seq: gone.seq, value: .null, droppedFrom: marker?.droppedFrom ?? gone.seq)
         }
+        if let seq {
+            unseen += 1
+            dropped += 1
+            marker = Entry(seq: seq, value: .null, droppedFrom: marker?.droppedFrom ?? seq)
+        }
         if let marker { s.entries.prepend(marker) }
+        budget?.give(bytes)
         s.droppedTotal += dropped
         s.droppedUnseen += unseen
         metrics?.droppedMessages.increment(by: Int64(unseen))
@@ -154,7 +189,9 @@ final class Mailbox: Sendable {
     private func acknowledge(_ s: inout State, through after: UInt64?) {
         guard let after, after > s.acked else { return }
         s.acked = min(after, s.delivered)
-        while let front = s.entries.first, front.seq <= s.acked { s.entries.removeFirst() }
+        var bytes = 0
+        while let front = s.entries.first, front.seq <= s.acked { bytes += s.entries.removeFirst().size }
+        budget?.give(bytes)
         if let from = s.entries.first?.droppedFrom, from <= s.acked {
             s.entries[s.entries.startIndex].droppedFrom = s.acked + 1
         }
@@ -306,6 +343,7 @@ final class Mailbox: Sendable {
             let final = ServerSentEvent.encode(id: nil, event: "closed", data: .object(data))
             for (_, sub) in s.subscribers { sub.stream.finish(with: final) }
             s.subscribers.removeAll()
+            budget?.give(s.entries.reduce(0) { $0 + $1.size })
             s.entries.removeAll()
             defer { s.monitors.removeAll() }
             return s.monitors

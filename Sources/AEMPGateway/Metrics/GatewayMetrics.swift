@@ -20,6 +20,9 @@ final class GatewayMetrics: Sendable {
     // Counters.
     let droppedMessages: Counter
     let droppedHandedMessages: Counter
+    let droppedForMemory: Counter
+    let mailboxBytes: Gauge
+    let streamBytes: Gauge
     let masterChanges: Counter
     let hangups: Counter
     /// What `hangups` was last advanced to (the servers count; a scrape adds the difference).
@@ -78,6 +81,14 @@ final class GatewayMetrics: Sendable {
             descriptor: name(
                 "mailbox_dropped_messages", "total",
                 "Messages a full mailbox gave up before any client was handed them (oldest first)."))
+        droppedForMemory = registry.makeCounter(
+            descriptor: name(
+                "mailbox_dropped_for_memory", "total",
+                "Messages mailboxes gave up because all mailboxes together held --max-mailbox-bytes (also in the two dropped counters)."))
+        streamBytes = registry.makeGauge(
+            descriptor: name("sse_unsent_bytes", "", "Bytes queued in event streams and not yet taken by libmicrohttpd, all together, against --max-stream-bytes."))
+        mailboxBytes = registry.makeGauge(
+            descriptor: name("mailbox_bytes", "", "Bytes held by all mailboxes together (estimated), against --max-mailbox-bytes."))
         droppedHandedMessages = registry.makeCounter(
             descriptor: name(
                 "mailbox_dropped_handed_messages", "total",

@@ -65,6 +65,8 @@ extension Gateway {
         metrics.parkedLongPolls.set(Int64(parked))
         metrics.mailboxes.set(Int64(all.count))
         metrics.queuedMessages.set(Int64(queued))
+        metrics.mailboxBytes.set(Int64(mailboxBudget.bytes))
+        metrics.streamBytes.set(Int64(streamBudget.bytes))
         metrics.masterAttached.set(master == nil ? Int64(0) : 1)
         metrics.callsInFlight.set(Int64(pendingCalls.load(ordering: .relaxed)))
         metrics.collectValueEvents()

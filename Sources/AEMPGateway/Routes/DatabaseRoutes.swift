@@ -119,7 +119,7 @@ extension Gateway {
         if wantsEventStream(request) {
             // HEAD: the stream's header block, nothing subscribed.
             if isHead(request) { return .eventStream(EventStream(limit: 0)) }
-            let stream = EventStream(limit: configuration.streamBacklog)
+            let stream = EventStream(limit: configuration.streamBacklog, budget: streamBudget)
             stream.onClose { feed.unsubscribe(token) }
             feed.whenSynced(token) { feed.subscribe(token, stream: stream, lastEventID: lastEventID) }
             return .eventStream(stream)

@@ -26,7 +26,9 @@ extension Gateway {
             }
         }
         let name = mailboxes.newName()
-        let mailbox = Mailbox(name: name, port: PortID(node: node.id, name: name), maxQueue: maxQueue, ttl: .seconds(Int64(ttl)), metrics: metrics)
+        let mailbox = Mailbox(
+            name: name, port: PortID(node: node.id, name: name), maxQueue: maxQueue, ttl: .seconds(Int64(ttl)), metrics: metrics,
+            budget: mailboxBudget)
         guard mailboxes.add(mailbox) else {
             throw .overloaded("the gateway holds its maximum of \(configuration.maxMailboxes) mailboxes")
         }
@@ -111,7 +113,7 @@ extension Gateway {
         }
         let token = nextToken()
         if wantsEventStream(request) {
-            let stream = EventStream(limit: configuration.streamBacklog)
+            let stream = EventStream(limit: configuration.streamBacklog, budget: streamBudget)
             guard mailbox.subscribe(token, stream: stream, after: after) else { throw gone(mailbox) }
             stream.onClose { mailbox.unsubscribe(token) }
             return .eventStream(stream)

@@ -76,7 +76,7 @@ extension Gateway {
     func nodeEvents(_ request: HTTPRequest) -> HTTPResponse {
         // HEAD: the stream's header block, nothing registered.
         if isHead(request) { return .eventStream(EventStream(limit: 0)) }
-        let stream = EventStream(limit: configuration.streamBacklog)
+        let stream = EventStream(limit: configuration.streamBacklog, budget: streamBudget)
         let token = nextToken()
         let node = self.node
         // Registered before the snapshot is taken: an event may repeat what the snapshot says,
