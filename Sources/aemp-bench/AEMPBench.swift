@@ -24,8 +24,8 @@ struct AEMPBench: AsyncParsableCommand {
     var fanout: String
     @Option(help: "wrk.")
     var wrk: String = "wrk"
-    @Option(help: "Scenarios to run (comma-separated, 1-6).")
-    var scenarios: String = "1,2,3,4,5,6"
+    @Option(help: "Scenarios to run (comma-separated, 1-7).")
+    var scenarios: String = "1,2,3,4,5,6,7"
     @Option(help: "Seconds of load per wrk run (scenarios 1, 2).")
     var duration: Int = 10
     @Option(help: "Baseline/gateway pairs of wrk runs in scenario 1 (the median counts).")
@@ -50,7 +50,7 @@ struct AEMPBench: AsyncParsableCommand {
             bin: bin, baselinePath: baseline, fanoutPath: fanout, wrk: wrk, settings: self)
         defer { bench.stopAll() }
         var failed = false
-        for n in 1...6 where selected.contains(n) {
+        for n in 1...7 where selected.contains(n) {
             do {
                 try await bench.scenario(n)
             } catch {

@@ -126,6 +126,7 @@ final class Bench: @unchecked Sendable {
         case 3: try await fanOut()
         case 4: try await mailboxes()
         case 5: try await mesh()
+        case 7: try await watchedFamilyCost()
         default: try await footprint()
         }
     }
@@ -408,6 +409,52 @@ final class Bench: @unchecked Sendable {
             throw BenchError("long-polls: \(done.joined(separator: " "))")
         }
         return (Double(last - t0), Double(first - t0), non200)
+    }
+
+    // MARK: - Scenario 7: a change to a watched family costs what it changes
+
+    /// A global node and a watcher node in this process: the time from a `db_set` on the global
+    /// to the watcher's `db_mon` callback, per change, with the family holding 1,000 keys and
+    /// 300,000 keys. A change that costs O(family) (the whole family copied per change, as before
+    /// issue 15) shows as a ratio in the hundreds; the goal is the same cost at both sizes.
+    func watchedFamilyCost() async throws {
+        let port = freePort()
+        var c = NodeConfiguration(secret: secret)
+        c.nodeID = "bench-global/%u"
+        c.binds = ["127.0.0.1:\(port)"]
+        c.seeds = ["127.0.0.1:\(port)"]
+        c.logger.logLevel = .error
+        let global = try Node(configuration: c)
+        try await global.start()
+        defer { Task { await global.shutdown() } }
+        let watcher = try await Self.joinedNode(id: "bench-watcher/%u", seed: "127.0.0.1:\(port)", secret: secret)
+        defer { Task { await watcher.shutdown() } }
+        var perChange: [Int: Double] = [:]
+        for size in [1_000, 300_000] {
+            let family = "bench-\(size)"
+            for start in stride(from: 0, to: size, by: 10_000) {
+                global.batch { for i in start..<min(size, start + 10_000) { global.dbSet(family, "k\(i)", .int(Int64(i))) } }
+            }
+            // The watcher's changes, in order: the number of keys each one left.
+            let (stream, continuation) = AsyncStream<Int>.makeStream()
+            let watch = watcher.dbMon(family) { change in continuation.yield(change.values.count) }
+            var changesSeen = stream.makeAsyncIterator()
+            while let count = await changesSeen.next(), count < size {}
+            let changes = 300
+            let t0 = monotonicNanoseconds()
+            for i in 0..<changes {
+                global.dbSet(family, "k\(i % 100)", .int(Int64(-1 - i)))
+                guard await changesSeen.next() != nil else { throw BenchError("change \(i) of \(family) never arrived") }
+            }
+            perChange[size] = Double(monotonicNanoseconds() - t0) / Double(changes) / 1e3
+            watcher.dbUnmon(watch)
+            continuation.finish()
+        }
+        let small = perChange[1_000] ?? 0, large = perChange[300_000] ?? 0
+        let ratio = small > 0 ? large / small : 0
+        report.add(Row(
+            scenario: "7 db_mon: µs per change, 300,000-key family", measured: format(large, 1), baseline: format(small, 1),
+            ratio: String(format: "%.2f", ratio), target: "ratio ≤ 3 (baseline: 1,000 keys)", pass: ratio <= 3))
     }
 
     // MARK: - Scenario 5: node to node

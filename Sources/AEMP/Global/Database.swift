@@ -135,7 +135,10 @@ extension Kernel {
     /// Applies `g_chg1` (full replacement; `null` = empty) or `g_chg2` (set + deletions) to a
     /// watched family and tells its watchers what changed (aemp-protocol §11.4).
     func applyChangeFeed(tag: String, _ args: [Value]) {
-        guard let family = args.first?.stringValue, var watch = families[family] else { return }
+        // Taken out of `families` while it changes: with a second reference to its values, every
+        // change would copy the whole family (copy on write), O(family) instead of O(change).
+        // It goes back before the watchers run (they may subscribe or unsubscribe).
+        guard let family = args.first?.stringValue, var watch = families.removeValue(forKey: family) else { return }
         var added: [String] = [], changed: [String] = [], deleted: [String] = []
         if tag == "g_chg1" {
             let new = args.count > 1 ? (args[1].objectValue ?? [:]) : [:]

@@ -94,7 +94,10 @@ final class FamilyFeed: Sendable {
                 }
                 return Array(s.early.values)
             }
-            s.values = change.values
+            // The change applied to our own copy (not `s.values = change.values`: holding the
+            // node's dictionary would make its next change copy the whole family).
+            for k in change.added + change.changed { s.values[k] = change.values[k] }
+            for k in change.deleted { s.values[k] = nil }
             record(&s, (change.added, change.changed, change.deleted))
             return []
         }
