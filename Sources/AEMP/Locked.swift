@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Darwin)
 import Darwin
 #elseif canImport(Glibc)
@@ -59,4 +60,11 @@ final class LockedStorage<Value>: @unchecked Sendable {  // Sendable: `value` is
         mutex.deinitialize(count: 1)
         mutex.deallocate()
     }
+}
+
+/// A counter shared between threads (one owner adds, anyone reads).
+final class SharedCounter: Sendable {
+    private let count = Atomic<Int>(0)
+    func add(_ n: Int) { count.wrappingAdd(n, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
 }

@@ -83,6 +83,11 @@ struct GatewayCommand: AsyncParsableCommand {
     var maxMailboxes: [String] = []
     @Option(name: .customLong("max-mailbox-bytes"), help: ArgumentHelp(GatewaySettings.help("max-mailbox-bytes")))
     var maxMailboxBytes: [String] = []
+    @Option(name: .customLong("max-mesh-handshakes"), help: ArgumentHelp(GatewaySettings.help("max-mesh-handshakes")))
+    var maxMeshHandshakes: [String] = []
+    @Option(
+        name: .customLong("max-mesh-handshakes-per-address"), help: ArgumentHelp(GatewaySettings.help("max-mesh-handshakes-per-address")))
+    var maxMeshHandshakesPerAddress: [String] = []
     @Option(name: .customLong("max-stream-bytes"), help: ArgumentHelp(GatewaySettings.help("max-stream-bytes")))
     var maxStreamBytes: [String] = []
     @Option(name: .customLong("max-pending-calls"), help: ArgumentHelp(GatewaySettings.help("max-pending-calls")))
@@ -184,6 +189,8 @@ struct GatewayCommand: AsyncParsableCommand {
             "peer-backlog": peerBacklog,
             "max-mailboxes": maxMailboxes,
             "max-mailbox-bytes": maxMailboxBytes,
+            "max-mesh-handshakes": maxMeshHandshakes,
+            "max-mesh-handshakes-per-address": maxMeshHandshakesPerAddress,
             "max-stream-bytes": maxStreamBytes,
             "max-pending-calls": maxPendingCalls,
             "max-subscribers-per-family": maxSubscribersPerFamily,
@@ -249,6 +256,7 @@ struct GatewayCommand: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         }
+        reserveDescriptors(for: c)
         let gateway: Gateway
         let address: String
         do {
@@ -383,3 +391,26 @@ func waitForTermination() async {
     }
 }
 
+
+/// Raises this process's descriptor limit to its hard limit (the soft one is often 1,024) and
+/// warns when even that cannot hold every connection the configuration allows at once: HTTP
+/// clients (and the 64 answered 503), the admin listener, mesh handshakes and peers, with room
+/// for files and the node's own sockets. Short of descriptors, libmicrohttpd's accept fails in a
+/// loop (EMFILE) and every client is refused.
+func reserveDescriptors(for c: GatewayConfiguration) {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        _ = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    }
+    let http = (c.http.maxConnections + 64) * (1 + c.additionalHTTPAddresses.count)
+    let needed = http + (c.adminHTTPAddress == nil ? 0 : c.adminMaxConnections + 64) + c.node.maxPendingHandshakes + 1024
+    if limit.rlim_cur < UInt(needed) {
+        writeError(
+            "aemp-gateway: warning: the descriptor limit is \(limit.rlim_cur), below the \(needed) the configuration may use at once "
+                + "(--max-connections, the admin listener, --max-mesh-handshakes, 1,024 for peers and files); raise LimitNOFILE / ulimit -n "
+                + "or lower --max-connections")
+    }
+}

@@ -126,3 +126,38 @@ struct AdminListenerTests {
         }
     }
 }
+
+/// Issue 15, item 7: silent connections to the mesh port cannot take the gateway's descriptors.
+@Suite("gateway: mesh handshakes in progress", .serialized, .timeLimit(.minutes(2)))
+struct MeshHandshakeCapTests {
+
+    @Test("1,100 silent connections to the standalone mesh port: at most --max-mesh-handshakes wait, the rest are closed and counted; HTTP keeps answering at once; few log lines")
+    func silentMeshConnections() async throws {
+        let mesh = try freePort()
+        try await HostileInputTests.withGateway([
+            "--standalone-bind", "127.0.0.1:\(mesh)", "--max-mesh-handshakes", "200", "--max-mesh-handshakes-per-address", "150",
+            "--handshake-timeout", "60", "--log-level", "info",
+        ]) { gateway, http in
+            var silent: [RawConnection] = []
+            defer { for c in silent { c.close() } }
+            for _ in 0..<1_100 {
+                if let c = try? await RawConnection(port: mesh, connectTimeout: 2) { silent.append(c) }
+            }
+            // Beyond the per-address cap (one address here), connections are closed on arrival.
+            let opened = silent
+            try await eventually("the ones beyond the cap are closed") {
+                opened.filter(\.isClosed).count >= 1_100 - 150
+            }
+            #expect(silent.filter { !$0.isClosed }.count <= 150)
+            let started = ContinuousClock.now
+            #expect(try await http.request("GET", "/healthz").status == 200)
+            #expect(ContinuousClock.now - started < promptly(.seconds(1)))
+            let m = try await MetricsSample.scrape(http)
+            #expect(m["aemp_gateway_mesh_handshakes_refused_total"] >= 950, "\(m["aemp_gateway_mesh_handshakes_refused_total"])")
+            // One warning line per refused connection would be 950 lines; the log limiter keeps
+            // a handful and a summary.
+            let refusals = gateway.log.components(separatedBy: "too many handshakes in progress").count - 1
+            #expect(refusals < 100, "\(refusals) refusal lines")
+        }
+    }
+}

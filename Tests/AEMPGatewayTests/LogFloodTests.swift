@@ -20,7 +20,10 @@ struct LogFloodTests {
             // still starts, and the test shows what it logs.
             let gateway = try await GatewayProcess.start(
                 seeds: nil,
-                arguments: ["--standalone-bind", bind, "--log-level", "info", "--log-format", "json", "--handshake-timeout", "1"],
+                arguments: ["--standalone-bind", bind, "--log-level", "info", "--log-format", "json", "--handshake-timeout", "1",
+                    // Every one of the 600 mesh connections must reach its handshake (the caps on
+                    // handshakes in progress have their own test).
+                    "--max-mesh-handshakes", "2000", "--max-mesh-handshakes-per-address", "2000"],
                 environment: ["AEMP_GATEWAY_LOG_BURST": "\(burst)", "AEMP_GATEWAY_LOG_INTERVAL": "\(Int(interval))"])
             cleanup.add { gateway.child.stop() }
             try await gateway.waitForNodeInfo("its own master") { $0["master"]?.stringValue == gateway.nodeID }

@@ -44,6 +44,11 @@ public struct NodeConfiguration: Sendable {
     /// instead of buffering without bound. Four times the largest packet, so that a peer that reads
     /// is not cut off by a burst of big packets.
     public var maxUnsentBytes: Int = 256 << 20
+    /// Accepted connections still in their handshake (not authenticated) at once, from anyone;
+    /// beyond, a new one is closed at once. Silent or slow peers cannot take every descriptor.
+    public var maxPendingHandshakes: Int = 256
+    /// The same, from one IP address.
+    public var maxPendingHandshakesPerAddress: Int = 32
     /// Logger for the node; connections add their own metadata.
     public var logger: Logger = Logger(label: "aemp")
 

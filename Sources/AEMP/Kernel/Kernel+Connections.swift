@@ -19,9 +19,20 @@ extension Kernel: ConnectionDelegate {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let kernel = me.value
+                    let ip = channel.remoteAddress?.ipAddress ?? "?"
+                    if let refusal = kernel.refusePending(from: ip) {
+                        kernel.handshakesRefused.add(1)
+                        kernel.logger.warning(
+                            "refusing a connection: too many handshakes in progress",
+                            metadata: ["peer_addr": "\(channel.remoteAddress?.description ?? "?")", "limit": "\(refusal)"])
+                        channel.close(promise: nil)
+                        return
+                    }
                     let connection = Connection(
                         origin: .accepted, settings: kernel.settings, delegate: kernel, logger: kernel.logger)
                     kernel.connections[ObjectIdentifier(connection)] = connection
+                    kernel.pendingAccepted[ObjectIdentifier(connection)] = ip
+                    kernel.pendingByAddress[ip, default: 0] += 1
                     try channel.pipeline.syncOperations.addHandler(connection)
                 }
             }
@@ -219,7 +230,27 @@ extension Kernel: ConnectionDelegate {
         return connections.values.contains { $0 !== connection && $0.peerID == id }
     }
 
+    /// Why a connection from `ip` is refused before its handshake starts, if it is: the caps on
+    /// handshakes in progress (in all, and from one address).
+    func refusePending(from ip: String) -> String? {
+        if pendingAccepted.count >= configuration.maxPendingHandshakes {
+            return "\(configuration.maxPendingHandshakes) in all"
+        }
+        if pendingByAddress[ip, default: 0] >= configuration.maxPendingHandshakesPerAddress {
+            return "\(configuration.maxPendingHandshakesPerAddress) from \(ip)"
+        }
+        return nil
+    }
+
+    /// An accepted connection left its handshake (established, or closed).
+    func handshakeOver(_ connection: Connection) {
+        guard let ip = pendingAccepted.removeValue(forKey: ObjectIdentifier(connection)) else { return }
+        let left = pendingByAddress[ip, default: 1] - 1
+        pendingByAddress[ip] = left > 0 ? left : nil
+    }
+
     func connectionEstablished(_ connection: Connection) {
+        handshakeOver(connection)
         guard let id = connection.peerID else { return }
         if isShutDown {
             connection.close(reason: "node shutting down")
@@ -275,6 +306,7 @@ extension Kernel: ConnectionDelegate {
 
     func connectionClosed(_ connection: Connection, reason: String) {
         connections[ObjectIdentifier(connection)] = nil
+        handshakeOver(connection)
         if case .dialed(let address) = connection.origin, let i = seeds.firstIndex(where: { $0.address == address }) {
             seeds[i].dialing = false
         }

@@ -169,8 +169,14 @@ final class Kernel {
     var dialing: [ObjectIdentifier: any Channel] = [:]
     /// Every live connection (established or in handshake).
     var connections: [ObjectIdentifier: Connection] = [:]
+    /// Accepted connections in their handshake, with the IP address each came from.
+    var pendingAccepted: [ObjectIdentifier: String] = [:]
+    /// Those by IP address.
+    var pendingByAddress: [String: Int] = [:]
     /// What each peer's connection has not yet taken, for `Node.unsentBytes(to:)`.
     let backlogs = PeerBacklogs()
+    /// Accepted connections closed at once for the handshake caps (read from any thread).
+    let handshakesRefused = SharedCounter()
     /// Why each seed is not connected, for `Node.seedProblems`.
     let seedProblems = SeedProblemTable()
 

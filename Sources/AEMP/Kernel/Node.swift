@@ -33,6 +33,7 @@ public final class Node: Sendable {
     let ids: IDGenerator
     private let ports: PortTable
     private let backlogs: PeerBacklogs
+    private let refusedHandshakes: SharedCounter
     private let problems: SeedProblemTable
     /// Work handed over from other threads, run on the loop in arrival order; one loop wake-up
     /// serves everything queued until it runs (a burst of `snd`s costs one hop, not one each).
@@ -72,6 +73,7 @@ public final class Node: Sendable {
         self.ports = ports
         self.ids = k.ids
         self.backlogs = k.backlogs
+        self.refusedHandshakes = k.handshakesRefused
         self.problems = k.seedProblems
         self.kernel = NIOLoopBoundBox.makeBoxSendingValue(k, as: Kernel.self, eventLoop: loop)
     }
@@ -252,6 +254,10 @@ public final class Node: Sendable {
     public func unsentBytes(to nodeID: String) -> Int {
         backlogs.bytes(nodeID)
     }
+
+    /// Accepted connections closed before their handshake because `maxPendingHandshakes` (or the
+    /// per-address cap) were in progress. Callable from any thread.
+    public var handshakesRefused: Int { refusedHandshakes.value }
 
     /// Why configured seeds are not connected, in configuration order: each one's latest
     /// handshake failure (e.g. "peer requires TLS and this node has no certificate", "node

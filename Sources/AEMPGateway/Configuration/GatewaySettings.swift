@@ -278,6 +278,15 @@ public struct GatewaySettings: Sendable {
         },
         integer("max-connections", "HTTP connections served at once (more get 503).", 1...19_000) { $1.http.maxConnections = $0 },
         integer(
+            "max-mesh-handshakes",
+            "Accepted mesh connections still in their handshake at once (default 256); beyond, a new one is closed at once.",
+            1...100_000
+        ) { $1.node.maxPendingHandshakes = $0 },
+        integer(
+            "max-mesh-handshakes-per-address",
+            "The same, from one IP address (default 32).", 1...100_000
+        ) { $1.node.maxPendingHandshakesPerAddress = $0 },
+        integer(
             "connection-memory",
             "Bytes libmicrohttpd keeps per HTTP connection (request header block included); 4096 cuts an idle SSE subscriber from about 14 to 10 KB but refuses header blocks over about 3 KB (431).",
             2048...1_048_576

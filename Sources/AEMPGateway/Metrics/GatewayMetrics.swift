@@ -25,6 +25,8 @@ final class GatewayMetrics: Sendable {
     let streamBytes: Gauge
     let masterChanges: Counter
     let hangups: Counter
+    let meshHandshakesRefused: Counter
+    let meshHandshakesRefusedReported = Atomic<Int>(0)
     /// What `hangups` was last advanced to (the servers count; a scrape adds the difference).
     let hangupsReported = Atomic<Int>(0)
     let messagesSent: Counter
@@ -93,6 +95,10 @@ final class GatewayMetrics: Sendable {
             descriptor: name(
                 "mailbox_dropped_handed_messages", "total",
                 "Messages a full mailbox gave up after handing them to a client that never acknowledged them."))
+        meshHandshakesRefused = registry.makeCounter(
+            descriptor: name(
+                "mesh_handshakes_refused", "total",
+                "Mesh connections closed on arrival: --max-mesh-handshakes (or the per-address cap) were in their handshake."))
         hangups = registry.makeCounter(
             descriptor: name(
                 "http_hangups", "total",
