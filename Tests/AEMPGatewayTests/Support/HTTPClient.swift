@@ -183,7 +183,7 @@ final class HTTPTestClient: Sendable {
 
     private static func connect(host: String, port: Int) async throws -> any Channel {
         try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.seconds(5))
+            .connectTimeout(.milliseconds(Int64(5000 * sanitizerSlowdown)))  // slower under a sanitizer
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // No outbound header validation: tests send odd headers on purpose.
@@ -277,7 +277,7 @@ final class HTTPTestClient: Sendable {
     /// Opens a new connection, writes `bytes` and hangs up at once (a client that goes away mid-request).
     func rawSendAndHangUp(_ bytes: [UInt8]) async throws {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.seconds(5))
+            .connectTimeout(.milliseconds(Int64(5000 * sanitizerSlowdown)))  // slower under a sanitizer
             .connect(host: host, port: port).get()
         try? await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get()
         try? await channel.close()
@@ -314,7 +314,7 @@ final class RawConnection: Sendable {
     init(host: String = "127.0.0.1", port: Int, connectTimeout: Int64 = 5) async throws {
         let inbox = self.inbox
         channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.seconds(connectTimeout))
+            .connectTimeout(.milliseconds(Int64(Double(connectTimeout) * 1000 * sanitizerSlowdown)))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(RawCollector(inbox: inbox))
@@ -537,7 +537,7 @@ final class SSEStream: Sendable {
         let state = Watched(SSEState())
         self.state = state
         channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.seconds(5))
+            .connectTimeout(.milliseconds(Int64(5000 * sanitizerSlowdown)))  // slower under a sanitizer
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers(
