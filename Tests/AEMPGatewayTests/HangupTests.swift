@@ -145,15 +145,17 @@ struct MeshHandshakeCapTests {
             }
             // Beyond the per-address cap (one address here), connections are closed on arrival.
             let opened = silent
+            // (Connects that timed out under a sanitizer never reached the gateway: count the others.)
             try await eventually("the ones beyond the cap are closed") {
-                opened.filter(\.isClosed).count >= 1_100 - 150
+                opened.filter(\.isClosed).count >= opened.count - 150
             }
             #expect(silent.filter { !$0.isClosed }.count <= 150)
             let started = ContinuousClock.now
             #expect(try await http.request("GET", "/healthz").status == 200)
             #expect(ContinuousClock.now - started < promptly(.seconds(1)))
             let m = try await MetricsSample.scrape(http)
-            #expect(m["aemp_gateway_mesh_handshakes_refused_total"] >= 950, "\(m["aemp_gateway_mesh_handshakes_refused_total"])")
+            #expect(m["aemp_gateway_mesh_handshakes_refused_total"] >= Double(opened.count - 150), "\(m["aemp_gateway_mesh_handshakes_refused_total"]) of \(opened.count)")
+            #expect(opened.count >= 900, "\(opened.count) of 1,100 connects succeeded")
             // One warning line per refused connection would be 950 lines; the log limiter keeps
             // a handful and a summary.
             let refusals = gateway.log.components(separatedBy: "too many handshakes in progress").count - 1

@@ -107,6 +107,11 @@ struct MeshTLSTests {
             client: { try tlsNodeConfiguration(id: "tls-mixed-priv-%u", seeds: [$0], pem: nil, secret: testSecret) }
         ) { seed, client in
             #expect(await client.waitForMaster(timeout: .seconds(10)) == seed.id)
+            // The seed's end of the handshake may finish after the client found its master (a
+            // ThreadSanitizer run of CI saw it): wait for it.
+            await eventually("the seed lists the client's connection") {
+                await seed.connections().contains { $0.node == client.id }
+            }
             let info = try #require(await seed.connections().first { $0.node == client.id })
             #expect(info.tls == nil && info.auth == "hmac_sha3_512", "\(info)")
         }
