@@ -31,31 +31,34 @@ struct HangupTests {
 
     @Test("long-polls, calls and event streams whose clients hang up free their connections, waiters and call slots at once, not when their wait ends")
     func waitingClientsHangUp() async throws {
+        // Under a sanitizer half the clients (the full load starved suites running beside it).
+        let polls = underSanitizer ? 50 : 100, calls = underSanitizer ? 25 : 50, streamsPer = underSanitizer ? 20 : 40
         try await HostileInputTests.withGateway([
-            "--max-connections", "120", "--max-pending-calls", "60", "--heartbeat-interval", "600", "--max-wait", "120",
+            "--max-connections", "\(polls + 20)", "--max-pending-calls", "\(calls + 10)", "--heartbeat-interval", "600",
+            "--max-wait", "120",
         ]) { gateway, http in
             let box = try await gateway.createMailbox(http)
             let hangupsBefore = try await Self.scrape(http)["aemp_gateway_http_hangups_total"]
 
-            // Three rounds of 100 long-polls of 120 s that hang up: each round needs the slots of
-            // the one before (120 connections at most).
+            // Three rounds of long-polls of 120 s that hang up: each round needs the slots of the
+            // one before (20 more connections than a round at most).
             for round in 1...3 {
-                let polls = try await Self.open(
-                    100, "GET /v1/ports/\(box.name)/messages?wait=120 HTTP/1.1\r\nHost: x\r\n\r\n", gateway: gateway, http: http,
+                let opened = try await Self.open(
+                    polls, "GET /v1/ports/\(box.name)/messages?wait=120 HTTP/1.1\r\nHost: x\r\n\r\n", gateway: gateway, http: http,
                     waiting: "aemp_gateway_long_polls_parked")
-                for c in polls { c.close() }
+                for c in opened { c.close() }
                 try await eventually(within: 5, "round \(round): the hung-up long-polls are gone") {
                     let m = try await Self.scrape(http)
                     return m["aemp_gateway_long_polls_parked"] == 0 && m["aemp_gateway_http_connections"] == 1
                 }
             }
 
-            // Calls to a port that never answers (the mailbox's), 120 s: 50 of 60 slots, twice.
+            // Calls to a port that never answers (the mailbox's), 120 s: all but 10 slots, twice.
             let call = "{\"port\":\"\(box.port)\",\"message\":[\"q\"],\"timeout\":120}"
             let request = "POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(call.utf8.count)\r\n\r\n\(call)"
             for round in 1...2 {
-                let calls = try await Self.open(50, request, gateway: gateway, http: http, waiting: "aemp_gateway_calls_in_flight")
-                for c in calls { c.close() }
+                let opened = try await Self.open(calls, request, gateway: gateway, http: http, waiting: "aemp_gateway_calls_in_flight")
+                for c in opened { c.close() }
                 try await eventually(within: 5, "round \(round): the hung-up calls are gone") {
                     let m = try await Self.scrape(http)
                     return m["aemp_gateway_calls_in_flight"] == 0 && m["aemp_gateway_http_connections"] == 1
@@ -70,21 +73,23 @@ struct HangupTests {
             // although the next heartbeat is 10 minutes away.
             var streams: [RawConnection] = []
             for path in ["/v1/ports/\(box.name)/messages", "/v1/db/hangup/watch"] {
-                for _ in 0..<40 {
+                for _ in 0..<streamsPer {
                     let c = try await RawConnection(port: gateway.port)
                     await c.send(Array("GET \(path) HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".utf8))
                     streams.append(c)
                 }
             }
-            try await eventually("80 streams open") { try await Self.scrape(http)["aemp_gateway_sse_streams"] == 80 }
+            try await eventually("\(2 * streamsPer) streams open") {
+                try await Self.scrape(http)["aemp_gateway_sse_streams"] == Double(2 * streamsPer)
+            }
             for c in streams { c.close() }
             try await eventually(within: 5, "the hung-up streams are gone") {
                 let m = try await Self.scrape(http)
                 return m["aemp_gateway_sse_streams"] == 0 && m["aemp_gateway_http_connections"] == 1
             }
             let m = try await Self.scrape(http)
-            #expect(m["aemp_gateway_http_hangups_total"] - hangupsBefore == 300 + 100 + 80, "\(m)")
-            #expect(m[#"aemp_gateway_http_requests_total{route="/v1/ports/{name}/messages",status="499"}"#] == 300, "\(m)")
+            #expect(m["aemp_gateway_http_hangups_total"] - hangupsBefore == Double(3 * polls + 2 * calls + 2 * streamsPer), "\(m)")
+            #expect(m[#"aemp_gateway_http_requests_total{route="/v1/ports/{name}/messages",status="499"}"#] == Double(3 * polls), "\(m)")
         }
     }
 }
@@ -140,26 +145,30 @@ struct MeshHandshakeCapTests {
         ]) { gateway, http in
             var silent: [RawConnection] = []
             defer { for c in silent { c.close() } }
-            for _ in 0..<1_100 {
+            // Under a sanitizer fewer: 1,100 connects there starved the node tests running beside
+            // this one (their own connects timed out). 400 still go 250 beyond the cap.
+            let attempts = underSanitizer ? 400 : 1_100
+            for _ in 0..<attempts {
                 if let c = try? await RawConnection(port: mesh, connectTimeout: 2) { silent.append(c) }
             }
             // Beyond the per-address cap (one address here), connections are closed on arrival.
             let opened = silent
             // (Connects that timed out under a sanitizer never reached the gateway: count the others.)
             try await eventually("the ones beyond the cap are closed") {
-                opened.filter(\.isClosed).count >= opened.count - 150
+                opened.filter(\.isClosed).count >= opened.count - 160
             }
-            #expect(silent.filter { !$0.isClosed }.count <= 150)
+            #expect(silent.filter { !$0.isClosed }.count <= 160)
             let started = ContinuousClock.now
             #expect(try await http.request("GET", "/healthz").status == 200)
             #expect(ContinuousClock.now - started < promptly(.seconds(1)))
             let m = try await MetricsSample.scrape(http)
-            #expect(m["aemp_gateway_mesh_handshakes_refused_total"] >= Double(opened.count - 150), "\(m["aemp_gateway_mesh_handshakes_refused_total"]) of \(opened.count)")
-            #expect(opened.count >= 900, "\(opened.count) of 1,100 connects succeeded")
+            #expect(m["aemp_gateway_mesh_handshakes_refused_total"] >= Double(opened.count - 160), "\(m["aemp_gateway_mesh_handshakes_refused_total"]) of \(opened.count)")
+            #expect(opened.count >= attempts * 8 / 10, "\(opened.count) of \(attempts) connects succeeded")
             // One warning line per refused connection would be 950 lines; the log limiter keeps
             // a handful and a summary.
             let refusals = gateway.log.components(separatedBy: "too many handshakes in progress").count - 1
             #expect(refusals < 100, "\(refusals) refusal lines")
+            for c in silent { c.close() }
         }
     }
 }

@@ -25,7 +25,7 @@ func makeNode(
     c.seeds = seeds
     c.framings = framings
     c.handshakeTimeout = stretched(.seconds(5))
-    c.connectTimeout = .seconds(3)
+    c.connectTimeout = .milliseconds(Int64(3000 * sanitizerSlowdown))  // connects are slower under a sanitizer
     c.connectInterval = .milliseconds(300)
     c.seedBackoffLimit = .seconds(2)
     c.logger.logLevel = testLogLevel
