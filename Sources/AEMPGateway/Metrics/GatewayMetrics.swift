@@ -26,9 +26,10 @@ final class GatewayMetrics: Sendable {
     let masterChanges: Counter
     let hangups: Counter
     let meshHandshakesRefused: Counter
-    let meshHandshakesRefusedReported = Atomic<Int>(0)
-    /// What `hangups` was last advanced to (the servers count; a scrape adds the difference).
+    /// What `hangups` and `meshHandshakesRefused` were last advanced to: others count them (the
+    /// servers, the node), and a scrape adds the difference (`advance`).
     let hangupsReported = Atomic<Int>(0)
+    let meshHandshakesRefusedReported = Atomic<Int>(0)
     let messagesSent: Counter
     let sendsRefusedBacklog: Counter
     let sendsRefusedUnreachable: Counter
@@ -178,6 +179,13 @@ final class GatewayMetrics: Sendable {
     }
 
     /// Records one answered request (on libmicrohttpd's thread, when the response is queued).
+    /// Brings `counter` up to `total`, a count kept elsewhere; `reported` is what it was last
+    /// brought to (concurrent scrapes each add only their own difference).
+    func advance(_ counter: Counter, reported: borrowing Atomic<Int>, to total: Int) {
+        let before = reported.exchange(total, ordering: .relaxed)
+        if total > before { counter.increment(by: Int64(total - before)) }
+    }
+
     func requestAnswered(_ route: RouteTemplate, status: Int, elapsed: Duration, bodyBytesIn: Int, bodyBytesOut: Int) {
         let r = routes[route.rawValue]
         r.count(status: status)

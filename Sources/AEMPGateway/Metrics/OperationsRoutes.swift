@@ -43,12 +43,8 @@ extension Gateway {
     func collectGauges() {
         let servers = allServers
         metrics.connections.set(Int64(servers.reduce(0) { $0 + $1.connectionCount }))
-        let hangups = servers.reduce(0) { $0 + $1.hangups }
-        let reported = metrics.hangupsReported.exchange(hangups, ordering: .relaxed)
-        if hangups > reported { metrics.hangups.increment(by: Int64(hangups - reported)) }
-        let refused = node.handshakesRefused
-        let refusedBefore = metrics.meshHandshakesRefusedReported.exchange(refused, ordering: .relaxed)
-        if refused > refusedBefore { metrics.meshHandshakesRefused.increment(by: Int64(refused - refusedBefore)) }
+        metrics.advance(metrics.hangups, reported: metrics.hangupsReported, to: servers.reduce(0) { $0 + $1.hangups })
+        metrics.advance(metrics.meshHandshakesRefused, reported: metrics.meshHandshakesRefusedReported, to: node.handshakesRefused)
         metrics.eventStreams.set(Int64(servers.reduce(0) { $0 + $1.streams.withLock { $0.count } }))
         var parked = 0
         var queued = 0
