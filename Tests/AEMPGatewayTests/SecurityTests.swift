@@ -192,7 +192,7 @@ struct SecurityTests {
             let observed = Watched<[Value]>([])
             let obs = node.port { m in observed.update { $0.append(.array(m)) } }
             let nodePortSeen = Watched<[Value]>([])
-            node.observeNodePort { request, source in
+            await node.observeNodePort { request, source in
                 nodePortSeen.update { $0.append(["from": .string(source), "request": .array(request)]) }
             }
             let box = try await net.createMailbox()
@@ -337,7 +337,7 @@ struct SecurityTests {
             let (obs, inbox) = node.mailbox()
             var messages = inbox.makeAsyncIterator()
             let nodePortSeen = Watched<[Value]>([])
-            node.observeNodePort { request, source in
+            await node.observeNodePort { request, source in
                 nodePortSeen.update { $0.append(["from": .string(source), "request": .array(request)]) }
             }
 
@@ -548,7 +548,7 @@ struct SecurityTests {
             let (obs, inbox) = node.mailbox()
             var messages = inbox.makeAsyncIterator()
             let nodePortSeen = Watched<[Value]>([])
-            node.observeNodePort { request, source in nodePortSeen.update { $0.append(["from": .string(source), "request": .array(request)]) } }
+            await node.observeNodePort { request, source in nodePortSeen.update { $0.append(["from": .string(source), "request": .array(request)]) } }
             let reply = Value.string(obs.description)
             let code = Value.string("open my $f, '>', '\(sentinel)'; 42")
             // What Perl would run (aemp-protocol §7): eval, function names (spawn, snd_to_func,

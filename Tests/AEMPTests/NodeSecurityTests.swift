@@ -28,7 +28,7 @@ struct NodeSecurityTests {
             try await third.start()
             #expect(await third.waitForMaster(timeout: .seconds(10)) == target.id)
             let thirdSeen = Watched<[Value]>([])
-            third.observeNodePort { request, source in
+            await third.observeNodePort { request, source in
                 thirdSeen.update { $0.append(["from": .string(source), "request": .array(request)]) }
             }
             let (thirdPort, thirdInbox) = third.mailbox()
@@ -135,7 +135,7 @@ struct NodeSecurityTests {
             try await node.start()
             let address = try #require(await node.listenAddresses().first)
             let seen = Watched<[Value]>([])
-            let watch = node.observeNodePort { request, source in seen.update { $0.append([.string(source), .array(request)]) } }
+            let watch = await node.observeNodePort { request, source in seen.update { $0.append([.string(source), .array(request)]) } }
             node.snd(PortID(node: node.id, name: ""), ["devnull", "local"])
             let peer = res.peer(try await ScriptedPeer.dial(address))
             _ = try await peer.handshake(ScriptedHandshakeOptions(

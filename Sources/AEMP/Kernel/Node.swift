@@ -324,11 +324,12 @@ public final class Node: Sendable {
     /// Calls `observer(request, source)` with every request that arrives at this node's node port
     /// (aemp-protocol §7), from peers and from this node itself, before the node acts on it (or
     /// refuses it): for audit logs, and for tests that must show nothing arrived. Cancel with
-    /// `cancel(_:)`. The observer runs on the node's loop and must not block.
+    /// `cancel(_:)`. The observer runs on the node's loop and must not block. It is in place when
+    /// this returns: a request that arrives afterwards, over any connection, is seen.
     @discardableResult
-    public func observeNodePort(_ observer: @escaping NodePortObserver) -> NodeWatch {
+    public func observeNodePort(_ observer: @escaping NodePortObserver) async -> NodeWatch {
         let token = ids.nextToken()
-        onLoop { $0.nodePortObservers[token] = observer }
+        await withKernel { $0.nodePortObservers[token] = observer }
         return NodeWatch(token: token)
     }
 
