@@ -1,4 +1,4 @@
-import AEMP
+@testable import AEMP
 import Testing
 
 @Suite("Distributed database")
@@ -67,6 +67,39 @@ struct DatabaseTests {
         #expect(try await next(&g).added == ["b"])
         #expect(try await next(&f).added == ["b"])
         #expect(try await next(&s).added == ["b"])
+        await net.shutdown()
+    }
+
+    /// Issue 15, item 9: a change to a watched family must cost what it changes. The cost that
+    /// was there (the whole family copied on every change, by copy on write) shows as a new
+    /// storage buffer for the family after each change; a change applied in place keeps it.
+    /// (The time per change is `make bench` scenario 7.)
+    @Test("a change to a watched 20,000-key family is applied in place: the family is never copied per change")
+    func watchedFamilyChangesInPlace() async throws {
+        let net = try await ThreeNodes.start()
+        let size = 20_000
+        net.pub.batch { for i in 0..<size { net.pub.dbSet("big", "k\(i)", .int(Int64(i))) } }
+        // The watcher keeps only counts: it holds no reference to the family's values.
+        let counts = Events<Int>()
+        net.priv.dbMon("big") { counts.yield($0.values.count) }
+        var seen = counts.stream.makeAsyncIterator()
+        while try await next(&seen, "the family fills up") < size {}
+        let storage = { @Sendable in
+            await net.priv.withKernel { kernel in
+                kernel.families["big"].map { withUnsafeBytes(of: $0.values) { $0.load(as: UInt.self) } }
+            }
+        }
+        let before = try #require(await storage())
+        var copies = 0, last = before
+        for i in 0..<50 {
+            net.pub.dbSet("big", "k\(i)", .int(Int64(-1 - i)))
+            #expect(try await next(&seen, "change \(i)") == size)
+            let now = try #require(await storage())
+            if now != last { copies += 1 }
+            last = now
+        }
+        #expect(copies == 0, "the family's storage changed on \(copies) of 50 changes of one key")
+        #expect(await net.priv.dbFamily("big")["k0"] == .int(-1))
         await net.shutdown()
     }
 }
