@@ -257,14 +257,14 @@ public final class Gateway: HTTPHandler, Sendable {
     }
 
     public func answered(_ exchange: Exchange, _ response: HTTPResponse) {
-        let index = exchange.route.load(ordering: .relaxed)
-        // Answers given before routing (413, over capacity, shutting down) are matched here, once.
-        let route =
-            index >= 0
-            ? RouteTemplate(rawValue: index) ?? .other
-            : (try? pathSegments(exchange.request.path)).map { RouteTemplate(method: exchange.request.method, segments: $0) } ?? .other
+        var label = exchange.route.load(ordering: .relaxed)
+        if label < 0 {
+            // Answers given before routing (413, over capacity, shutting down) are matched here, once.
+            let segments = (try? pathSegments(exchange.request.path)) ?? []
+            label = segments.isEmpty ? Self.routes.paths.count : Self.routes.label(method: exchange.request.method, segments: segments)
+        }
         metrics.requestAnswered(
-            route, status: response.status, elapsed: ContinuousClock.now - exchange.received,
+            label, status: response.status, elapsed: ContinuousClock.now - exchange.received,
             bodyBytesIn: exchange.request.body.count, bodyBytesOut: response.body.count)
     }
 
@@ -275,8 +275,12 @@ public final class Gateway: HTTPHandler, Sendable {
     public func quickAnswer(method: String, path: UnsafePointer<CChar>, body: [UInt8], header: (String) -> String?)
         -> HTTPResponse?
     {
-        guard method == "POST", strcmp(path, "/v1/send") == 0 else { return nil }
-        return quickSend(body: body) { header("Authorization") }
+        guard let (route, label) = Self.routes.quickRoute(method: method, path: path), let quick = route.quick else { return nil }
+        let start = ContinuousClock.now
+        guard let response = quick(self, body, { header("Authorization") }) else { return nil }
+        metrics.requestAnswered(
+            label, status: response.status, elapsed: ContinuousClock.now - start, bodyBytesIn: body.count, bodyBytesOut: response.body.count)
+        return response
     }
 
         public func handle(_ request: HTTPRequest, _ exchange: Exchange) {

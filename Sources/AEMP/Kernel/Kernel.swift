@@ -101,8 +101,6 @@ final class PortTable: Sendable {
         }
         withExtendedLifetime(gone) {}
     }
-
-    var count: Int { table.withLock { $0.count } }
 }
 
 /// Who watches a local port: local monitor actions and remote nodes that sent `mon1`.
@@ -203,10 +201,6 @@ final class Kernel {
         ids = IDGenerator(randomisedID: randomisedID)
         seeds = configuration.seeds.map { SeedState(address: $0) }
     }
-
-    // MARK: - Ids
-
-    func nextToken() -> UInt64 { ids.nextToken() }
 
     // MARK: - Ports
 

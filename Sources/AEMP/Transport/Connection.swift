@@ -151,8 +151,6 @@ final class Connection: ChannelInboundHandler {
     private var droppedWarnings = LogBudget()
     /// The framing the peer sends in (from its auth line), once established.
     private(set) var receiveFraming: Framing?
-    /// The framing we send in, once chosen.
-    var negotiatedSendFraming: Framing { sendFraming }
     /// Whether the handshake completed and the connection is still open.
     var isEstablished: Bool { state == .established && !closing }
     /// The remote address as `host:port`, for logs.

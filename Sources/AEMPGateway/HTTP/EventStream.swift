@@ -136,9 +136,6 @@ public final class EventStream: Sendable {
         }
     }
 
-    /// Whether the stream still accepts events.
-    public var isOpen: Bool { state.withLock { !$0.finished && !$0.closed } }
-
     private static func wake(_ s: inout State) {
         if s.suspended, let connection = s.connection {
             s.suspended = false

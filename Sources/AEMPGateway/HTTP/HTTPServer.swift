@@ -143,9 +143,6 @@ public final class Exchange: Sendable {
         if waited { server.pending.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) } }
     }
 
-    /// Whether an answer was given.
-    public var isAnswered: Bool { state.withLock { $0.response != nil } }
-
     /// Runs `action` if the client hangs up before the answer (a parked long-poll's waiter, a
     /// call's reply port): the owner releases what the request held. At once if it already did.
     public func onHangup(_ action: @escaping @Sendable () -> Void) {

@@ -74,11 +74,13 @@ final class GatewayMetrics: Sendable {
         let latency = name(
             "http_request_duration", "seconds",
             "Time from a complete request to its queued response, by route template (long-polls include their wait).")
-        routes = RouteTemplate.allCases.map { route in
-            RouteMetrics(
-                route: route, registry: registry,
+        // One per path template of the route table, and `other` (no route) last.
+        routes = (0...Gateway.routes.paths.count).map { label in
+            let template = Gateway.routes.template(label)
+            return RouteMetrics(
+                template: template, registry: registry,
                 latency: registry.makeDurationHistogram(
-                    descriptor: latency, labels: [("route", route.template)], buckets: Self.latencyBuckets))
+                    descriptor: latency, labels: [("route", template)], buckets: Self.latencyBuckets))
         }
         droppedMessages = registry.makeCounter(
             descriptor: name(
@@ -186,8 +188,8 @@ final class GatewayMetrics: Sendable {
         if total > before { counter.increment(by: Int64(total - before)) }
     }
 
-    func requestAnswered(_ route: RouteTemplate, status: Int, elapsed: Duration, bodyBytesIn: Int, bodyBytesOut: Int) {
-        let r = routes[route.rawValue]
+    func requestAnswered(_ label: Int, status: Int, elapsed: Duration, bodyBytesIn: Int, bodyBytesOut: Int) {
+        let r = routes[min(max(label, 0), routes.count - 1)]
         r.count(status: status)
         r.latency.record(elapsed)
         if bodyBytesIn > 0 { requestBytes.increment(by: Int64(bodyBytesIn)) }
@@ -201,13 +203,14 @@ final class GatewayMetrics: Sendable {
 /// The metrics of one route template: its latency histogram, and a counter per status made on
 /// first use (the registry's lock is taken then only; afterwards one short lookup).
 final class RouteMetrics: Sendable {
-    let route: RouteTemplate
+    /// The path template (`route` label).
+    let template: String
     let latency: DurationHistogram
     private let registry: PrometheusCollectorRegistry
     private let byStatus = Locked<[Int: Counter]>([:])
 
-    init(route: RouteTemplate, registry: PrometheusCollectorRegistry, latency: DurationHistogram) {
-        self.route = route
+    init(template: String, registry: PrometheusCollectorRegistry, latency: DurationHistogram) {
+        self.template = template
         self.registry = registry
         self.latency = latency
     }
@@ -218,7 +221,7 @@ final class RouteMetrics: Sendable {
             descriptor: MetricNameDescriptor(
                 namespace: "aemp_gateway", metricName: "http_requests", unitName: "total",
                 helpText: "HTTP requests answered, by route template and status."),
-            labels: [("route", route.template), ("status", String(status))])
+            labels: [("route", template), ("status", String(status))])
         byStatus.withLock { $0[status] = c }
         c.increment()
     }

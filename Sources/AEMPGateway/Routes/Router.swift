@@ -1,76 +1,70 @@
 import AEMP
 
-/// Maps method and path onto the route handlers (openapi/openapi.yaml is the contract).
+/// The gateway's routes: the only place one exists (openapi/openapi.yaml is the contract, and
+/// `RouteTableTests` holds the two equal, every path and method both ways).
 extension Gateway {
+    static let routes = RouteTable([
+        Route("GET", "/healthz", .open) { _, _, _, _ in .json(200, ["status": "ok"]) },
+        Route("GET", "/readyz", .open) { g, _, _, _ throws(Problem) in try g.readiness() },
+        Route("GET", "/metrics", .metrics) { g, _, e, _ in g.metricsResponse(e) },
+        Route("GET", "/openapi.json", .open) { g, _, _, _ in g.openAPIResponse() },
+        Route("POST", "/v1/send", .write, quick: { g, body, authorization in g.quickSend(body: body, authorization: authorization) }) {
+            g, r, _, _ throws(Problem) in try g.send(r)
+        },
+        Route("POST", "/v1/call", .write) { g, r, e, _ throws(Problem) in try g.call(r, e) },
+        Route("POST", "/v1/ports", .write) { g, r, _, _ throws(Problem) in try g.createMailbox(r) },
+        Route("GET", "/v1/ports/{name}", .read) { g, _, _, p throws(Problem) in try g.mailboxInfo(p[0]) },
+        Route("DELETE", "/v1/ports/{name}", .write) { g, r, _, p throws(Problem) in try g.deleteMailbox(p[0], r) },
+        Route("GET", "/v1/ports/{name}/messages", .read) { g, r, e, p throws(Problem) in try g.readMailbox(p[0], r, e) },
+        Route("POST", "/v1/ports/{name}/monitor", .write) { g, r, _, p throws(Problem) in try g.monitorFromMailbox(p[0], r) },
+        Route("GET", "/v1/db/{family}", .read) { g, r, e, p throws(Problem) in try g.query("g_db_family", family: p[0], r, e) },
+        Route("GET", "/v1/db/{family}/keys", .read) { g, r, e, p throws(Problem) in try g.query("g_db_keys", family: p[0], r, e) },
+        Route("GET", "/v1/db/{family}/values", .read) { g, r, e, p throws(Problem) in try g.query("g_db_values", family: p[0], r, e) },
+        Route("GET", "/v1/db/{family}/watch", .read) { g, r, e, p throws(Problem) in try g.watch(family: p[0], r, e) },
+        Route("POST", "/v1/db/{family}/reg", .write) { g, r, _, p throws(Problem) in try g.register(family: p[0], r) },
+        Route("PUT", "/v1/db/{family}/{subkey}", .write) { g, r, _, p throws(Problem) in try g.put(family: p[0], subkey: p[1], r) },
+        Route("DELETE", "/v1/db/{family}/{subkey}", .write) { g, r, _, p throws(Problem) in try g.delete(family: p[0], subkey: p[1], r) },
+        Route("GET", "/v1/node", .read) { g, r, e, _ in g.nodeInfo(r, e) },
+        Route("GET", "/v1/nodes", .read) { g, r, e, _ in g.nodeList(r, e) },
+        Route("GET", "/v1/nodes/events", .read) { g, r, _, _ in g.nodeEvents(r) },
+    ])
 
     /// Routes a request; returns the response, or nil when the answer comes later. HEAD is routed
     /// as GET (RFC 9110 9.3.2: the server sends GET's header block alone); the routes that wait or
-    /// stream answer it at once, changing nothing (`isHead`).
+    /// stream answer it at once, changing nothing (`isHead`). `OPTIONS` on any path is the CORS
+    /// preflight. A request for a path that is not open needs a token before it learns whether
+    /// the path exists (401 before 404 and 405).
     func route(_ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
         let segments = try pathSegments(request.path)
         let method = isHead(request) ? "GET" : request.method
-        exchange.route.store(RouteTemplate(method: method, segments: segments).rawValue, ordering: .relaxed)
-
-        if method == "OPTIONS" { return preflight(request) }
-        switch segments {
-        case ["healthz"], ["readyz"], ["openapi.json"]:
-            try allow(request, ["GET"])
-            if segments == ["healthz"] { return .json(200, ["status": "ok"]) }
-            if segments == ["readyz"] { return try readiness() }
-            return openAPIResponse()
-        case ["metrics"]:
-            // Scraped without a token only when the operator says so (`metricsPublic`).
-            if !configuration.metricsPublic { try authorize(request) }
-            try allow(request, ["GET"])
-            return metricsResponse(exchange)
-        default:
-            break
+        if method == "OPTIONS" {
+            exchange.route.store(Self.routes.label(method: "GET", segments: segments), ordering: .relaxed)
+            return preflight(request)
         }
-        try authorize(request)
-
-        switch segments.first == "v1" ? Array(segments.dropFirst()) : nil {
-        case ["send"]?:
-            try allow(request, ["POST"])
-            return try send(request)
-        case ["call"]?:
-            try allow(request, ["POST"])
-            return try call(request, exchange)
-        case ["ports"]?:
-            try allow(request, ["POST"])
-            return try createMailbox(request)
-        case let s? where s.count == 2 && s[0] == "ports":
-            try allow(request, ["GET", "DELETE"])
-            return method == "GET" ? try mailboxInfo(s[1]) : try deleteMailbox(s[1], request)
-        case let s? where s.count == 3 && s[0] == "ports" && s[2] == "messages":
-            try allow(request, ["GET"])
-            return try readMailbox(s[1], request, exchange)
-        case let s? where s.count == 3 && s[0] == "ports" && s[2] == "monitor":
-            try allow(request, ["POST"])
-            return try monitorFromMailbox(s[1], request)
-        case let s? where s.count == 2 && s[0] == "db":
-            try allow(request, ["GET"])
-            return try query("g_db_family", family: s[1], request, exchange)
-        case let s? where s.count == 3 && s[0] == "db" && (s[2] == "keys" || s[2] == "values") && method == "GET":
-            return try query(s[2] == "keys" ? "g_db_keys" : "g_db_values", family: s[1], request, exchange)
-        case let s? where s.count == 3 && s[0] == "db" && s[2] == "watch" && method == "GET":
-            return try watch(family: s[1], request, exchange)
-        case let s? where s.count == 3 && s[0] == "db" && s[2] == "reg" && method == "POST":
-            return try register(family: s[1], request)
-        case let s? where s.count == 3 && s[0] == "db":
-            // keys/values/watch also answer GET, reg also POST (matched above): Allow says so.
-            let also = ["keys", "values", "watch"].contains(s[2]) ? ["GET"] : s[2] == "reg" ? ["POST"] : []
-            try allow(request, also + ["PUT", "DELETE"])
-            return method == "PUT" ? try put(family: s[1], subkey: s[2], request) : try delete(family: s[1], subkey: s[2], request)
-        case ["node"]?:
-            try allow(request, ["GET"])
-            return nodeInfo(request, exchange)
-        case ["nodes"]?:
-            try allow(request, ["GET"])
-            return nodeList(request, exchange)
-        case ["nodes", "events"]?:
-            try allow(request, ["GET"])
-            return nodeEvents(request)
-        default:
+        let match = Self.routes.match(method: method, segments: segments)
+        let access: RouteAccess
+        switch match {
+        case .route(let route, let path, _):
+            exchange.route.store(path, ordering: .relaxed)
+            access = route.access
+        case .methodNotAllowed(let path, _):
+            exchange.route.store(path, ordering: .relaxed)
+            access = Self.routes.access(ofPath: path)  // a health check's 405 needs no token
+        case .notFound:
+            exchange.route.store(Self.routes.paths.count, ordering: .relaxed)
+            access = method == "GET" ? .read : .write
+        }
+        switch access {
+        case .open: break
+        case .metrics: if !configuration.metricsPublic { try authorize(request) }
+        case .read, .write: try authorize(request)
+        }
+        switch match {
+        case .route(let route, _, let parameters):
+            return try route.handler(self, request, exchange, parameters)
+        case .methodNotAllowed(_, let allowed):
+            throw .methodNotAllowed(request.method, allowed: allowed.flatMap { $0 == "GET" ? ["GET", "HEAD"] : [$0] })
+        case .notFound:
             throw .notFound(request.path)
         }
     }

@@ -14,16 +14,12 @@ extension Gateway {
     /// configured, a token problem, any invalid or refused body: it answers them with a problem).
     func quickSend(body bytes: [UInt8], authorization: () -> String?) -> HTTPResponse? {
         guard configuration.corsOrigins.isEmpty, !bytes.isEmpty else { return nil }
-        let start = ContinuousClock.now
         if !configuration.tokens.isEmpty {
             guard (try? authorize(method: "POST", authorization: authorization())) != nil else { return nil }
         }
         // A refusal is not counted here: the general path answers it, and counts it, again.
         guard let body = try? JSONCodec.decode(bytes), let count = try? send(body: body, bodyBytes: bytes.count, countingRefusals: false) else { return nil }
-        let response = Self.accepted(count)
-        metrics.requestAnswered(
-            .send, status: 202, elapsed: ContinuousClock.now - start, bodyBytesIn: bytes.count, bodyBytesOut: response.body.count)
-        return response
+        return Self.accepted(count)
     }
 
     /// `{"accepted": n}`, written directly: the hottest answer of the gateway.
