@@ -90,6 +90,10 @@ let package = Package(
             ]
         ),
         .executableTarget(
+            name: "aemp-example",
+            dependencies: ["AEMP"]
+        ),
+        .executableTarget(
             name: "aemp-bench",
             dependencies: [
                 "AEMP",
@@ -129,6 +133,7 @@ let package = Package(
                 .product(name: "BigInt", package: "BigInt"),
                 "AEMPTestSupport",
                 "aemp",
+                "aemp-example",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -88,7 +88,7 @@ final class Bench: @unchecked Sendable {
         c.logger.logLevel = .error
         let node = try Node(configuration: c)
         try await node.start()
-        guard await node.waitForMaster(timeout: .seconds(10)) != nil else { throw BenchError("node \(node.id) found no master at \(seed)") }
+        guard (try? await node.waitForMaster(timeout: .seconds(10))) != nil else { throw BenchError("node \(node.id) found no master at \(seed)") }
         return node
     }
 

@@ -1,5 +1,6 @@
 import AEMP
 import ArgumentParser
+import NIOCore
 
 /// `aemp db …`: the distributed database (aemp-protocol §11).
 struct DB: AsyncParsableCommand {
@@ -30,12 +31,12 @@ enum DeleteRequests {
 /// JSON line and leaves.
 private func printQuery(
     _ options: NodeOptions, _ client: ClientOptions, _ request: String,
-    _ query: @escaping @Sendable (Node) async -> Value
+    _ query: @escaping @Sendable (Node, TimeAmount) async throws(RequestError) -> Value
 ) async throws {
     let session = try await Session.join(options, client)
     let node = session.node
-    let answer = try await withTimeout(session.timeout, "\(request) reply from master \(session.master)") {
-        await query(node)
+    let answer = try await asking(session.timeout, "\(request) reply from master \(session.master)") { (timeout) async throws(RequestError) in
+        try await query(node, timeout)
     }
     writeLine(renderJSON(answer))
     await session.leave()
@@ -53,7 +54,9 @@ struct DBGet: AsyncParsableCommand {
 
     func run() async throws {
         let family = self.family
-        try await printQuery(options, client, "db_family") { .object(await $0.dbFamily(family)) }
+        try await printQuery(options, client, "db_family") { (node, timeout) async throws(RequestError) in
+            .object(try await node.dbFamily(family, timeout: timeout))
+        }
     }
 }
 
@@ -69,7 +72,9 @@ struct DBKeys: AsyncParsableCommand {
 
     func run() async throws {
         let family = self.family
-        try await printQuery(options, client, "db_keys") { .array(await $0.dbKeys(family).sorted().map { .string($0) }) }
+        try await printQuery(options, client, "db_keys") { (node, timeout) async throws(RequestError) in
+            .array(try await node.dbKeys(family, timeout: timeout).sorted().map { .string($0) })
+        }
     }
 }
 
@@ -86,8 +91,8 @@ struct DBValues: AsyncParsableCommand {
     func run() async throws {
         let family = self.family
         // db_family rather than db_values: the values come out in a stable order (by key).
-        try await printQuery(options, client, "db_family") { node in
-            let values = await node.dbFamily(family)
+        try await printQuery(options, client, "db_family") { (node, timeout) async throws(RequestError) in
+            let values = try await node.dbFamily(family, timeout: timeout)
             return .array(values.keys.sorted().map { values[$0]! })
         }
     }
@@ -142,15 +147,15 @@ struct DBSet: AsyncParsableCommand {
         }
         node.dbSet(family, key, value)
         // The query follows the write on the same connection: its reply proves the master has the key.
-        _ = try await withTimeout(session.timeout, "db_family reply from master \(session.master)") {
-            await node.dbFamily(family)
+        _ = try await asking(session.timeout, "db_family reply from master \(session.master)") { (timeout) async throws(RequestError) in
+            try await node.dbFamily(family, timeout: timeout)
         }
         writeLine(renderJSON(["family": .string(family), "key": .string(key), "node": .string(node.id), "value": value]))
 
         let how = await end.value()
         node.dbDel(family, [key])
         // Again a query after the write, so the deletion is applied before the connection closes.
-        _ = try? await withTimeout(min(session.timeout, 5), "deletion") { await node.dbKeys(family) }
+        _ = try? await node.dbKeys(family, timeout: .nanoseconds(Int64(min(session.timeout, 5) * 1e9)))
         if case .deleteRequest(let from) = how {
             writeError("aemp: \(family)/\(key) deleted at the request of \(from); exiting")
         }
@@ -209,11 +214,11 @@ struct DBDel: AsyncParsableCommand {
         let deleted = await gone.value()
         var still: [String] = []
         if !deleted {
-            let now = (try? await withTimeout(2, "db_family") { await node.dbFamily(family) }) ?? initial
+            let now = (try? await node.dbFamily(family, timeout: .seconds(2))) ?? initial
             still = present.filter { now[$0] != nil }
         }
         node.dbDel(DeleteRequests.family, requests)
-        _ = try? await withTimeout(2, "deletion") { await node.dbKeys(DeleteRequests.family) }
+        _ = try? await node.dbKeys(DeleteRequests.family, timeout: .seconds(2))
         await session.leave()
         if !still.isEmpty { throw ToolError.notDeleted(family: family, keys: still, seconds: session.timeout) }
     }
@@ -267,8 +272,8 @@ struct Nodes: AsyncParsableCommand {
     func run() async throws {
         let session = try await Session.join(options, client)
         let node = session.node
-        var nodes = try await withTimeout(session.timeout, "db_family reply from master \(session.master)") {
-            await node.dbFamily("'l")
+        var nodes = try await asking(session.timeout, "db_family reply from master \(session.master)") { (timeout) async throws(RequestError) in
+            try await node.dbFamily("'l", timeout: timeout)
         }
         nodes[node.id] = nil
         writeLine(renderJSON(.object(nodes)))

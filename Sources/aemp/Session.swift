@@ -160,9 +160,10 @@ struct Session: Sendable {
         }
         try await node.start()
         let attached = OneShot<String?>()
-        Task { attached.resolve(await node.waitForMaster(timeout: .nanoseconds(Int64(client.connectTimeout * 1e9)))) }
+        let waiting = Task { attached.resolve(try? await node.waitForMaster(timeout: .nanoseconds(Int64(client.connectTimeout * 1e9)))) }
         diagnostics.refusedEverywhere.whenResolved { attached.resolve(nil) }
         guard let master = await attached.value() else {
+            waiting.cancel()
             await node.shutdown()
             if diagnostics.refusedEverywhere.isResolved {
                 throw ToolError.joinRefused(seeds: c.seeds, problem: diagnostics.problem ?? "authentication failure")

@@ -51,7 +51,7 @@ struct Sink: AsyncParsableCommand {
         }
         let node = try Node(configuration: c)
         try await node.start()
-        guard await node.waitForMaster(timeout: .seconds(10)) != nil else {
+        guard (try? await node.waitForMaster(timeout: .seconds(10))) != nil else {
             throw ToolError.failed("no master within 10 s")
         }
         let count = Atomic<Int>(0)

@@ -1,4 +1,5 @@
 import AEMP
+import NIOCore
 import Dispatch
 
 #if canImport(Glibc)
@@ -71,6 +72,20 @@ final class OneShot<T: Sendable>: Sendable {
 
 /// Runs `body` and returns its result, or throws `ToolError.timedOut(what)` after `seconds`.
 /// The body is not cancelled (node queries cannot be); the process exits soon after anyway.
+/// A request of the library with the tool's timeout: the library ends it (nothing is left waiting),
+/// and a timeout says what was awaited.
+func asking<T: Sendable>(
+    _ seconds: Double, _ what: String, _ body: (TimeAmount) async throws(RequestError) -> T
+) async throws -> T {
+    do {
+        return try await body(.nanoseconds(Int64(seconds * 1e9)))
+    } catch .timedOut {
+        throw ToolError.timedOut("\(what) (waited \(formatSeconds(seconds)) s)")
+    } catch {
+        throw ToolError.failed("\(what): \(error)")
+    }
+}
+
 func withTimeout<T: Sendable>(
     _ seconds: Double, _ what: String, _ body: @escaping @Sendable () async -> T
 ) async throws -> T {

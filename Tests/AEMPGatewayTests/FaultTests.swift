@@ -50,7 +50,7 @@ struct FaultTests {
             let node = try makeNode(id: "gw-fault-%u", binds: ["127.0.0.1:0"], seeds: [seed.address])
             cleanup.add { await node.shutdown() }
             try await node.start()
-            #expect(await node.waitForMaster(timeout: .seconds(15)) == seed.id)
+            #expect(try await node.waitForMaster(timeout: .seconds(15)) == seed.id)
 
             let first = try await GatewayProcess.start(seeds: [seed.address])
             cleanup.add { first.child.stop() }
@@ -97,7 +97,7 @@ struct MasterFailoverTests {
             let node = try makeNode(id: "gw-fo-node-%u", binds: ["127.0.0.1:0"], seeds: [seedA.address, seedB.address])
             cleanup.add { await node.shutdown() }
             try await node.start()
-            _ = try #require(await node.waitForMaster(timeout: .seconds(15)))
+            _ = try await node.waitForMaster(timeout: .seconds(15))
 
             let gateway = try await GatewayProcess.start(seeds: [seedA.address, seedB.address])
             cleanup.add { gateway.child.stop() }
@@ -107,7 +107,7 @@ struct MasterFailoverTests {
 
             // The gateway's own key, an SSE feed and a long-poll follower of the family.
             #expect(try await http.request("PUT", "/v1/db/fofam/gw", json: "from the gateway").status == 200)
-            try await eventually("the node sees the gateway's key") { await node.dbFamily("fofam")["gw"] == "from the gateway" }
+            try await eventually("the node sees the gateway's key") { try await node.dbFamily("fofam")["gw"] == "from the gateway" }
             let feed = try await gateway.sse("/v1/db/fofam/watch")
             cleanup.add { await feed.close() }
             let snapshot = try await feed.next()
@@ -158,7 +158,7 @@ struct MasterFailoverTests {
 
             // The gateway's key is back in every view; the node's new keys reach both feeds, in order.
             try await eventually(within: 10, "the gateway's key on the node after the failover") {
-                await node.dbFamily("fofam")["gw"] == "from the gateway"
+                try await node.dbFamily("fofam")["gw"] == "from the gateway"
             }
             #expect(try await http.request("GET", "/v1/db/fofam").json?.objectValue?["values"]?.objectValue?["gw"] == "from the gateway")
             for n in 1...3 { node.dbSet("fofam", "after", .int(Int64(n))) }
@@ -199,7 +199,7 @@ struct MasterFailoverTests {
             // The new global learns the gateway's key from the gateway itself (g_slave), and the
             // node's once the node is back too; both feeds converge, changes or a reset snapshot.
             try await eventually(within: 15, "the revived global has the gateway's key") {
-                await node.dbFamily("fofam")["gw"] == "from the gateway"
+                try await node.dbFamily("fofam")["gw"] == "from the gateway"
             }
             node.dbSet("fofam", "revived", true)
             expected["revived"] = true

@@ -134,7 +134,7 @@ struct MeshTLSGatewayTests {
             // PUT and GET /v1/db, and a change feed event.
             let put = try await http.request("PUT", "/v1/db/tls-cfg/limit", json: ["max": 10])
             #expect(put.status == 200, "\(put)")
-            try await eventually(within: 10, "the seed sees the gateway's key") { await seed.dbFamily("tls-cfg")["limit"] == ["max": 10] }
+            try await eventually(within: 10, "the seed sees the gateway's key") { try await seed.dbFamily("tls-cfg")["limit"] == ["max": 10] }
             seed.dbSet("tls-cfg", "owner", "seed")
             let got = try await waitFor(within: 10, "GET /v1/db/tls-cfg with both keys") { () async throws -> HTTPTestResponse? in
                 let r = try await http.request("GET", "/v1/db/tls-cfg")
@@ -229,7 +229,7 @@ struct MeshTLSGatewayTests {
             let node = try makeNode(id: "tls-joiner-%u", binds: ["127.0.0.1:0"], seeds: [bind], secret: "", certificate: meshCertificate)
             cleanup.add { await node.shutdown() }
             try await node.start()
-            #expect(await node.waitForMaster(timeout: .seconds(15)) == gateway.nodeID)
+            #expect(try await node.waitForMaster(timeout: .seconds(15)) == gateway.nodeID)
             let info = try await gateway.waitForNodeInfo("the joined node's TLS connection") { info in
                 info["connections"]?.arrayValue?.contains { $0.objectValue?["node"] == .string(node.id) } == true
             }
@@ -239,7 +239,7 @@ struct MeshTLSGatewayTests {
             let stranger = try makeNode(id: "tls-stranger-%u", seeds: [bind], secret: "some-secret")
             cleanup.add { await stranger.shutdown() }
             try await stranger.start()
-            #expect(await stranger.waitForMaster(timeout: .seconds(3)) == nil, "a node without the certificate is refused")
+            #expect((try? await stranger.waitForMaster(timeout: .seconds(3))) == nil, "a node without the certificate is refused")
         }
     }
 

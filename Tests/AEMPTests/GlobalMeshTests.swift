@@ -18,8 +18,8 @@ struct GlobalMeshTests {
         let watcher = try makeNode(id: "gm-watch-%u", seeds: [b])
         try await setter.start()
         try await watcher.start()
-        #expect(await setter.waitForMaster(timeout: .seconds(10)) == seedA.id)
-        #expect(await watcher.waitForMaster(timeout: .seconds(10)) == seedB.id)
+        #expect(try await setter.waitForMaster(timeout: .seconds(10)) == seedA.id)
+        #expect(try await watcher.waitForMaster(timeout: .seconds(10)) == seedB.id)
 
         let feed = Events<FamilyChange>()
         watcher.dbMon("mesh") { feed.yield($0) }
@@ -28,7 +28,7 @@ struct GlobalMeshTests {
         setter.dbSet("mesh", "k", "v")
         let c = try await next(&changes, "key set via the other global")
         #expect(c.added == ["k"] && c.values == ["k": "v"])
-        #expect(await watcher.dbFamily("mesh") == ["k": "v"])
+        #expect(try await watcher.dbFamily("mesh") == ["k": "v"])
         await setter.shutdown()
         let gone = try await next(&changes, "setter's key removed when it leaves")
         #expect(gone.deleted == ["k"])
@@ -52,15 +52,15 @@ struct GlobalMeshTests {
         }
         // Each global sees all three in 'g.
         for n in [seedA, seedB, seedC] {
-            #expect(Set(await n.dbKeys("'g")) == [seedA.id, seedB.id, seedC.id])
+            #expect(Set(try await n.dbKeys("'g")) == [seedA.id, seedB.id, seedC.id])
         }
 
         let setter = try makeNode(id: "gg-set-%u", seeds: [b])
         let watcher = try makeNode(id: "gg-watch-%u", seeds: [c])
         try await setter.start()
         try await watcher.start()
-        #expect(await setter.waitForMaster(timeout: .seconds(10)) == seedB.id)
-        #expect(await watcher.waitForMaster(timeout: .seconds(10)) == seedC.id)
+        #expect(try await setter.waitForMaster(timeout: .seconds(10)) == seedB.id)
+        #expect(try await watcher.waitForMaster(timeout: .seconds(10)) == seedC.id)
         let feed = Events<FamilyChange>()
         watcher.dbMon("gg") { feed.yield($0) }
         var changes = feed.stream.makeAsyncIterator()

@@ -118,7 +118,7 @@ struct GlobalReplayTests {
             }
 
             // send asked db_keys before it had a master: the request goes out right after g_slave.
-            let keysAtStart = Task { await node.dbKeys("aemp_test_receivers") }
+            let keysAtStart = Task { try await node.dbKeys("aemp_test_receivers") }
             try await node.start()
             let seed = try await Self.acceptPerlSeed(seedListener, capture, res)
             try await seed.send(renaming.packet(.array(fromSeed[0])))  // g_global
@@ -169,9 +169,9 @@ struct GlobalReplayTests {
                 let request = try #require(fromSend.first { WireShape.tag($0) == tag && $0[2] == "aemp_test_fam" })
                 let query = Task { () -> Value in
                     switch tag {
-                    case "g_db_family": return .object(await node.dbFamily("aemp_test_fam"))
-                    case "g_db_keys": return .array(await node.dbKeys("aemp_test_fam").map { .string($0) })
-                    default: return .array(await node.dbValues("aemp_test_fam"))
+                    case "g_db_family": return .object(try await node.dbFamily("aemp_test_fam"))
+                    case "g_db_keys": return .array(try await node.dbKeys("aemp_test_fam").map { .string($0) })
+                    default: return .array(try await node.dbValues("aemp_test_fam"))
                     }
                 }
                 let expectedRequest = renaming.packet(.array(request))
@@ -275,7 +275,7 @@ struct GlobalReplayTests {
             try await b.send(["", "g_chg1", "aemp_test_fam", ["not_from_master": 1]])
             var emptySlavesToB = try await Self.barrier(b, node: "seedB")
             // … and a query still unanswered when the master dies is asked again (K 680-697).
-            let pendingQuery = Task { await node.dbKeys("aemp_test_receivers") }
+            let pendingQuery = Task { try await node.dbKeys("aemp_test_receivers") }
             let asked = try await a.readSkippingEmptySlave(within: 5, "g_db_keys to seedA")
             #expect(asked.count == 4 && WireShape.tag(asked) == "g_db_keys" && asked[2] == "aemp_test_receivers",
                     "\(asked)")
@@ -384,7 +384,7 @@ struct GlobalReplayTests {
                 ["", "g_upd", "'g", [:], ["seedB"]], ["", "g_upd", "'l", [:], ["seedB"]],
             ], from: staying, "seedB leaves our 'g and 'l")
             try await Self.barrier(staying, node: "seedC")
-            #expect(await global.dbFamily("fam").isEmpty, "seedB's slaves' key went with it")
+            #expect(try await global.dbFamily("fam").isEmpty, "seedB's slaves' key went with it")
         }
     }
 
@@ -447,7 +447,7 @@ struct GlobalReplayTests {
                 ["", "g_upd", "'l", ["snode": []], []], ["", "g_upd", "fam", ["k": 1], []],
             ], from: turning, "forwarded to the new global")
             try await Self.barrier(turning, node: "wnode")
-            #expect(await global.dbFamily("fam") == ["k": 1])
+            #expect(try await global.dbFamily("fam") == ["k": 1])
         }
     }
 
@@ -458,7 +458,7 @@ struct GlobalReplayTests {
         if let grace { c.globalLossGrace = grace }
         let node = res.node(try Node(configuration: c))
         try await node.start()
-        #expect(await node.waitForMaster(timeout: .seconds(5)) == node.id)
+        #expect(try await node.waitForMaster(timeout: .seconds(5)) == node.id)
         return (node, address)
     }
 
@@ -604,15 +604,15 @@ struct GlobalReplayTests {
     }
 }
 
-/// Waits for `task` at most `seconds` (the library's query calls wait until answered, and
-/// cancellation would not end them): records an issue and throws on timeout.
-func value<T: Sendable>(
-    of task: Task<T, Never>, within seconds: Double, _ what: String, sourceLocation: SourceLocation = #_sourceLocation
+/// Waits for `task` at most `seconds`: records an issue and throws on timeout (or if the task
+/// failed).
+func value<T: Sendable, E: Error>(
+    of task: Task<T, E>, within seconds: Double, _ what: String, sourceLocation: SourceLocation = #_sourceLocation
 ) async throws -> T {
     let once = ResumeOnce()
     let result: T? = await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
         Task {
-            let v = await task.value
+            let v = try? await task.value
             if once.claim() { c.resume(returning: v) }
         }
         Task {
@@ -884,7 +884,7 @@ final class GlobalSideReplay {
         let node = res.node(try Node(configuration: scriptedNodeConfiguration(
             id: "gr-\(global)-%u", binds: [address], seeds: [address], framings: framings)))
         try await node.start()
-        #expect(await node.waitForMaster(timeout: .seconds(5)) == node.id, "a seed listing itself is global")
+        #expect(try await node.waitForMaster(timeout: .seconds(5)) == node.id, "a seed listing itself is global")
         var names = [global: node.id]
         var standIns: [String: ScriptedListener] = [:]
         for (other, captured) in listeners {

@@ -76,7 +76,7 @@ struct NodeIDTests {
             let global = res.node(try Node(configuration: scriptedNodeConfiguration(
                 id: "nid-global-%u", binds: [address], seeds: [address], framings: [framing])))
             try await global.start()
-            #expect(await global.waitForMaster(timeout: .seconds(5)) == global.id)
+            #expect(try await global.waitForMaster(timeout: .seconds(5)) == global.id)
 
             // The handshake with the raw bytes in the greeting; both tokens over those bytes.
             let peer = res.peer(try await ScriptedPeer.dial(address))
@@ -104,11 +104,11 @@ struct NodeIDTests {
             #expect(time.items.count == 3, "time reply \(time.items)")
 
             // The greeting's ID and the packets' ID are one string here.
-            let listeners = await global.dbFamily("'l")
+            let listeners = try await global.dbFamily("'l")
             #expect(listeners.keys.contains { $0.unicodeScalars.elementsEqual(Self.perlID.unicodeScalars) },
                     "'l keys \(listeners.keys.map(\.debugDescription)) lack the greeting's ID")
             #expect(listeners.count == 2, "one 'l entry per node: \(listeners.keys.map(\.debugDescription))")
-            let keys = await global.dbKeys("nid-fam").map { Array($0.unicodeScalars.map(\.value)) }.sorted { $0.lexicographicallyPrecedes($1) }
+            let keys = try await global.dbKeys("nid-fam").map { Array($0.unicodeScalars.map(\.value)) }.sorted { $0.lexicographicallyPrecedes($1) }
             #expect(keys == Self.keys.map { $0.bytes.map(UInt32.init) }.sorted { $0.lexicographicallyPrecedes($1) },
                     "subkeys as the Swift global holds them: \(keys)")
 

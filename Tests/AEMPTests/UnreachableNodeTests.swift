@@ -35,27 +35,28 @@ struct UnreachableNodeTests {
         try await a.start()
         try await b.start()
         defer { Task { await a.shutdown(); await b.shutdown(); await seed.shutdown() } }
-        #expect(await a.waitForMaster(timeout: .seconds(10)) == seed.id)
-        #expect(await b.waitForMaster(timeout: .seconds(10)) == seed.id)
+        #expect(try await a.waitForMaster(timeout: .seconds(10)) == seed.id)
+        #expect(try await b.waitForMaster(timeout: .seconds(10)) == seed.id)
         // b has registered its (empty) listener list with the seed: 'l => {b: []}. Asked through a
         // (its g_slave went first on that connection, so the seed is global when it answers); the
         // seed itself answers a query only once it is global, and a query before that never returns.
-        await eventually(within: 10, "the seed knows b") { await a.dbKeys("'l").contains(b.id) }
+        await eventually(within: 10, "the seed knows b") { try await a.dbKeys("'l").contains(b.id) }
 
-        // A node nobody has: the master answers g_found null. (makeNode's connect deadline is 3 s.)
+        // A node nobody has: the master answers g_found null. (makeNode's connect deadline is 3 s;
+        // "at once" is checked as under 2 s, which a loaded 2-core machine has missed at 1 s.)
         let (unknown, unknownTook) = try await monitorReason(a, PortID(node: "nobody/x", name: "p"))
         #expect(unknown == ["transport_error", "nobody/x", "no known address"])
-        #expect(unknownTook < promptly(.seconds(1)), "took \(unknownTook)")
+        #expect(unknownTook < promptly(.seconds(2)), "took \(unknownTook)")
 
         // A private node that never connected to a: the master answers g_found [].
         let (privateReason, privateTook) = try await monitorReason(a, PortID(node: b.id, name: "p"))
         #expect(privateReason == ["transport_error", .string(b.id), "no known address"])
-        #expect(privateTook < promptly(.seconds(1)), "took \(privateTook)")
+        #expect(privateTook < promptly(.seconds(2)), "took \(privateTook)")
 
         // A global looks in its own directory: no entry, no wait either.
         let (global, globalTook) = try await monitorReason(seed, PortID(node: "nobody/y", name: "p"))
         #expect(global == ["transport_error", "nobody/y", "no known address"])
-        #expect(globalTook < promptly(.seconds(1)), "took \(globalTook)")
+        #expect(globalTook < promptly(.seconds(2)), "took \(globalTook)")
 
         // The node is not wedged: a later connection to a real node works as before.
         let (port, inbox) = seed.mailbox()

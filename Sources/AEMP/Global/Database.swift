@@ -32,10 +32,13 @@ struct FamilyWatch {
     var watchers: [UInt64: @Sendable (FamilyChange) -> Void] = [:]
 }
 
-/// A database query waiting for `g_reply` (re-sent to a new master).
+/// A database query waiting for `g_reply` (re-sent to a new master), until its timeout.
 struct PendingQuery {
     var packet: [Value]
-    var completion: @Sendable (Value) -> Void
+    /// The caller's token (for cancellation).
+    var token: UInt64
+    var timer: Scheduled<Void>?
+    var completion: @Sendable (Result<Value, RequestError>) -> Void
 }
 
 /// The database API of every node (aemp-protocol §11): the local database, writes to the master,
@@ -70,17 +73,38 @@ extension Kernel {
         }
     }
 
-    /// `db_family` / `db_keys` / `db_values`: answered by ourselves when global, else by the master.
-    func dbQuery(_ tag: String, _ family: String, completion: @escaping @Sendable (Value) -> Void) {
-        if isGlobal {
-            completion(answer(query: tag, family: family))
-            return
-        }
+    /// `db_family` / `db_keys` / `db_values`: answered by ourselves when global, else by the master
+    /// (sent now if there is one, else when one is found). Ends with the answer, or
+    /// `timedOut` after `timeout`, `cancelled` (`cancelQuery`), `shutDown`.
+    func dbQuery(
+        _ tag: String, _ family: String, token: UInt64, timeout: TimeAmount,
+        completion: @escaping @Sendable (Result<Value, RequestError>) -> Void
+    ) {
+        if isShutDown { return completion(.failure(.shutDown)) }
+        if isGlobal { return completion(.success(answer(query: tag, family: family))) }
         queryCounter += 1
         let id = String(queryCounter, radix: 36)
         let packet: [Value] = ["", .string(tag), .string(family), .string(id)]
-        pendingQueries[id] = PendingQuery(packet: packet, completion: completion)
+        let timer = loop.assumeIsolated().scheduleTask(in: timeout) { [weak self] () -> Void in
+            self?.endQuery(id: id, .failure(RequestError(timeout: timeout)))
+        }
+        pendingQueries[id] = PendingQuery(packet: packet, token: token, timer: timer, completion: completion)
+        queryIDs[token] = id
         masterPeer?.sendIfConnected(packet)
+    }
+
+    /// Ends a waiting query with `cancelled` (nothing if it has ended).
+    func cancelQuery(token: UInt64) {
+        guard let id = queryIDs[token] else { return }
+        endQuery(id: id, .failure(.cancelled))
+    }
+
+    /// Removes a waiting query and completes it (once; a late `g_reply` finds nothing).
+    func endQuery(id: String, _ result: Result<Value, RequestError>) {
+        guard let query = pendingQueries.removeValue(forKey: id) else { return }
+        queryIDs[query.token] = nil
+        query.timer?.cancel()
+        query.completion(result)
     }
 
     func dbMon(_ family: String, token: UInt64, handler: @escaping @Sendable (FamilyChange) -> Void) {
@@ -125,8 +149,8 @@ extension Kernel {
             return
         }
         if tag == "g_reply" {
-            guard let id = args.first?.stringValue, let query = pendingQueries.removeValue(forKey: id) else { return }
-            query.completion(args.count > 1 ? args[1] : .null)
+            guard let id = args.first?.stringValue else { return }
+            endQuery(id: id, .success(args.count > 1 ? args[1] : .null))
         } else {
             applyChangeFeed(tag: tag, args)
         }

@@ -30,8 +30,14 @@ public struct PortID: Hashable, Sendable, CustomStringConvertible, ExpressibleBy
         if node.isEmpty { return nil }
     }
 
+    /// A port ID written in the source (`"node#name"`). A literal that is no port ID (its node
+    /// part is empty, as in `"#name"` or `""`) is a programming error and stops the program; parse
+    /// strings that come from elsewhere with `PortID(_:)`, which returns nil for them.
     public init(stringLiteral value: String) {
-        self = PortID(value) ?? PortID(node: "", name: value)
+        guard let id = PortID(value) else {
+            preconditionFailure("\(value.debugDescription) is not a port ID: the node part (before #) is empty")
+        }
+        self = id
     }
 
     /// Whether this names a node's node port (monitoring it monitors the node).

@@ -125,6 +125,26 @@ extension Kernel {
 
     func notifyMasterWatchers() {
         for (_, watcher) in masterWatchers.sorted(by: { $0.key < $1.key }) { watcher(master) }
+        if let master {
+            for token in masterWaits.keys.sorted() { endMasterWait(token, .success(master)) }
+        }
+    }
+
+    /// `Node.waitForMaster`: ends at once if there is a master, else when one is found, or with
+    /// `timedOut` after `timeout` (or `endMasterWait` from a cancellation or shutdown).
+    func waitForMaster(token: UInt64, timeout: TimeAmount, end: @escaping @Sendable (Result<String, RequestError>) -> Void) {
+        if isShutDown { return end(.failure(.shutDown)) }
+        if let master { return end(.success(master)) }
+        let timer = loop.assumeIsolated().scheduleTask(in: timeout) { [weak self] () -> Void in
+            self?.endMasterWait(token, .failure(RequestError(timeout: timeout)))
+        }
+        masterWaits[token] = MasterWait(timer: timer, end: end)
+    }
+
+    func endMasterWait(_ token: UInt64, _ result: Result<String, RequestError>) {
+        guard let wait = masterWaits.removeValue(forKey: token) else { return }
+        wait.timer.cancel()
+        wait.end(result)
     }
 
     // MARK: - Address lookup (g_find / g_found)

@@ -52,6 +52,12 @@ struct PortHandlers: Sendable {
 /// The live local ports and their handlers. Shared by the node's loop (delivery) and callers on any
 /// thread (`port`, `rcv`, `kil`), so a port exists the moment its ID is handed out: NIO may read
 /// a socket before it runs tasks queued from other threads.
+/// A `Node.waitForMaster` call waiting for a master.
+struct MasterWait {
+    let timer: Scheduled<Void>
+    let end: @Sendable (Result<String, RequestError>) -> Void
+}
+
 final class PortTable: Sendable {
     private let table = Locked<[String: PortHandlers]>([:])
 
@@ -146,6 +152,8 @@ final class Kernel {
     var localDB: [String: [String: Value]] = [:]
     /// Called with master changes (new master ID or nil).
     var masterWatchers: [UInt64: @Sendable (String?) -> Void] = [:]
+    /// `Node.waitForMaster` calls waiting, by token.
+    var masterWaits: [UInt64: MasterWait] = [:]
 
     var isShutDown = false
     /// Whether this node runs the global role (aemp-protocol §10.3).
@@ -162,6 +170,8 @@ final class Kernel {
     var families: [String: FamilyWatch] = [:]
     /// Database queries waiting for `g_reply`, by request ID.
     var pendingQueries: [String: PendingQuery] = [:]
+    /// The request ID of each waiting query, by the caller's token.
+    var queryIDs: [UInt64: String] = [:]
     var queryCounter: UInt64 = 0
     /// Channels we dialed that have not yet been handed to a peer (closed on shutdown).
     var dialing: [ObjectIdentifier: any Channel] = [:]

@@ -124,14 +124,19 @@ public final class Node: Sendable {
             k.nodeWatchers.removeAll()
             k.masterWatchers.removeAll()
             k.families.removeAll()
+            // Whoever waits for an answer hears that none will come.
+            for id in k.pendingQueries.keys.sorted() { k.endQuery(id: id, .failure(.shutDown)) }
+            for token in k.masterWaits.keys.sorted() { k.endMasterWait(token, .failure(.shutDown)) }
             return EventLoopFuture.andAllComplete(closes, on: k.loop)
         }
         try? await future.get()
     }
 
-    /// Runs `body` on the node's loop with the kernel.
-    func withKernel<T: Sendable>(_ body: @escaping @Sendable (Kernel) -> T) async -> T {
-        try! await eventLoop.submit { [kernel] in body(kernel.value) }.get()
+    /// Runs `body` on the node's loop with the kernel; nil if the loop is gone (its event-loop
+    /// group was shut down under the node).
+    @discardableResult
+    func withKernel<T: Sendable>(_ body: @escaping @Sendable (Kernel) -> T) async -> T? {
+        try? await eventLoop.submit { [kernel] in body(kernel.value) }.get()
     }
 
     /// Runs `body` on the node's loop, in order with other calls from the same thread.
@@ -271,12 +276,6 @@ public final class Node: Sendable {
         }
     }
 
-    /// Sends a message to a port given as a string (`node#name`, or a node ID for its node port).
-    public func snd(_ port: String, _ message: [Value]) {
-        guard let id = PortID(port) else { return }
-        snd(id, message)
-    }
-
     /// Kills a port with a reason (empty = normal exit); remote ports get `kil1` (aemp-protocol §8).
     public func kil(_ port: PortID, reason: [Value] = []) {
         if port.node == id {
@@ -360,7 +359,7 @@ public final class Node: Sendable {
 
     /// Node IDs with a live connection (`up_nodes`).
     public func upNodes() async -> [String] {
-        await withKernel { $0.upNodes }
+        await withKernel { $0.upNodes } ?? []
     }
 
     /// The established connections, by peer: address, TLS version (nil without TLS), auth method,
@@ -368,17 +367,17 @@ public final class Node: Sendable {
     public func connections() async -> [ConnectionInfo] {
         await withKernel { kernel in
             kernel.connections.values.compactMap(\.info).sorted { ($0.node, $0.address) < ($1.node, $1.address) }
-        }
+        } ?? []
     }
 
     /// The current master's node ID, if attached.
     public func master() async -> String? {
-        await withKernel { $0.master }
+        await withKernel { $0.master } ?? nil
     }
 
     /// The addresses this node listens on (with real port numbers), as published in `'l`.
     public func listenAddresses() async -> [String] {
-        await withKernel { $0.listenAddresses }
+        await withKernel { $0.listenAddresses } ?? []
     }
 
     /// Calls `handler` on the node's loop with the current master (nil = none) now and on every
@@ -393,22 +392,23 @@ public final class Node: Sendable {
         return NodeWatch(token: token)
     }
 
-    /// Waits until the node is attached to a master, up to `timeout`. Returns the master's ID.
-    public func waitForMaster(timeout: TimeAmount) async -> String? {
-        let promise = eventLoop.makePromise(of: String?.self)
+    /// Waits until the node is attached to a master, up to `timeout`, and returns the master's ID.
+    /// Throws `timedOut`, `cancelled` (the waiting task was) or `shutDown`.
+    public func waitForMaster(timeout: TimeAmount) async throws(RequestError) -> String {
         let token = ids.nextToken()
-        onLoop { k in
-            if let m = k.master { return promise.succeed(m) }
-            k.masterWatchers[token] = { master in
-                if let master { promise.succeed(master) }
+        let cancelled = CancellationFlag()
+        let result: Result<String, RequestError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Result<String, RequestError>, Never>) in
+                onLoop { k in
+                    if cancelled.isSet { return continuation.resume(returning: .failure(.cancelled)) }
+                    k.waitForMaster(token: token, timeout: timeout) { continuation.resume(returning: $0) }
+                }
             }
-            let timer = k.loop.scheduleTask(in: timeout) { promise.succeed(nil) }
-            promise.futureResult.hop(to: k.loop).assumeIsolated().whenComplete { [weak k] _ in
-                timer.cancel()
-                k?.masterWatchers[token] = nil
-            }
+        } onCancel: {
+            cancelled.set()
+            onLoop { $0.endMasterWait(token, .failure(.cancelled)) }
         }
-        return (try? await promise.futureResult.get()) ?? nil
+        return try result.get()
     }
 }
 
@@ -433,25 +433,38 @@ extension Node {
         mon(port) { [self] _ in self.dbDel(family, [key]) }
     }
 
-    /// The whole family (`db_family`), answered by the master.
-    public func dbFamily(_ family: String) async -> [String: Value] {
-        await query("g_db_family", family).objectValue ?? [:]
+    /// The whole family (`db_family`), answered by the master (this node when global). Waits for
+    /// a master if there is none, up to `timeout`; throws `timedOut`, `cancelled` or `shutDown`,
+    /// and a cancelled or timed-out query leaves nothing behind.
+    public func dbFamily(_ family: String, timeout: TimeAmount = .seconds(30)) async throws(RequestError) -> [String: Value] {
+        try await query("g_db_family", family, timeout: timeout).objectValue ?? [:]
     }
 
-    /// The family's subkeys (`db_keys`).
-    public func dbKeys(_ family: String) async -> [String] {
-        (await query("g_db_keys", family).arrayValue ?? []).compactMap(\.stringValue)
+    /// The family's subkeys (`db_keys`); as `dbFamily`.
+    public func dbKeys(_ family: String, timeout: TimeAmount = .seconds(30)) async throws(RequestError) -> [String] {
+        (try await query("g_db_keys", family, timeout: timeout).arrayValue ?? []).compactMap(\.stringValue)
     }
 
-    /// The family's values (`db_values`).
-    public func dbValues(_ family: String) async -> [Value] {
-        await query("g_db_values", family).arrayValue ?? []
+    /// The family's values (`db_values`); as `dbFamily`.
+    public func dbValues(_ family: String, timeout: TimeAmount = .seconds(30)) async throws(RequestError) -> [Value] {
+        try await query("g_db_values", family, timeout: timeout).arrayValue ?? []
     }
 
-    private func query(_ tag: String, _ family: String) async -> Value {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Value, Never>) in
-            onLoop { $0.dbQuery(tag, family) { continuation.resume(returning: $0) } }
+    private func query(_ tag: String, _ family: String, timeout: TimeAmount) async throws(RequestError) -> Value {
+        let token = ids.nextToken()
+        let cancelled = CancellationFlag()
+        let result: Result<Value, RequestError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, RequestError>, Never>) in
+                onLoop { k in
+                    if cancelled.isSet { return continuation.resume(returning: .failure(.cancelled)) }
+                    k.dbQuery(tag, family, token: token, timeout: timeout) { continuation.resume(returning: $0) }
+                }
+            }
+        } onCancel: {
+            cancelled.set()
+            onLoop { $0.cancelQuery(token: token) }
         }
+        return try result.get()
     }
 
     /// Watches a family (`db_mon`): `handler` gets the current family first, then every change.

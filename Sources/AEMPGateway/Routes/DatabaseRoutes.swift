@@ -27,21 +27,35 @@ extension Gateway {
     func query(_ tag: String, family: String, _ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
         try checkFamily(family)
         guard master != nil else { throw .meshUnavailable() }
-        let timer = after(configuration.queryTimeout) { [self] in
-            fail(exchange, .timeout("the master did not answer within \(configuration.queryTimeout) s"))
-        }
         let node = self.node
-        Task {
-            let answer: Value
-            switch tag {
-            case "g_db_keys": answer = ["family": .string(family), "keys": .array(await node.dbKeys(family).map { .string($0) })]
-            case "g_db_values": answer = ["family": .string(family), "values": .array(await node.dbValues(family))]
-            default: answer = ["family": .string(family), "values": .object(await node.dbFamily(family))]
+        let timeout = TimeAmount.nanoseconds(Int64(configuration.queryTimeout * 1e9))
+        // The node ends the query at its timeout, or when the client hangs up (the task is
+        // cancelled): nothing is left waiting either way.
+        let task = Task { [self] in
+            do throws(RequestError) {
+                let answer: Value
+                switch tag {
+                case "g_db_keys": answer = ["family": .string(family), "keys": .array(try await node.dbKeys(family, timeout: timeout).map { .string($0) })]
+                case "g_db_values": answer = ["family": .string(family), "values": .array(try await node.dbValues(family, timeout: timeout))]
+                default: answer = ["family": .string(family), "values": .object(try await node.dbFamily(family, timeout: timeout))]
+                }
+                exchange.respond(.json(200, answer))
+            } catch {
+                answerQueryFailure(error, exchange)
             }
-            timer.cancel()
-            exchange.respond(.json(200, answer))
         }
+        exchange.onHangup { task.cancel() }
         return nil
+    }
+
+    /// The answer to a query the node ended without a reply (a cancelled one is the client's
+    /// hang-up, already answered).
+    func answerQueryFailure(_ error: RequestError, _ exchange: Exchange) {
+        switch error {
+        case .timedOut: fail(exchange, .timeout("the master did not answer within \(configuration.queryTimeout) s"))
+        case .shutDown: fail(exchange, .shuttingDown())
+        case .cancelled, .portDied: break
+        }
     }
 
     /// `PUT /v1/db/{family}/{subkey}` (body: any JSON value): `db_set`, owned by the gateway.

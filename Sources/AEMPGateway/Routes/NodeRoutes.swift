@@ -1,4 +1,5 @@
 import AEMP
+import NIOCore
 
 /// `/v1/node`, `/v1/nodes`, `/v1/nodes/events`.
 extension Gateway {
@@ -52,13 +53,15 @@ extension Gateway {
             return nil
         }
         let node = self.node
-        let timer = after(configuration.queryTimeout) { [self] in
-            fail(exchange, .timeout("the master did not answer within \(configuration.queryTimeout) s"))
-        }
-        Task {
-            let known = await node.dbFamily("'l")
+        let timeout = TimeAmount.nanoseconds(Int64(configuration.queryTimeout * 1e9))
+        let task = Task { [self] in
+            let known: [String: Value]
+            do throws(RequestError) {
+                known = try await node.dbFamily("'l", timeout: timeout)
+            } catch {
+                return answerQueryFailure(error, exchange)
+            }
             let up = Set(await node.upNodes())
-            timer.cancel()
             var list: [Value] = []
             for id in Set(known.keys).union(up).union([node.id]).sorted() {
                 let addresses = known[id]?.arrayValue ?? []
@@ -69,6 +72,7 @@ extension Gateway {
             }
             exchange.respond(.json(200, ["nodes": .array(list)]))
         }
+        exchange.onHangup { task.cancel() }
         return nil
     }
 

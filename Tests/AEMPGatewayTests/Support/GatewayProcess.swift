@@ -337,12 +337,12 @@ final class Cleanup: Sendable {
 extension Node {
     /// `dbFamily`, failing the test instead of hanging it when no answer comes within 10 s.
     func family(_ family: String) async throws -> [String: Value] {
-        try await bounded(10, "db_family \(family) from node \(id)") { await self.dbFamily(family) }
+        try await bounded(10, "db_family \(family) from node \(id)") { try await self.dbFamily(family) }
     }
 
     /// `dbKeys`, bounded like `family`.
     func keys(_ family: String) async throws -> [String] {
-        try await bounded(10, "db_keys \(family) from node \(id)") { await self.dbKeys(family) }
+        try await bounded(10, "db_keys \(family) from node \(id)") { try await self.dbKeys(family) }
     }
 }
 
@@ -404,7 +404,7 @@ struct GatewayNetwork: Sendable {
         let node = try makeNode(id: "gw-node-%u", binds: ["127.0.0.1:0"], seeds: [seed.address])
         cleanup.add { await node.shutdown() }
         try await node.start()
-        let master = await node.waitForMaster(timeout: .seconds(15))
+        let master = try await node.waitForMaster(timeout: .seconds(15))
         try #require(master == seed.id, "the public node did not attach to the seed")
         let gateway = try await GatewayProcess.start(seeds: [seed.address], arguments: gatewayArguments)
         cleanup.add { gateway.child.stop() }
@@ -421,7 +421,7 @@ struct GatewayNetwork: Sendable {
         let n = try makeNode(id: id, binds: ["127.0.0.1:0"], seeds: [seed.address])
         cleanup.add { await n.shutdown() }
         try await n.start()
-        let master = await n.waitForMaster(timeout: .seconds(15))
+        let master = try await n.waitForMaster(timeout: .seconds(15))
         try #require(master == seed.id, "node \(n.id) did not attach to the seed")
         return n
     }

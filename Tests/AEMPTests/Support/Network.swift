@@ -52,15 +52,15 @@ func startTakingOver(_ address: String, _ make: () throws -> Node) async throws 
     }
 }
 
-/// Polls `condition` until it holds or `seconds` pass.
+/// Polls `condition` until it holds or `seconds` pass (a condition that throws does not hold yet).
 func eventually(
     within seconds: Double = 10, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
-    _ condition: @Sendable () async -> Bool
+    _ condition: @Sendable () async throws -> Bool
 ) async {
     let seconds = seconds * sanitizerSlowdown  // what must happen may take longer under a sanitizer
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while ContinuousClock.now < deadline {
-        if await condition() { return }
+        if (try? await condition()) == true { return }
         try? await Task.sleep(nanoseconds: 20_000_000)
     }
     Issue.record("condition not met within \(seconds) s: \(what)", sourceLocation: sourceLocation)
