@@ -1,4 +1,5 @@
 import AEMP
+import NIOCore
 import ArgumentParser
 
 /// What a message argument means; shared by `snd` and `cal` help.
@@ -88,32 +89,29 @@ struct Cal: AsyncParsableCommand {
     @Argument(help: "The message elements; the reply port ID is appended.")
     var element: [String] = []
 
-    private enum Outcome: Sendable {
-        case reply([Value])
-        case died([Value])
-        case timedOut
-    }
-
     func run() async throws {
         let target = try ArgumentValue.port(port)
         let message = try ArgumentValue.message(element)
         let session = try await Session.join(options, client)
         let node = session.node
-        let outcome = OneShot<Outcome>()
-        let reply = node.port { message in outcome.resolve(.reply(message)) }
-        node.mon(target) { reason in outcome.resolve(.died(reason)) }
-        node.snd(target, message + [.string(reply.description)])
-        outcome.resolve(after: session.timeout, with: .timedOut)
-        let result = await outcome.value()
-        if case .reply(let message) = result { writeLine(renderJSON(.array(message))) }
+        // The library's cal: its reply port, monitor and timer are released however it ends.
+        let result: Result<[Value], RequestError>
+        do throws(RequestError) {
+            result = .success(try await node.cal(target, message, timeout: .nanoseconds(Int64(session.timeout * 1e9))))
+        } catch {
+            result = .failure(error)
+        }
+        if case .success(let reply) = result { writeLine(renderJSON(.array(reply))) }
         await session.leave()
         switch result {
-        case .reply:
+        case .success:
             return
-        case .died(let reason):
+        case .failure(.portDied(let reason)):
             throw ToolError.portDied(target, reason: reason, while: "no reply")
-        case .timedOut:
+        case .failure(.timedOut):
             throw ToolError.timedOut("no reply from \(target) within \(formatSeconds(session.timeout)) s")
+        case .failure(let other):
+            throw ToolError.failed("cal \(target): \(other)")
         }
     }
 }

@@ -87,3 +87,78 @@ struct RequestEndingTests {
         await seed.shutdown()
     }
 }
+
+/// Issue 16: `cal` in the library (Perl's `cal`), used by the gateway and the aemp tool: it ends
+/// once, however it ends, and releases its reply port, monitor and timer.
+@Suite("cal", .timeLimit(.minutes(1)))
+struct CalTests {
+    /// A seed with an echo port (answers every message to the port ID in its last element) and
+    /// a silent port, and a private node attached to it.
+    static func network() async throws -> (seed: Node, node: Node, echo: PortID, silent: PortID) {
+        let seed = try makeNode(id: "cal-seed-%u", binds: ["127.0.0.1:0"])
+        try await seed.start()
+        let echo = seed.port { message in
+            if let reply = message.last?.stringValue.flatMap(PortID.init) { seed.snd(reply, Array(message.dropLast())) }
+        }
+        let silent = seed.port { _ in }
+        let node = try makeNode(id: "cal-node-%u", seeds: [try #require(await seed.listenAddresses().first)])
+        try await node.start()
+        _ = try await node.waitForMaster(timeout: .seconds(10))
+        return (seed, node, echo, silent)
+    }
+
+    /// Monitors this node holds on ports of `peer`, and reply ports of calls still alive.
+    static func held(_ node: Node, on peer: String) async -> (monitors: Int, calls: Int) {
+        let monitors = await node.withKernel { k in k.peers[peer]?.monitors.values.reduce(0) { $0 + $1.count } ?? 0 } ?? -1
+        return (monitors, node.liveCalls.withLock { $0.count })
+    }
+
+    @Test("the first reply answers; a dead target is portDied with its reason; silence is timedOut; each leaves no monitor and no call behind")
+    func endings() async throws {
+        let (seed, node, echo, silent) = try await Self.network()
+        #expect(try await node.cal(echo, ["hello", 42]) == ["hello", 42])
+        #expect(try await node.cal(echo, []) == [])
+
+        let gone = PortID(node: seed.id, name: "no-such-port")
+        do {
+            _ = try await node.cal(gone, ["x"], timeout: .seconds(10))
+            Issue.record("a call to a port that does not exist answered")
+        } catch {
+            guard case .portDied = error else { Issue.record("expected portDied, got \(error)"); return }
+        }
+        await #expect(throws: RequestError.timedOut(seconds: 0.3)) { try await node.cal(silent, ["x"], timeout: .milliseconds(300)) }
+        await eventually("the monitors are gone") { await Self.held(node, on: seed.id) == (0, 0) }
+
+        // The reply port is gone too: a late answer to it is a message to a dead port.
+        let late = Locked<PortID?>(nil)
+        let watcher = seed.port { message in late.withLock { $0 = message.last?.stringValue.flatMap(PortID.init) } }
+        await #expect(throws: RequestError.timedOut(seconds: 0.2)) { try await node.cal(watcher, ["x"], timeout: .milliseconds(200)) }
+        await eventually("the call reached the seed") { late.withLock { $0 } != nil }
+        let reply = try #require(late.withLock { $0 })
+        let died = Locked<[Value]?>(nil)
+        seed.mon(reply) { reason in died.withLock { $0 = reason } }
+        await eventually("the reply port of an ended call is dead") { died.withLock { $0 } != nil }
+        #expect(reply.name.hasPrefix("cal-") && reply.name.count >= 30, "an unguessable reply port: \(reply)")
+
+        await node.shutdown()
+        await seed.shutdown()
+    }
+
+    @Test("cancelling the waiting task or shutting the node down ends a call at once and releases it")
+    func cancelAndShutdown() async throws {
+        let (seed, node, _, silent) = try await Self.network()
+        let cancelled = Task { try await node.cal(silent, ["x"], timeout: .seconds(600)) }
+        await eventually("the call is in flight") { await Self.held(node, on: seed.id) == (1, 1) }
+        cancelled.cancel()
+        await #expect(throws: RequestError.cancelled) { try await cancelled.value }
+        await eventually("nothing held") { await Self.held(node, on: seed.id) == (0, 0) }
+
+        let ended = Locked<Result<[Value], RequestError>?>(nil)
+        let call = try #require(node.cal(silent, ["y"], timeout: .seconds(600)) { r in ended.withLock { $0 = r } })
+        #expect(node.cal(silent, ["z"], replyName: call.replyPort.name) { _ in } == nil, "a reply name in use is refused")
+        await node.shutdown()
+        #expect(ended.withLock { $0 } == .failure(.shutDown))
+        await #expect(throws: RequestError.shutDown) { try await node.cal(silent, ["w"]) }
+        await seed.shutdown()
+    }
+}

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import Synchronization
 import NIOPosix
 
 #if canImport(Glibc)
@@ -16,6 +17,25 @@ public struct Monitor: Hashable, Sendable {
 /// A handle for a node up/down watcher; pass it to `Node.cancel(_:)`.
 public struct NodeWatch: Hashable, Sendable {
     let token: UInt64
+}
+
+/// Bytes handed to the node's loop for other nodes and not yet written into their connections
+/// (`Node.snd(batch:bytes:)`), by node ID; any thread.
+final class HandedOverBytes: Sendable {
+    private let byNode = Locked<[String: Int]>([:])
+
+    func add(_ nodes: [String], _ bytes: Int) {
+        byNode.withLock { table in
+            for node in nodes {
+                let now = table[node, default: 0] + bytes
+                table[node] = now == 0 ? nil : now
+            }
+        }
+    }
+
+    func bytes(_ node: String) -> Int {
+        byNode.withLock { $0[node] ?? 0 }
+    }
 }
 
 /// An AnyEvent::MP node: ports, `snd`/`rcv`/`kil`/`mon`, seeds and the node port.
@@ -38,6 +58,12 @@ public final class Node: Sendable {
     /// Work handed over from other threads, run on the loop in arrival order; one loop wake-up
     /// serves everything queued until it runs (a burst of `snd`s costs one hop, not one each).
     private let inbox = Locked(Inbox())
+    /// Bytes of `snd(batch:bytes:)` batches not yet taken by the loop, by destination node.
+    private let handedOver = HandedOverBytes()
+    /// `cal`s in flight, ended by `shutdown()`.
+    let liveCalls = Locked<[ObjectIdentifier: Call]>([:])
+    /// Set when `shutdown()` begins; readable from any thread.
+    let isShutDown = Atomic<Bool>(false)
 
     struct Inbox {
         var work: [@Sendable (Kernel) -> Void] = []
@@ -104,6 +130,8 @@ public final class Node: Sendable {
 
     /// Closes every listener and connection and stops all timers.
     public func shutdown() async {
+        isShutDown.store(true, ordering: .releasing)
+        endCalls()
         let future: EventLoopFuture<Void> = eventLoop.flatSubmit { [kernel] in
             let k = kernel.value
             k.isShutDown = true
@@ -245,19 +273,33 @@ public final class Node: Sendable {
 
     /// Sends several messages, in order, with one hand-off to the node's loop (cheaper than a
     /// `snd` each when they come from another thread).
-    public func snd(batch messages: [(port: PortID, message: [Value])]) {
+    ///
+    /// `bytes`, an estimate of the batch's size on the wire (the gateway gives its request body's),
+    /// counts in `unsentBytes(to:)` of each node the batch goes to from now until the node's loop
+    /// has written the batch into its connections: a caller that checks `unsentBytes` before
+    /// each batch cannot outrun the loop with batches still waiting to be taken.
+    public func snd(batch messages: [(port: PortID, message: [Value])], bytes: Int = 0) {
         guard !messages.isEmpty else { return }
-        onLoop { k in
+        var nodes: [String] = []
+        if bytes > 0 {
+            for (port, _) in messages where port.node != id && nodes.last != port.node && !nodes.contains(port.node) {
+                nodes.append(port.node)
+            }
+            if !nodes.isEmpty { handedOver.add(nodes, bytes) }
+        }
+        onLoop { [handedOver, nodes] k in
             for (port, message) in messages { k.send(to: port, message) }
+            if !nodes.isEmpty { handedOver.add(nodes, -bytes) }
         }
     }
 
     /// Bytes sent to `nodeID` that its connection has not yet taken (written to the socket's
-    /// buffer): 0 when the node is keeping up, or has no connection. Packets queued while a
-    /// connection is being opened are not counted. Callable from any thread; a caller that feeds
+    /// buffer), and those of `snd(batch:bytes:)` batches for it that the loop has not yet taken:
+    /// 0 when the node is keeping up, or has no connection. Packets queued while a connection is
+    /// being opened are not counted. Callable from any thread; a caller that feeds
     /// this node faster than a peer reads can hold back before `maxUnsentBytes` cuts the peer off.
     public func unsentBytes(to nodeID: String) -> Int {
-        backlogs.bytes(nodeID)
+        backlogs.bytes(nodeID) + handedOver.bytes(nodeID)
     }
 
     /// Accepted connections closed before their handshake because `maxPendingHandshakes` (or the

@@ -59,7 +59,7 @@ extension Gateway {
         if master == nil, sends.contains(where: { $0.0.node != node.id }) { throw .meshUnavailable() }
         try refuseIfUnreachable(sends.lazy.map(\.port.node), batch: batch, counting: countingRefusals)
         try refuseIfBacklogged(sends.lazy.map(\.port.node), counting: countingRefusals)
-        node.snd(batch: sends)
+        node.snd(batch: sends, bytes: bodyBytes)
         metrics.messagesSent.increment(by: Int64(sends.count))
         return sends.count
     }
@@ -146,79 +146,44 @@ extension Gateway {
             pendingCalls.wrappingSubtract(1, ordering: .relaxed)
             throw .overloaded("too many calls in flight (\(configuration.maxPendingCalls))")
         }
-        let call = PendingCall()
-        let finish: @Sendable (HTTPResponse) -> Void = { [self] response in
-            guard let (reply, monitor, timer) = call.finish() else { return }
-            timer?.cancel()
-            if let monitor { node.unmon(monitor) }
-            if let reply { node.kil(reply) }
+        // The node's cal: the reply port, the monitor on the target and the timer are released
+        // by whichever ending comes first (a hang-up cancels it).
+        let made = node.cal(target, message, timeout: .nanoseconds(Int64(seconds * 1e9)), replyName: replyName) { [self] result in
             pendingCalls.wrappingSubtract(1, ordering: .relaxed)
-            exchange.respond(response)
+            let p: Problem
+            switch result {
+            case .success(let reply):
+                return exchange.respond(.json(200, ["reply": .array(reply)]))
+            case .failure(.portDied(let reason)):
+                p =
+                    reason.first == "transport_error"
+                    ? Problem(
+                        502, "node_unreachable", "Target node unreachable",
+                        "\(target) died before it replied: \(reason.map(\.description).joined(separator: " "))", extra: ["reason": .array(reason)])
+                    : Problem(
+                        502, "port_died", "Target port died",
+                        "\(target) died before it replied: \(reason.map(\.description).joined(separator: " "))", extra: ["reason": .array(reason)])
+            case .failure(.timedOut):
+                p = .timeout("no reply from \(target) within \(seconds) s")
+            case .failure(.shutDown):
+                p = .shuttingDown()
+            case .failure(.cancelled):
+                return  // the client hung up: answered 499 by the hang-up itself
+            }
+            log(request, p)
+            exchange.respond(p.response(requestID: request.requestID))
         }
-        guard let reply = node.port(named: replyName, { message in
-            finish(.json(200, ["reply": .array(message)]))
-        }) else {
+        guard let call = made else {
             pendingCalls.wrappingSubtract(1, ordering: .relaxed)
             throw Problem(500, "internal_error", "Internal error", "could not create a reply port for the call")
         }
-        let monitor = node.mon(target) { [self] reason in
-            var p = Problem(
-                502, "port_died", "Target port died",
-                "\(target) died before it replied: \(reason.map(\.description).joined(separator: " "))",
-                extra: ["reason": .array(reason)])
-            if reason.first == "transport_error" { p = Problem(502, "node_unreachable", "Target node unreachable", p.detail, extra: p.extra) }
-            log(request, p)
-            finish(p.response(requestID: request.requestID))
-        }
-        let timer = after(seconds) { [self] in
-            let p = Problem.timeout("no reply from \(target) within \(seconds) s")
-            log(request, p)
-            finish(p.response(requestID: request.requestID))
-        }
         // A client that hangs up before the reply frees its call slot, reply port and monitor.
-        exchange.onHangup { [self] in finish(clientClosed(request)) }
-        if call.start(reply: reply, monitor: monitor, timer: timer) {
-            // Ended before it started (the monitor fired at once): release what start handed over.
-            timer.cancel()
-            node.unmon(monitor)
-            node.kil(reply)
-            return nil
-        }
-        node.snd(target, message + [.string(reply.description)])
+        exchange.onHangup { call.cancel() }
         metrics.messagesSent.increment()
         return nil
     }
 }
 
-/// The resources of one call, released exactly once by whichever ending comes first.
-final class PendingCall: Sendable {
-    private struct State {
-        var reply: PortID?
-        var monitor: Monitor?
-        var timer: Timeouts.Handle?
-        var finished = false
-    }
-    private let state = Locked(State())
-
-    /// Hands over the resources; returns true if the call already finished (the caller releases them).
-    func start(reply: PortID, monitor: Monitor, timer: Timeouts.Handle) -> Bool {
-        state.withLock { s -> Bool in
-            s.reply = reply
-            s.monitor = monitor
-            s.timer = timer
-            return s.finished
-        }
-    }
-
-    /// Marks the call finished; returns its resources the first time only.
-    func finish() -> (PortID?, Monitor?, Timeouts.Handle?)? {
-        state.withLock { s in
-            guard !s.finished else { return nil }
-            s.finished = true
-            return (s.reply, s.monitor, s.timer)
-        }
-    }
-}
 
 extension Problem {
     /// The same problem, naming the batch item it is about.

@@ -151,7 +151,9 @@ final class ScriptedPeer: Sendable {
     }
 
     /// Dials `host:port` (127.0.0.1 in tests).
-    static func dial(_ address: String, sendBufferSize: Int? = nil) async throws -> ScriptedPeer {
+    /// `receiveBufferSize` fixes the socket's receive buffer (set before connecting, so the kernel
+    /// does not grow it: with autotuning a loopback socket can take 32 MB and more unread).
+    static func dial(_ address: String, sendBufferSize: Int? = nil, receiveBufferSize: Int? = nil) async throws -> ScriptedPeer {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
             throw ScriptedPeerError.protocolViolation("bad address \(address)")
         }
@@ -168,6 +170,9 @@ final class ScriptedPeer: Sendable {
             }
         if let sendBufferSize {
             bootstrap = bootstrap.channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(sendBufferSize))
+        }
+        if let receiveBufferSize {
+            bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferSize))
         }
         let channel = try await bootstrap.connect(host: host, port: port).get()
         return ScriptedPeer(channel: channel, inbox: inbox)
