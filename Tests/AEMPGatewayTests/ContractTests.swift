@@ -270,6 +270,27 @@ struct ContractPromiseTests {
         }
     }
 
+    @Test("a call to the gateway's own node port with an allowed tag (time) is answered, not 502 port_died")
+    func callOwnNodePort() async throws {
+        try await Cleanup.scope { cleanup in
+            let bind = "127.0.0.1:\(try freePort())"
+            let gateway = try await GatewayProcess.start(seeds: nil, arguments: ["--standalone-bind", bind, "--allow-node-port-tag", "time"])
+            cleanup.add { gateway.child.stop() }
+            _ = try await gateway.waitForNodeInfo("its own master") { $0["master"]?.stringValue == gateway.nodeID }
+            let http = try await gateway.client()
+            cleanup.add { await http.close() }
+            let before = Date().timeIntervalSince1970
+            let r = try await http.request("POST", "/v1/call", json: ["port": .string(gateway.nodeID), "message": ["time"], "timeout": 5])
+            #expect(r.status == 200, "\(r)")
+            let reply = r.json?.objectValue?["reply"]?.arrayValue ?? []
+            let when: Double? = reply.count == 1 ? (reply[0].strictNumberForTests) : nil
+            #expect(when.map { abs($0 - before) < 60 } == true, "\(r)")
+            // Not allowed without the tag: refused as before.
+            let eval = try await http.request("POST", "/v1/call", json: ["port": .string(gateway.nodeID), "message": ["eval", "1"]])
+            expectProblem(eval, 403, "node_port_forbidden")
+        }
+    }
+
     /// The member names of a JSON object text at its top level, in the order written.
     static func topLevelKeys(_ bytes: [UInt8]) -> [String] {
         var keys: [String] = []
@@ -327,5 +348,16 @@ struct ContractPromiseTests {
         }
         #expect(bodies.count == 4)
         for body in bodies { #expect(body == expected, "\(body)") }
+    }
+}
+
+extension Value {
+    /// A JSON number as a double (integers too).
+    fileprivate var strictNumberForTests: Double? {
+        switch self {
+        case .int(let n): return Double(n)
+        case .double(let d): return d
+        default: return nil
+        }
     }
 }

@@ -167,7 +167,10 @@ extension Gateway {
             pendingCalls.wrappingSubtract(1, ordering: .relaxed)
             throw Problem(500, "internal_error", "Internal error", "could not create a reply port for the call")
         }
-        let monitor = node.mon(target) { [self] reason in
+        // The target is monitored, except the gateway's own node port (an allowed tag such as
+        // `time`): it lives as long as the gateway, and `mon` of it fires at once (no such port).
+        let ownNodePort = target.node == node.id && target.name.isEmpty
+        let monitor = ownNodePort ? nil : node.mon(target) { [self] reason in
             var p = Problem(
                 502, "port_died", "Target port died",
                 "\(target) died before it replied: \(reason.map(\.description).joined(separator: " "))",
@@ -186,7 +189,7 @@ extension Gateway {
         if call.start(reply: reply, monitor: monitor, timer: timer) {
             // Ended before it started (the monitor fired at once): release what start handed over.
             timer.cancel()
-            node.unmon(monitor)
+            if let monitor { node.unmon(monitor) }
             node.kil(reply)
             return nil
         }
@@ -207,7 +210,7 @@ final class PendingCall: Sendable {
     private let state = Locked(State())
 
     /// Hands over the resources; returns true if the call already finished (the caller releases them).
-    func start(reply: PortID, monitor: Monitor, timer: Timeouts.Handle) -> Bool {
+    func start(reply: PortID, monitor: Monitor?, timer: Timeouts.Handle) -> Bool {
         state.withLock { s -> Bool in
             s.reply = reply
             s.monitor = monitor
