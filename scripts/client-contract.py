@@ -5,8 +5,9 @@ which generates and installs the client and starts the gateway.
 
     python3 scripts/client-contract.py --base http://127.0.0.1:PORT
 
-The gateway must be standalone (its own seed and master): a call's target is a mailbox of its
-own, whose request this script reads and answers through the generated client.
+The gateway must be standalone (its own seed and master) and allow the node-port tag `time`: a
+call goes to a mailbox of its own, whose request this script reads and answers through the
+generated client, and one to the gateway node's own node port.
 Every wait is bounded: long-polls ask for at most 10 s, threads are joined with a deadline.
 """
 import argparse
@@ -122,7 +123,7 @@ def main():
     check(isinstance(woken, MailboxPoll) and [e.message for e in woken.messages] == [["wake"]], f"the parked poll: {woken!r}")
     after = woken.last
 
-    # --- call: the target is our mailbox; this script answers at the appended reply port -------
+    # --- call: a mailbox, answered by this script at the appended reply port; the node port ----
     pending = in_background(pool, call.sync, client=client, body=CallRequest(port=box.port, message=["ping", 7], timeout=10.0))
     request = read_mailbox.sync(box.name, client=client, after=after, wait=10)
     entries = request.messages if isinstance(request, MailboxPoll) else []
@@ -134,6 +135,11 @@ def main():
     reply = pending.result(timeout=15)
     expect_type(reply, CallResponse200, "POST /v1/call (mailbox)")
     check(isinstance(reply, CallResponse200) and reply.reply == ["pong", 7], f"the reply: {reply!r}")
+    # The gateway's own node port, with the tag the gateway allows (--allow-node-port-tag time).
+    clock = call.sync(client=client, body=CallRequest(port=node.node, message=["time"], timeout=5.0))
+    expect_type(clock, CallResponse200, "POST /v1/call (the node port's time)")
+    if isinstance(clock, CallResponse200):
+        check(len(clock.reply) == 1 and abs(float(clock.reply[0]) - time.time()) < 60, f"the node's time: {clock.reply!r}")
 
     # --- the database: set, read the family and one key, watch -----------------------------
     family = f"client-contract-{int(time.time() * 1000)}"
