@@ -57,7 +57,7 @@ extension Problem {
     static func unknownKey(family: String, subkey: String) -> Problem {
         Problem(
             404, "unknown_key", "Unknown key",
-            "the family \(family.debugDescription) has no subkey \(subkey.debugDescription) (now: a key goes with the node that set it)")
+            "the family \(family.debugDescription) has no subkey \(subkey.debugDescription) now (a key vanishes with the node that set it)")
     }
     static func invalidPort(_ detail: String) -> Problem {
         Problem(422, "invalid_port", "Invalid port ID", detail)
