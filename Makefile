@@ -1,5 +1,5 @@
 # Entry points for people and CI. `make test` is what .ci/run calls.
-.PHONY: deps build run test bench soak http-fuzz sanitize
+.PHONY: deps build run test bench soak http-fuzz client-contract sanitize
 
 deps:
 	@scripts/deps
@@ -17,6 +17,7 @@ test: deps
 	swift test
 	scripts/soak
 	scripts/http-fuzz
+	scripts/client-contract
 	scripts/sanitize
 
 # The test suite under ThreadSanitizer, then AddressSanitizer with leak checks; any report fails.
@@ -39,3 +40,8 @@ soak: deps
 # e.g. make http-fuzz HTTP_FUZZ_SEED=7 (see the script's header).
 http-fuzz: deps
 	scripts/http-fuzz
+
+# Generates a Python client from openapi/openapi.yaml (openapi-python-client) and runs it against a
+# standalone debug gateway (issue 16): send, call, mailboxes, database, feeds, typed problems.
+client-contract: deps
+	scripts/client-contract

@@ -50,7 +50,7 @@ enum Destination {
                 }
                 return PortID(node: nodeID, name: "")
             }
-            throw .nodePortForbidden(given)
+            throw .nodePortForbidden(given, bareNode: text.contains("#") ? nil : nodeID)
         }
         guard !portName.contains("#") else {
             throw .invalidPort("\(given.debugDescription) has more than one '#'")
@@ -119,6 +119,18 @@ extension Value {
         case .int(let n): return n
         case .double(let d) where d.rounded() == d && abs(d) < 9.0e15: return Int64(d)
         default: return nil
+        }
+    }
+
+    /// What kind of JSON value this is, for a problem's detail ("a string", "an object", …).
+    var kindDescription: String {
+        switch self {
+        case .null: return "null"
+        case .bool: return "a boolean"
+        case .int, .bigInteger, .double: return "a number"
+        case .string, .codePoints: return "a string"
+        case .array: return "an array"
+        case .object: return "an object"
         }
     }
 

@@ -349,6 +349,8 @@ struct OpenAPIConformanceTests {
         "getFamilyKeys 504 application/problem+json timeout": "needs a master that does not answer",
         "getFamilyValues 504 application/problem+json timeout": "needs a master that does not answer",
         "listNodes 504 application/problem+json timeout": "needs a master that does not answer",
+        "getKey 504 application/problem+json timeout": "needs a master that does not answer",
+        "getKey 503 application/problem+json shutting_down": "the in-process master answers before a shutdown can catch it",
         "getFamily 503 application/problem+json shutting_down": "the in-process master answers before a shutdown can catch it",
         "getFamilyKeys 503 application/problem+json shutting_down": "the in-process master answers before a shutdown can catch it",
         "getFamilyValues 503 application/problem+json shutting_down": "the in-process master answers before a shutdown can catch it",
@@ -369,9 +371,12 @@ struct OpenAPIConformanceTests {
         #expect(metrics.text.contains("# TYPE aemp_gateway_http_requests_total counter"), "\(metrics.text)")
         #expect(metrics.text.contains("aemp_gateway_http_requests_total{route=\"/readyz\",status=\"200\"} 1"), "\(metrics.text)")
         try await a.exchange("GET", "/openapi.json", expect: 200)
+        // The CORS preflight: on every path, documented once (components/responses/Preflight).
         for template in contract.paths.keys.sorted() {
             let path = a.concretePath(template)
-            let r = try await a.exchange("OPTIONS", path, auth: false, expect: 204)
+            let r = try await a.http.request("OPTIONS", path)
+            #expect(r.status == 204, "OPTIONS \(path): \(r)")
+            a.check(contract.validateResponse(component: "#/components/responses/Preflight", status: r.status, headers: r.headers, body: r.body))
             #expect(r.header("Access-Control-Allow-Methods") == "GET, POST, PUT, DELETE, OPTIONS")
         }
     }
@@ -452,6 +457,12 @@ struct OpenAPIConformanceTests {
                 try await a.exchange("POST", "/v1/call", json: body, expect: 422, "invalid_request")
             }
             try await a.exchange("POST", "/v1/call", json: ["port": ["n", "p"], "message": []], expect: 422, "invalid_port")
+            // Members the request schemas do not list.
+            let unknown = try await a.exchange("POST", "/v1/call", json: ["port": "n#p", "message": [], "timeout": 1, "retries": 2], expect: 422, "unknown_field")
+            #expect(unknown.json?.objectValue?["field"] == "retries", "\(unknown)")
+            try await a.exchange("POST", "/v1/send", json: ["port": "n#p", "message": [], "to": "x"], expect: 422, "unknown_field")
+            let inBatch = try await a.exchange("POST", "/v1/send", json: [["port": "n#p", "message": []], ["port": "n#p", "message": [], "x": 1]], expect: 422, "unknown_field")
+            #expect(inBatch.json?.objectValue?["index"] == 1 && inBatch.json?.objectValue?["field"] == "x", "\(inBatch)")
         } catch {
             await joined.shutdown()
             throw error
@@ -488,6 +499,7 @@ struct OpenAPIConformanceTests {
         for body: Value in [["ttl": 0], ["ttl": 86401], ["max_queue": 0], ["max_queue": 100001], ["ttl": "soon"], [1]] {
             try await a.exchange("POST", "/v1/ports", json: body, expect: 422, "invalid_request")
         }
+        try await a.exchange("POST", "/v1/ports", json: ["ttl": 60, "queue": 5], expect: 422, "unknown_field")
 
         // Long-poll: empty, three messages, at-least-once, acknowledgement, max.
         let empty = try await a.exchange("GET", "/v1/ports/\(name)/messages?wait=0", expect: 200)
@@ -553,6 +565,7 @@ struct OpenAPIConformanceTests {
             try await a.exchange("POST", "/v1/ports/\(name)/monitor", json: body, expect: 422, "invalid_request")
         }
         try await a.exchange("POST", "/v1/ports/\(name)/monitor", json: ["port": "a#b#c"], expect: 422, "invalid_port")
+        try await a.exchange("POST", "/v1/ports/\(name)/monitor", json: ["port": "n#p", "mailbox": "x"], expect: 422, "unknown_field")
         try await a.exchange("POST", "/v1/ports/b@d/monitor", json: ["port": "n#p"], expect: 422, "invalid_mailbox_name")
         try await a.exchange("POST", "/v1/ports/\(instance).unknown/monitor", json: ["port": "n#p"], expect: 404, "unknown_mailbox")
         for spelling in Self.nodePortSpellings(a.gateway.node.id) {
@@ -635,6 +648,11 @@ struct OpenAPIConformanceTests {
             let r = try await a.exchange("GET", "/v1/db/\(family)", expect: 200)
             return r.json?.objectValue?["values"]?.objectValue?.keys.sorted() == ["a/b#c", "k1", "keys"]
         }
+        let one = try await a.exchange("GET", "/v1/db/\(family)/a%2Fb%23c", expect: 200)
+        #expect(one.json == ["family": "conf-db", "subkey": "a/b#c", "value": "slash and hash"], "\(one)")
+        try await a.exchange("GET", "/v1/db/\(family)/absent", expect: 404, "unknown_key")
+        try await a.exchange("GET", "/v1/db/%01/k", expect: 422, "invalid_family")
+        try await a.exchange("GET", "/v1/db/f/%e2%82", expect: 400, "invalid_path")
         let keys = try await a.exchange("GET", "/v1/db/\(family)/keys", expect: 200)
         #expect(Set(keys.json?.objectValue?["keys"]?.arrayValue ?? []) == ["a/b#c", "k1", "keys"], "\(keys)")
         let values = try await a.exchange("GET", "/v1/db/\(family)/values", expect: 200)
@@ -668,6 +686,7 @@ struct OpenAPIConformanceTests {
             try await a.exchange("POST", "/v1/db/\(family)/reg", json: body, expect: 422, "invalid_request")
         }
         try await a.exchange("POST", "/v1/db/\(family)/reg", json: ["port": .string(mb.port)], expect: 422, "invalid_mailbox_name")
+        try await a.exchange("POST", "/v1/db/\(family)/reg", json: ["port": .string(mb.name), "subkey": "x"], expect: 422, "unknown_field")
         try await a.exchange("POST", "/v1/db/\(family)/reg", json: ["port": .string("\(instance).unknown")], expect: 404, "unknown_mailbox")
         try await a.exchange("POST", "/v1/db/'l/reg", json: ["port": .string(mb.name)], expect: 403, "reserved_family")
         try await a.exchange("DELETE", "/v1/ports/\(mb.name)", expect: 200)
@@ -813,6 +832,11 @@ struct OpenAPIConformanceTests {
 
     func limitsAuthAndCORS(_ b: SpecGateway) async throws {
         let origin = [("Origin", "https://app.example")]
+        // The key GET /v1/db/{family}/{subkey} reads below.
+        try await b.exchange("PUT", b.concretePath("/v1/db/{family}/{subkey}"), json: "routing", expect: 200)
+        try await eventually(within: 5, "the routing key is set") {
+            try await b.http.request("GET", b.concretePath("/v1/db/{family}/{subkey}"), headers: b.auth).status == 200
+        }
 
         // Without a token: 401 on every /v1 operation (with CORS headers); never on meta routes.
         for op in contract.operations where op.template.hasPrefix("/v1/") && op.method != "options" {
@@ -846,7 +870,9 @@ struct OpenAPIConformanceTests {
         #expect(noToken.header("Access-Control-Allow-Origin") == "https://app.example")
         try await b.exchange("GET", "/metrics", auth: false, headers: [("Authorization", "Bearer ro-secret-token")], expect: 200)
         try await b.exchange("GET", "/openapi.json", auth: false, expect: 200)
-        let preflight = try await b.exchange("OPTIONS", "/v1/send", auth: false, headers: origin + [("Access-Control-Request-Method", "POST")], expect: 204)
+        let preflight = try await b.http.request("OPTIONS", "/v1/send", headers: origin + [("Access-Control-Request-Method", "POST")])
+        #expect(preflight.status == 204, "\(preflight)")
+        b.check(contract.validateResponse(component: "#/components/responses/Preflight", status: preflight.status, headers: preflight.headers, body: preflight.body))
         #expect(preflight.header("Access-Control-Allow-Origin") == "https://app.example")
         #expect(preflight.header("Access-Control-Allow-Headers") == "Authorization, Content-Type, Last-Event-ID")
         let otherOrigin = try await b.exchange("GET", "/v1/node", headers: [("Origin", "https://evil.example")], expect: 200)
@@ -978,7 +1004,7 @@ struct OpenAPIConformanceTests {
         #expect(notReady.json?.objectValue?["seeds"] == [["seed": .string(seed), "reason": .string(reason)]], "\(notReady)")
         try await c.exchange("POST", "/v1/send", json: ["port": .string(remotePort), "message": ["x"]], expect: 503, "mesh_unavailable")
         try await c.exchange("POST", "/v1/call", json: ["port": .string(remotePort), "message": ["x"]], expect: 503, "mesh_unavailable")
-        for path in ["/v1/db/f", "/v1/db/f/keys", "/v1/db/f/values", "/v1/nodes", "/v1/db/f/watch?wait=0"] {
+        for path in ["/v1/db/f", "/v1/db/f/keys", "/v1/db/f/values", "/v1/db/f/k", "/v1/nodes", "/v1/db/f/watch?wait=0"] {
             let r = try await c.exchange("GET", path, expect: 503, "mesh_unavailable")
             #expect(r.header("Retry-After") == "1")
         }
@@ -1099,7 +1125,7 @@ final class SpecCoverage: Sendable {
                 for (media, m) in content {
                     let media_ = m.objectValue ?? [:]
                     if media == "application/problem+json" {
-                        for code in Self.codes(media_["schema"] ?? [:]) { out.insert("\(op.id) \(status) \(media) \(code)") }
+                        for code in Self.codes(media_) { out.insert("\(op.id) \(status) \(media) \(code)") }
                     } else {
                         out.insert("\(op.id) \(status) \(media) -")
                     }
@@ -1112,17 +1138,9 @@ final class SpecCoverage: Sendable {
         return out
     }
 
-    /// The `code` values a problem schema allows (the most specific `enum` / `const`).
-    static func codes(_ schema: Value) -> Set<String> {
-        var s = schema
-        if let ref = s.objectValue?["$ref"]?.stringValue, let target = contract.schemas.resolve(ref) { s = target }
-        var out: Set<String> = []
-        for sub in s.objectValue?["allOf"]?.arrayValue ?? [s] {
-            guard let code = sub.objectValue?["properties"]?.objectValue?["code"]?.objectValue else { continue }
-            if let e = code["enum"]?.arrayValue { out.formUnion(e.compactMap(\.stringValue)) }
-            if let c = code["const"]?.stringValue { out.insert(c) }
-        }
-        return out
+    /// The `code` values a problem response lists (its media type's `x-problem-codes`).
+    static func codes(_ media: [String: Value]) -> Set<String> {
+        Set((media["x-problem-codes"]?.arrayValue ?? []).compactMap(\.stringValue))
     }
 
     /// The event names an `x-sse-event` schema allows.

@@ -77,8 +77,8 @@ struct ProblemTests {
                 ("GET", "/v1/send", "POST"), ("DELETE", "/v1/call", "POST"), ("GET", "/v1/ports", "POST"),
                 ("POST", "/v1/ports/\(box.name)", "GET, HEAD, DELETE"), ("POST", "/v1/ports/\(box.name)/messages", "GET, HEAD"),
                 ("GET", "/v1/ports/\(box.name)/monitor", "POST"), ("POST", "/v1/db/f", "GET, HEAD"),
-                ("PATCH", "/v1/db/f/k", "PUT, DELETE"), ("POST", "/v1/db/f/keys", "GET, HEAD, PUT, DELETE"),
-                ("PATCH", "/v1/db/f/watch", "GET, HEAD, PUT, DELETE"), ("GET", "/v1/db/f/reg", "POST, PUT, DELETE"), ("POST", "/v1/node", "GET, HEAD"), ("DELETE", "/v1/nodes", "GET, HEAD"),
+                ("PATCH", "/v1/db/f/k", "GET, HEAD, PUT, DELETE"), ("POST", "/v1/db/f/keys", "GET, HEAD, PUT, DELETE"),
+                ("PATCH", "/v1/db/f/watch", "GET, HEAD, PUT, DELETE"), ("PATCH", "/v1/db/f/reg", "GET, HEAD, POST, PUT, DELETE"), ("POST", "/v1/node", "GET, HEAD"), ("DELETE", "/v1/nodes", "GET, HEAD"),
                 ("PUT", "/v1/nodes/events", "GET, HEAD"), ("POST", "/healthz", "GET, HEAD"), ("DELETE", "/openapi.json", "GET, HEAD"),
             ]
             for (method, path, allow) in cases {

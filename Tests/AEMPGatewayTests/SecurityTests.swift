@@ -692,6 +692,9 @@ struct SecurityTests {
         try await GatewayNetwork.with(gatewayArguments: ["--token-file", file.path], authHeaders: rw) { net in
             let http = net.http
             let box = try await net.createMailbox()
+            // The key that GET /v1/db/{family}/{subkey} reads (404 unknown_key without it).
+            #expect(try await http.request("PUT", "/v1/db/sec-tokens/k", json: "v", headers: rw).status == 200)
+            try await eventually("the key is set") { try await http.request("GET", "/v1/db/sec-tokens/k", headers: rw).status == 200 }
             func concrete(_ op: OpenAPIValidator.Operation) -> String {
                 var path = op.template.replacingOccurrences(of: "{name}", with: box.name)
                     .replacingOccurrences(of: "{family}", with: "sec-tokens").replacingOccurrences(of: "{subkey}", with: "k")

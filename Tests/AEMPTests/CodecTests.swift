@@ -139,6 +139,15 @@ struct CodecTests {
         #expect(try CBORCodec.decode(CBORCodec.encode(.double(-.infinity))) == .double(-.infinity))
     }
 
+    @Test("JSON for HTTP writes object members sorted by key, at every level (the same value, the same bytes)")
+    func httpObjectsSorted() {
+        var members: [String: Value] = [:]
+        for i in (0..<40).reversed() { members["k\(i < 10 ? "0" : "")\(i)"] = ["z": 1, "a": [["y": nil, "b": true]]] }
+        let text = JSONCodec.encodeString(["outer": .object(members), "b": "", "a": 0])
+        let inner = (0..<40).map { #""k\#($0 < 10 ? "0" : "")\#($0)":{"a":[{"b":true,"y":null}],"z":1}"# }.joined(separator: ",")
+        #expect(text == #"{"a":0,"b":"","outer":{"# + inner + "}}")
+    }
+
     // MARK: - CBOR decoding details
 
     @Test("CBOR byte strings are Latin-1 characters, as in Perl; text strings are UTF-8")

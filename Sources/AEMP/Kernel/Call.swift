@@ -32,7 +32,7 @@ public final class Call: Sendable {
     public var isFinished: Bool { state.withLock { $0.completion == nil } }
 
     /// Hands over the monitor and timer; releases them at once if the call already ended.
-    func start(monitor: Monitor, timer: Scheduled<Void>) {
+    func start(monitor: Monitor?, timer: Scheduled<Void>) {
         let ended = state.withLock { s -> Bool in
             guard s.completion != nil else { return true }
             s.monitor = monitor
@@ -41,7 +41,7 @@ public final class Call: Sendable {
         }
         if ended {
             timer.cancel()
-            node.unmon(monitor)
+            if let monitor { node.unmon(monitor) }
         }
     }
 
@@ -83,7 +83,11 @@ extension Node {
             call.finish(.failure(.shutDown))
             return call
         }
-        let monitor = mon(target) { reason in call.finish(.failure(.portDied(reason: reason))) }
+        // The target is monitored, except this node's own node port (an `aemp cal <self> time`, a
+        // gateway's allowed tag): it lives as long as the node, and a `mon` of it would fire at
+        // once (there is no such port in the port table).
+        let ownNodePort = target.node == id && target.name.isEmpty
+        let monitor = ownNodePort ? nil : mon(target) { reason in call.finish(.failure(.portDied(reason: reason))) }
         let timer = eventLoop.scheduleTask(in: timeout) { call.finish(.failure(RequestError(timeout: timeout))) }
         call.start(monitor: monitor, timer: timer)
         if !call.isFinished { snd(target, message + [.string(call.replyPort.description)]) }

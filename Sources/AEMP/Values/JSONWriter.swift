@@ -34,7 +34,8 @@ public enum JSONWriterError: Error, Equatable, Sendable {
 /// - NaN and ±Inf become the strings `"NaN"`, `"Infinity"` and `"-Infinity"` (the spelling of
 ///   protobuf's JSON mapping; Perl reads them back as the same numbers in numeric context);
 /// - integers of any size are written exactly;
-/// - `.codePoints` strings keep their code points for Perl and become U+FFFD for HTTP.
+/// - `.codePoints` strings keep their code points for Perl and become U+FFFD for HTTP;
+/// - for HTTP, object members are sorted by key (the same value always writes the same bytes).
 public enum JSONWriter {
     /// Appends `value` as JSON to `buffer`. Throws only for `.perl` nesting beyond the mesh limit,
     /// leaving `buffer` as it was.
@@ -87,15 +88,24 @@ public enum JSONWriter {
                 try enter(depth)
                 out.append(UInt8(ascii: "{"))
                 var first = true
-                for (key, element) in o {
-                    if !first { out.append(UInt8(ascii: ",")) }
-                    first = false
-                    string(key)
-                    out.append(UInt8(ascii: ":"))
-                    try value(element, depth: depth + 1)
+                if dialect == .http && o.count > 1 {
+                    // HTTP clients get the members sorted by key: a dictionary's order depends on
+                    // the process's hash seed, and the same value must write the same bytes.
+                    for (key, element) in o.sorted(by: { $0.key < $1.key }) { try member(key, element, &first, depth: depth) }
+                } else {
+                    for (key, element) in o { try member(key, element, &first, depth: depth) }
                 }
                 out.append(UInt8(ascii: "}"))
             }
+        }
+
+        /// One `"key":value` of an object at `depth`, after a comma unless it is the `first`.
+        mutating func member(_ key: String, _ element: Value, _ first: inout Bool, depth: Int) throws(JSONWriterError) {
+            if !first { out.append(UInt8(ascii: ",")) }
+            first = false
+            string(key)
+            out.append(UInt8(ascii: ":"))
+            try value(element, depth: depth + 1)
         }
 
         /// A container at `depth` (0 = the outermost) opens nesting level `depth + 1`.

@@ -46,13 +46,31 @@ extension Problem {
     static func invalidRequest(_ detail: String) -> Problem {
         Problem(422, "invalid_request", "Invalid request", detail)
     }
+    /// A request member its schema does not list (`field` names it).
+    static func unknownField(_ name: String, allowed: [String]) -> Problem {
+        Problem(
+            422, "unknown_field", "Unknown member",
+            "the member \(name.debugDescription) is not one this request takes (\(allowed.map(\.debugDescription).joined(separator: ", "))); nothing was done",
+            extra: ["field": .string(name)])
+    }
+    /// `GET /v1/db/{family}/{subkey}` of a subkey the family does not have.
+    static func unknownKey(family: String, subkey: String) -> Problem {
+        Problem(
+            404, "unknown_key", "Unknown key",
+            "the family \(family.debugDescription) has no subkey \(subkey.debugDescription) now (a key vanishes with the node that set it)")
+    }
     static func invalidPort(_ detail: String) -> Problem {
         Problem(422, "invalid_port", "Invalid port ID", detail)
     }
-    static func nodePortForbidden(_ port: String) -> Problem {
-        Problem(
+    /// `port` (as given) names a node port; `node` is its node when the text has no `#` at all,
+    /// which is most often a port ID missing its `#name`.
+    static func nodePortForbidden(_ port: String, bareNode node: String? = nil) -> Problem {
+        let what =
+            node.map { "\(port.debugDescription) has no '#', so it names the node port of node \($0.debugDescription) (a port ID is node#name: did you mean \("\($0)#<port name>".debugDescription)?)" }
+            ?? "\(port.debugDescription) names a node port (empty port name)"
+        return Problem(
             403, "node_port_forbidden", "Node ports cannot be addressed",
-            "\(port.debugDescription) names a node port (empty port name); node ports run requests such as eval, so the gateway never sends to them")
+            "\(what); node ports run requests such as eval, so the gateway never sends to them")
     }
     static func unknownMailbox(_ name: String) -> Problem {
         Problem(404, "unknown_mailbox", "Unknown mailbox", "No mailbox named \(name.debugDescription) exists on this gateway")

@@ -111,7 +111,7 @@ final class FamilyFeed: Sendable {
         for k in change.added { added[k] = s.values[k] ?? .null }
         for k in change.changed { changed[k] = s.values[k] ?? .null }
         let data: Value = [
-            "family": .string(family), "id": .string(id(s.index)),
+            "type": "change", "family": .string(family), "id": .string(id(s.index)),
             "added": .object(added), "changed": .object(changed),
             "deleted": .array(change.deleted.map { .string($0) }),
         ]
@@ -174,7 +174,7 @@ final class FamilyFeed: Sendable {
     }
 
     func snapshotData(_ s: State, reset: Bool) -> Value {
-        ["family": .string(family), "id": .string(id(s.index)), "values": .object(s.values), "reset": .bool(reset)]
+        ["type": "snapshot", "family": .string(family), "id": .string(id(s.index)), "values": .object(s.values), "reset": .bool(reset)]
     }
 
     /// Attaches an SSE client: a snapshot (or the changes after `lastEventID`), then every change,
@@ -222,7 +222,7 @@ final class FamilyFeed: Sendable {
         let header = [("X-AEMP-Index", id(s.index))]
         if !reset, let after, let list = changes(s, after: after) {
             return .json(
-                200, ["family": .string(family), "id": .string(id(s.index)), "changes": .array(list.map(\.data))],
+                200, ["type": "changes", "family": .string(family), "id": .string(id(s.index)), "changes": .array(list.map(\.data))],
                 headers: header)
         }
         return .json(200, snapshotData(s, reset: reset || after != nil), headers: header)

@@ -58,6 +58,30 @@ extension Gateway {
         }
     }
 
+    /// `GET /v1/db/{family}/{subkey}`: one key's value. AEMP has no query for one key, so the master
+    /// is asked for the family (`g_db_family`) and the key picked from it; 404 unknown_key without it.
+    func getKey(family: String, subkey: String, _ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
+        try checkFamily(family)
+        guard master != nil else { throw .meshUnavailable() }
+        let node = self.node
+        let timeout = TimeAmount.nanoseconds(Int64(configuration.queryTimeout * 1e9))
+        let task = Task { [self] in
+            let values: [String: Value]
+            do throws(RequestError) {
+                values = try await node.dbFamily(family, timeout: timeout)
+            } catch {
+                return answerQueryFailure(error, exchange)
+            }
+            guard let value = values[subkey] else {
+                fail(exchange, .unknownKey(family: family, subkey: subkey))
+                return
+            }
+            exchange.respond(.json(200, ["family": .string(family), "subkey": .string(subkey), "value": value]))
+        }
+        exchange.onHangup { task.cancel() }
+        return nil
+    }
+
     /// `PUT /v1/db/{family}/{subkey}` (body: any JSON value): `db_set`, owned by the gateway.
     func put(family: String, subkey: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
         try checkWritable(family)
@@ -93,6 +117,7 @@ extension Gateway {
         guard case .object(let o) = try jsonBody(request, carrying: .registration), case .string(let name)? = o["port"] else {
             throw .invalidRequest("the body must be {\"port\": \"<mailbox name>\", \"value\": ...}")
         }
+        try refuseUnknownMembers(o, allowed: ["port", "value"])
         let mailbox = try mailboxes.lookup(name)
         let value = o["value"] ?? .null
         try requireCarriable(databaseValue: value, family: family, subkey: mailbox.port.description, bodyBytes: request.body.count)

@@ -12,6 +12,7 @@ extension Gateway {
             guard case .object(let o) = try jsonBody(request) else {
                 throw .invalidRequest("the body must be an object {\"ttl\": seconds, \"max_queue\": n} (or empty)")
             }
+            try refuseUnknownMembers(o, allowed: ["ttl", "max_queue"])
             if let t = o["ttl"] {
                 guard let n = t.strictInteger, n >= 1, n <= configuration.maxMailboxTTL else {
                     throw .invalidRequest("\"ttl\" must be an integer number of seconds in 1...\(configuration.maxMailboxTTL)")
@@ -153,6 +154,7 @@ extension Gateway {
         guard case .object(let o) = try jsonBody(request), let raw = o["port"] else {
             throw .invalidRequest("the body must be {\"port\": \"node#name\"}")
         }
+        try refuseUnknownMembers(o, allowed: ["port"])
         let target = try Destination.parse(raw)
         let monitor = node.mon(target) { reason in
             mailbox.deliver(["type": "monitor", "port": .string(target.description), "reason": .array(reason)])

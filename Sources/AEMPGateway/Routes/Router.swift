@@ -22,6 +22,7 @@ extension Gateway {
         Route("GET", "/v1/db/{family}/values", .read) { g, r, e, p throws(Problem) in try g.query("g_db_values", family: p[0], r, e) },
         Route("GET", "/v1/db/{family}/watch", .read) { g, r, e, p throws(Problem) in try g.watch(family: p[0], r, e) },
         Route("POST", "/v1/db/{family}/reg", .write) { g, r, _, p throws(Problem) in try g.register(family: p[0], r) },
+        Route("GET", "/v1/db/{family}/{subkey}", .read) { g, r, e, p throws(Problem) in try g.getKey(family: p[0], subkey: p[1], r, e) },
         Route("PUT", "/v1/db/{family}/{subkey}", .write) { g, r, _, p throws(Problem) in try g.put(family: p[0], subkey: p[1], r) },
         Route("DELETE", "/v1/db/{family}/{subkey}", .write) { g, r, _, p throws(Problem) in try g.delete(family: p[0], subkey: p[1], r) },
         Route("GET", "/v1/node", .read) { g, r, e, _ in g.nodeInfo(r, e) },
@@ -141,6 +142,14 @@ extension Gateway {
     }
 
     // MARK: - Request helpers
+
+    /// Refuses a request object with a member its schema does not list (422 unknown_field, naming
+    /// the first such member in key order): a misspelt option must not be silently ignored.
+    func refuseUnknownMembers(_ object: [String: Value], allowed: [String]) throws(Problem) {
+        guard object.keys.contains(where: { !allowed.contains($0) }) else { return }
+        let unknown = object.keys.filter { !allowed.contains($0) }.sorted()
+        throw .unknownField(unknown[0], allowed: allowed)
+    }
 
     /// Parses the body as JSON (jansson). A body that puts what it `carries` on the mesh and nests
     /// deeper than the parser goes is 422 too_deep (the mesh carries far less), else 400.

@@ -64,15 +64,21 @@ extension Gateway {
         return sends.count
     }
 
-    /// `{"port": …, "message": […]}` → destination and message.
-    func envelope(_ item: Value) throws(Problem) -> (PortID, [Value]) {
+    /// `{"port": …, "message": […]}` → destination and message. Members besides `port`, `message`
+    /// and `also` are refused (422 unknown_field).
+    func envelope(_ item: Value, also: [String] = []) throws(Problem) -> (PortID, [Value]) {
         guard case .object(let o) = item else {
             throw .invalidRequest("each message must be an object {\"port\": \"node#name\", \"message\": [...]}")
         }
         guard let port = o["port"] else { throw .invalidRequest("\"port\" is missing") }
-        guard case .array(let message)? = o["message"] else {
-            throw .invalidRequest("\"message\" must be a JSON array (an AEMP message is a list)")
+        guard let given = o["message"] else {
+            throw .invalidRequest("\"message\" is missing: an AEMP message is a JSON array, such as [\"ping\", 1]")
         }
+        guard case .array(let message) = given else {
+            throw .invalidRequest("\"message\" must be a JSON array (an AEMP message is a list), got \(given.kindDescription)")
+        }
+        // Both required members are there: any further one must be in `also`.
+        if o.count > 2 { try refuseUnknownMembers(o, allowed: ["port", "message"] + also) }
         let destination = try Destination.parse(port, message: message, allowedTags: configuration.allowedNodePortTags)
         return (destination, message)
     }
@@ -124,7 +130,7 @@ extension Gateway {
     /// of the target port (monitor) or the timeout ends the call.
     func call(_ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
         let body = try jsonBody(request, carrying: .call)
-        let (target, message) = try envelope(body)
+        let (target, message) = try envelope(body, also: ["timeout"])
         // The reply port's name is unguessable, like a mailbox's: a counter name (`node.port()`)
         // would let any client send to it and forge the answer to another client's call.
         let replyName = "call-\(randomToken(bytes: 17))"

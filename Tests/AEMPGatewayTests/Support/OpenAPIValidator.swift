@@ -13,9 +13,17 @@ import AEMP
 /// `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `minLength`, `maxLength`,
 /// `pattern`, `allOf`, `anyOf`, `oneOf`, `$ref`. Annotations (`description`, `default`, …) are
 /// ignored; any other keyword is a violation.
+///
+/// Stricter than JSON Schema in one way, on purpose: an object schema with `properties` and no
+/// `additionalProperties` refuses members it does not list (`documentedMembersOnly`). The
+/// contract leaves response objects open so that clients tolerate members added later; the
+/// gateway's own tests still hold every member it sends to be documented.
 struct JSONSchemaValidator {
     /// The document `$ref`s resolve in.
     let root: Value
+    /// Whether members an object schema's `properties` do not list are violations when the schema
+    /// says nothing about `additionalProperties`.
+    var documentedMembersOnly = true
 
     static let annotations: Set<String> = [
         "description", "title", "default", "example", "examples", "format", "deprecated", "readOnly", "writeOnly",
@@ -165,6 +173,8 @@ struct JSONSchemaValidator {
                     } else {
                         check(member, extra, "\(path).\(name)", &out, depth: depth + 1)
                     }
+                } else if documentedMembersOnly && s["properties"] != nil {
+                    out.append("\(path): unexpected member \(name.debugDescription) (not documented)")
                 }
             }
         }
@@ -435,6 +445,14 @@ struct OpenAPIValidator {
         }
         if let schema = media["schema"] {
             out += schemas.validate(decoded, against: schema, at: "body").map { "\(where_): \($0)" }
+        }
+        // A problem's `code` must be one the response lists (`x-problem-codes`).
+        if let codes = media["x-problem-codes"] {
+            let listed = (codes.arrayValue ?? []).compactMap(\.stringValue)
+            if listed.isEmpty { out.append("\(where_): x-problem-codes is not a list of codes") }
+            if let code = decoded.objectValue?["code"], !listed.contains(where: { code == .string($0) }) {
+                out.append("\(where_): code \(JSONSchemaValidator.shown(code)) is not one of the documented codes \(listed)")
+            }
         }
         return out
     }
