@@ -151,7 +151,7 @@ struct MasterFailoverTests {
                 try await Task.sleep(for: .milliseconds(20))
             }
             let took = try #require(reattached, "not re-attached within 10 s")
-            #expect(took < promptly(.seconds(5)), "re-attached after \(took)")
+            #expect(took < promised(.seconds(5)), "re-attached after \(took)")
             // It is usually a few ms: the gateway holds a connection to every public node, so the
             // survivor is at hand when the master's connection drops; the gap is shorter than a
             // poll. The second part below makes a gap that lasts.

@@ -1,4 +1,5 @@
 import AEMP
+import AEMPTestSupport
 import NIOCore
 import Testing
 
@@ -209,39 +210,42 @@ struct ThreeNodeTests {
 struct FailoverTests {
     @Test("when the master goes, the node re-attaches to the other seed and lookups still work")
     func reattach() async throws {
-        let seedA = try makeNode(id: "fo-a-%u", binds: ["127.0.0.1:0"])
-        let seedB = try makeNode(id: "fo-b-%u", binds: ["127.0.0.1:0"])
-        try await seedA.start()
-        try await seedB.start()
-        let a = try #require(await seedA.listenAddresses().first)
-        let b = try #require(await seedB.listenAddresses().first)
-        let pub = try makeNode(id: "fo-pub-%u", binds: ["127.0.0.1:0"], seeds: [a, b])
-        let priv = try makeNode(id: "fo-priv-%u", seeds: [a, b])
-        try await pub.start()
-        try await priv.start()
-        // The first seed to come up becomes master; stop that one.
-        let first = try await priv.waitForMaster(timeout: .seconds(10))
-        let (dying, surviving) = first == seedA.id ? (seedA, seedB) : (seedB, seedA)
-        await eventually("both seeds connected") {
-            let up = await priv.upNodes()
-            return up.contains(seedA.id) && up.contains(seedB.id)
+        // Takes turns with the tests that load the machine or check promptness (MachineLoad).
+        try await takingTurns {
+            let seedA = try makeNode(id: "fo-a-%u", binds: ["127.0.0.1:0"])
+            let seedB = try makeNode(id: "fo-b-%u", binds: ["127.0.0.1:0"])
+            try await seedA.start()
+            try await seedB.start()
+            let a = try #require(await seedA.listenAddresses().first)
+            let b = try #require(await seedB.listenAddresses().first)
+            let pub = try makeNode(id: "fo-pub-%u", binds: ["127.0.0.1:0"], seeds: [a, b])
+            let priv = try makeNode(id: "fo-priv-%u", seeds: [a, b])
+            try await pub.start()
+            try await priv.start()
+            // The first seed to come up becomes master; stop that one.
+            let first = try await priv.waitForMaster(timeout: .seconds(10))
+            let (dying, surviving) = first == seedA.id ? (seedA, seedB) : (seedB, seedA)
+            await eventually("both seeds connected") {
+                let up = await priv.upNodes()
+                return up.contains(seedA.id) && up.contains(seedB.id)
+            }
+            await eventually("pub attached") { await pub.master() != nil }
+
+            await dying.shutdown()
+            await eventually("private node re-attached") { await priv.master() == surviving.id }
+            await eventually("public node re-attached") { await pub.master() == surviving.id }
+            // ...and its g_slave has reached the new master: before that a lookup fails at once.
+            await eventually("the new master knows pub") { try await priv.dbKeys("'l").contains(pub.id) }
+
+            // The new master learnt both nodes from their g_slave: the private node finds pub through it.
+            let (port, inbox) = pub.mailbox()
+            var messages = inbox.makeAsyncIterator()
+            priv.snd(port, ["after failover"])
+            #expect(try await next(&messages) == ["after failover"])
+
+            await priv.shutdown()
+            await pub.shutdown()
+            await surviving.shutdown()
         }
-        await eventually("pub attached") { await pub.master() != nil }
-
-        await dying.shutdown()
-        await eventually("private node re-attached") { await priv.master() == surviving.id }
-        await eventually("public node re-attached") { await pub.master() == surviving.id }
-        // ...and its g_slave has reached the new master: before that a lookup fails at once.
-        await eventually("the new master knows pub") { try await priv.dbKeys("'l").contains(pub.id) }
-
-        // The new master learnt both nodes from their g_slave: the private node finds pub through it.
-        let (port, inbox) = pub.mailbox()
-        var messages = inbox.makeAsyncIterator()
-        priv.snd(port, ["after failover"])
-        #expect(try await next(&messages) == ["after failover"])
-
-        await priv.shutdown()
-        await pub.shutdown()
-        await surviving.shutdown()
     }
 }

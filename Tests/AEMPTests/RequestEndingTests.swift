@@ -128,6 +128,8 @@ struct CalTests {
         }
         await #expect(throws: RequestError.timedOut(seconds: 0.3)) { try await node.cal(silent, ["x"], timeout: .milliseconds(300)) }
         await eventually("the monitors are gone") { await Self.held(node, on: seed.id) == (0, 0) }
+        let held = await Self.held(node, on: seed.id)
+        #expect(held == (0, 0), "monitors and calls still held: \(held)")
 
         // The reply port is gone too: a late answer to it is a message to a dead port.
         let late = Locked<PortID?>(nil)

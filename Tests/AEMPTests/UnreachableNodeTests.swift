@@ -10,7 +10,7 @@ import Testing
 // once with `transport_error <node> "no known address"` (Node.pm `connect_to`, aemp-protocol §9,
 // §14). Queued messages are dropped and monitors fire without waiting for the connect deadline.
 
-@Suite("unknown and private nodes fail fast", .serialized, .timeLimit(.minutes(2)))
+@Suite("unknown and private nodes fail fast", .serialized, .timeLimit(.minutes(5)))
 struct UnreachableNodeTests {
 
     /// Monitors `port` from `node`, sends one message to it, and returns the monitor's reason and
@@ -27,42 +27,45 @@ struct UnreachableNodeTests {
 
     @Test("library: mon of a port on an unknown node, or on a private node nobody can dial, fires at once with transport_error … no known address")
     func libraryMonitorFiresAtOnce() async throws {
-        let seed = try makeNode(id: "ff-seed-%u", binds: ["127.0.0.1:0"])
-        try await seed.start()
-        let seedAddress = try #require(await seed.listenAddresses().first)
-        let a = try makeNode(id: "ff-a-%u", seeds: [seedAddress])
-        let b = try makeNode(id: "ff-b-%u", seeds: [seedAddress])
-        try await a.start()
-        try await b.start()
-        defer { Task { await a.shutdown(); await b.shutdown(); await seed.shutdown() } }
-        #expect(try await a.waitForMaster(timeout: .seconds(10)) == seed.id)
-        #expect(try await b.waitForMaster(timeout: .seconds(10)) == seed.id)
-        // b has registered its (empty) listener list with the seed: 'l => {b: []}. Asked through a
-        // (its g_slave went first on that connection, so the seed is global when it answers); the
-        // seed itself answers a query only once it is global, and a query before that never returns.
-        await eventually(within: 10, "the seed knows b") { try await a.dbKeys("'l").contains(b.id) }
+        // Takes turns with the tests that load the machine or check promptness (MachineLoad).
+        try await takingTurns {
+            let seed = try makeNode(id: "ff-seed-%u", binds: ["127.0.0.1:0"])
+            try await seed.start()
+            let seedAddress = try #require(await seed.listenAddresses().first)
+            let a = try makeNode(id: "ff-a-%u", seeds: [seedAddress])
+            let b = try makeNode(id: "ff-b-%u", seeds: [seedAddress])
+            try await a.start()
+            try await b.start()
+            defer { Task { await a.shutdown(); await b.shutdown(); await seed.shutdown() } }
+            #expect(try await a.waitForMaster(timeout: .seconds(10)) == seed.id)
+            #expect(try await b.waitForMaster(timeout: .seconds(10)) == seed.id)
+            // b has registered its (empty) listener list with the seed: 'l => {b: []}. Asked through a
+            // (its g_slave went first on that connection, so the seed is global when it answers); the
+            // seed itself answers a query only once it is global, and a query before that never returns.
+            await eventually(within: 10, "the seed knows b") { try await a.dbKeys("'l").contains(b.id) }
 
-        // A node nobody has: the master answers g_found null. (makeNode's connect deadline is 3 s;
-        // "at once" is checked as under 2 s, which a loaded 2-core machine has missed at 1 s.)
-        let (unknown, unknownTook) = try await monitorReason(a, PortID(node: "nobody/x", name: "p"))
-        #expect(unknown == ["transport_error", "nobody/x", "no known address"])
-        #expect(unknownTook < promptly(.seconds(2)), "took \(unknownTook)")
+            // A node nobody has: the master answers g_found null. (makeNode's connect deadline is 3 s;
+            // "at once" is promptly(1 s): 2 s in a plain run, below that deadline.)
+            let (unknown, unknownTook) = try await monitorReason(a, PortID(node: "nobody/x", name: "p"))
+            #expect(unknown == ["transport_error", "nobody/x", "no known address"])
+            #expect(unknownTook < promptly(.seconds(1)), "took \(unknownTook)")
 
-        // A private node that never connected to a: the master answers g_found [].
-        let (privateReason, privateTook) = try await monitorReason(a, PortID(node: b.id, name: "p"))
-        #expect(privateReason == ["transport_error", .string(b.id), "no known address"])
-        #expect(privateTook < promptly(.seconds(2)), "took \(privateTook)")
+            // A private node that never connected to a: the master answers g_found [].
+            let (privateReason, privateTook) = try await monitorReason(a, PortID(node: b.id, name: "p"))
+            #expect(privateReason == ["transport_error", .string(b.id), "no known address"])
+            #expect(privateTook < promptly(.seconds(1)), "took \(privateTook)")
 
-        // A global looks in its own directory: no entry, no wait either.
-        let (global, globalTook) = try await monitorReason(seed, PortID(node: "nobody/y", name: "p"))
-        #expect(global == ["transport_error", "nobody/y", "no known address"])
-        #expect(globalTook < promptly(.seconds(2)), "took \(globalTook)")
+            // A global looks in its own directory: no entry, no wait either.
+            let (global, globalTook) = try await monitorReason(seed, PortID(node: "nobody/y", name: "p"))
+            #expect(global == ["transport_error", "nobody/y", "no known address"])
+            #expect(globalTook < promptly(.seconds(1)), "took \(globalTook)")
 
-        // The node is not wedged: a later connection to a real node works as before.
-        let (port, inbox) = seed.mailbox()
-        var messages = inbox.makeAsyncIterator()
-        a.snd(port, ["still works"])
-        #expect(try await next(&messages, within: 5, "a message to the seed") == ["still works"])
+            // The node is not wedged: a later connection to a real node works as before.
+            let (port, inbox) = seed.mailbox()
+            var messages = inbox.makeAsyncIterator()
+            a.snd(port, ["still works"])
+            #expect(try await next(&messages, within: 5, "a message to the seed") == ["still works"])
+        }
     }
 
     @Test("library: while the lookup is genuinely in progress (no master yet), the connect deadline still applies")

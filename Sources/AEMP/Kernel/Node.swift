@@ -5,6 +5,8 @@ import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// A handle for an active monitor, for `unmon`.

@@ -1,7 +1,7 @@
 import Crypto
 
 /// Auth methods of the handshake (aemp-protocol §4.4).
-public enum AuthMethod: String, Sendable, CaseIterable {
+package enum AuthMethod: String, Sendable, CaseIterable {
     /// HMAC-SHA3-512 over both greeting pairs, keyed with the shared secret.
     case hmacSHA3_512 = "hmac_sha3_512"
     /// The hex of the secret itself; accepted from peers, never sent by this library.
@@ -14,35 +14,35 @@ public enum AuthMethod: String, Sendable, CaseIterable {
     case tlsAnon = "tls_anon"
 
     /// Valid only when TLS was negotiated on the connection.
-    public var needsTLS: Bool { self == .tlsSHA3_512 || self == .tlsAnon }
+    package var needsTLS: Bool { self == .tlsSHA3_512 || self == .tlsAnon }
 
     /// What a node offers, in preference order (Perl's `auth_offer`): the first of the peer's
     /// accept list that is also here (and is not a `tls_*` method unless TLS is on) is sent.
-    public static let offered: [AuthMethod] = [.tlsSHA3_512, .hmacSHA3_512]
+    package static let offered: [AuthMethod] = [.tlsSHA3_512, .hmacSHA3_512]
 
     /// What a node accepts, in preference order (field 4 of its greeting). With a certificate this
     /// is Perl's `auth_accept` (`tls_sha3_512,hmac_sha3_512,tls_anon,cleartext`); without one the
     /// `tls_*` methods would never be usable, so they are not listed.
-    public static func accepted(withTLS tls: Bool) -> [AuthMethod] {
+    package static func accepted(withTLS tls: Bool) -> [AuthMethod] {
         tls ? [.tlsSHA3_512, .hmacSHA3_512, .tlsAnon, .cleartext] : [.hmacSHA3_512, .cleartext]
     }
 }
 
 /// Computes and checks handshake tokens (aemp-protocol §4.4, checklist §12.2).
-public struct Authenticator: Sendable {
+package struct Authenticator: Sendable {
     /// The shared secret's bytes, used directly as the HMAC key.
-    public let secret: [UInt8]
+    package let secret: [UInt8]
 
     /// An authenticator for the given secret bytes.
-    public init(secret: [UInt8]) { self.secret = secret }
+    package init(secret: [UInt8]) { self.secret = secret }
 
     /// An authenticator for a secret string (its UTF-8 bytes).
-    public init(secret: String) { self.secret = Array(secret.utf8) }
+    package init(secret: String) { self.secret = Array(secret.utf8) }
 
     /// The token for `method` over `first` then `second` greeting pair (each a two-line array).
     ///
     /// The token we send puts our own lines first; the token we expect puts the peer's first.
-    public func token(_ method: AuthMethod, first: (String, String), second: (String, String)) -> String {
+    package func token(_ method: AuthMethod, first: (String, String), second: (String, String)) -> String {
         switch method {
         case .tlsAnon:
             return ""
@@ -76,18 +76,18 @@ public struct Authenticator: Sendable {
     }
 
     /// The token we send: our two lines, then the peer's.
-    public func tokenToSend(_ method: AuthMethod, local: (String, String), remote: (String, String)) -> String {
+    package func tokenToSend(_ method: AuthMethod, local: (String, String), remote: (String, String)) -> String {
         token(method, first: local, second: remote)
     }
 
     /// The token we expect from the peer: its two lines, then ours.
-    public func tokenExpected(_ method: AuthMethod, local: (String, String), remote: (String, String)) -> String {
+    package func tokenExpected(_ method: AuthMethod, local: (String, String), remote: (String, String)) -> String {
         token(method, first: remote, second: local)
     }
 
     /// Compares two tokens in time independent of where they differ and of their lengths
     /// (`ConstantTime.equal`).
-    public static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+    package static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
         ConstantTime.equal(a, b)
     }
 

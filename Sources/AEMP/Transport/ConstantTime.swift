@@ -7,23 +7,23 @@ import Crypto
 /// the two 32-byte digests are compared by XOR-accumulating every byte. The time taken depends
 /// only on the lengths of the inputs hashed (the presented value is the caller's own), never on the
 /// position of the first difference, and a length mismatch costs exactly what a match costs.
-public enum ConstantTime {
+package enum ConstantTime {
     /// The per-process HMAC key: the digests cannot be precomputed or compared across processes.
     private static let key = SymmetricKey(size: .bits256)
 
     /// A value reduced for comparison: its HMAC-SHA256 under the per-process key. Reduce a stored
     /// secret once and compare each presented value's digest with it (`equal(_:_:)`).
-    public struct Digest: Sendable {
+    package struct Digest: Sendable {
         fileprivate let code: HashedAuthenticationCode<SHA256>
     }
 
     /// The digest of `a`.
-    public static func digest(_ a: some Sequence<UInt8>) -> Digest {
+    package static func digest(_ a: some Sequence<UInt8>) -> Digest {
         Digest(code: HMAC<SHA256>.authenticationCode(for: Array(a), using: key))
     }
 
     /// Whether two digests are the same, by XOR-accumulating every byte.
-    public static func equal(_ x: Digest, _ y: Digest) -> Bool {
+    package static func equal(_ x: Digest, _ y: Digest) -> Bool {
         x.code.withUnsafeBytes { p in
             y.code.withUnsafeBytes { q in
                 var diff: UInt8 = 0
@@ -34,12 +34,12 @@ public enum ConstantTime {
     }
 
     /// Whether `a` and `b` hold the same bytes, in time independent of where they differ.
-    public static func equal(_ a: some Sequence<UInt8>, _ b: some Sequence<UInt8>) -> Bool {
+    package static func equal(_ a: some Sequence<UInt8>, _ b: some Sequence<UInt8>) -> Bool {
         equal(digest(a), digest(b))
     }
 
     /// Whether two strings hold the same UTF-8 bytes, in time independent of where they differ.
-    public static func equal(_ a: String, _ b: String) -> Bool {
+    package static func equal(_ a: String, _ b: String) -> Bool {
         equal(a.utf8, b.utf8)
     }
 }

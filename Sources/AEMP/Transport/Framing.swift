@@ -7,7 +7,7 @@ public enum Framing: String, Sendable, CaseIterable {
 
     /// Appends one packet in this framing to `buffer`. Refuses a packet nested deeper than Perl
     /// decodes (`MeshLimits.maxDepth`), which would wedge the link (aemp-protocol §14).
-    public func encode(_ packet: [Value], into buffer: inout ByteBuffer) throws {
+    package func encode(_ packet: [Value], into buffer: inout ByteBuffer) throws {
         switch self {
         case .json: try JSONCodec.encode(.array(packet), into: &buffer)
         case .cbor: try CBORCodec.encode(.array(packet), into: &buffer)
@@ -16,12 +16,12 @@ public enum Framing: String, Sendable, CaseIterable {
 }
 
 /// An incremental decoder for one direction's framing.
-public enum PacketDecoder: Sendable {
+package enum PacketDecoder: Sendable {
     case json(JSONStreamDecoder)
     case cbor(CBORStreamDecoder)
 
     /// A decoder for `framing` refusing packets larger than `maxPacketSize`.
-    public init(_ framing: Framing, maxPacketSize: Int) {
+    package init(_ framing: Framing, maxPacketSize: Int) {
         switch framing {
         case .json: self = .json(JSONStreamDecoder(maxPacketSize: maxPacketSize))
         case .cbor: self = .cbor(CBORStreamDecoder(maxPacketSize: maxPacketSize))
@@ -29,7 +29,7 @@ public enum PacketDecoder: Sendable {
     }
 
     /// Returns and forgets what the decoder has to tell about the packets it read.
-    public mutating func takeNotes() -> DecoderNotes {
+    package mutating func takeNotes() -> DecoderNotes {
         switch self {
         case .json(var d):
             guard !d.notes.isEmpty else { return DecoderNotes() }
@@ -43,7 +43,7 @@ public enum PacketDecoder: Sendable {
     }
 
     /// The next complete packet (an array's elements), or `nil` when more bytes are needed.
-    public mutating func next(from buffer: inout ByteBuffer) throws -> [Value]? {
+    package mutating func next(from buffer: inout ByteBuffer) throws -> [Value]? {
         let value: Value?
         switch self {
         case .json(var d):

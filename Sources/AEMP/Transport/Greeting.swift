@@ -1,21 +1,21 @@
 /// The first greeting line of the handshake, `aemp;1;<node>;<auth methods>;<framings>;k=v…`
 /// (aemp-protocol §4.2).
-public struct Greeting: Sendable, Equatable {
+package struct Greeting: Sendable, Equatable {
     /// Field 1; `aemp` for a node connection.
-    public var protocolName: String
+    package var protocolName: String
     /// Field 2; must be 1.
-    public var version: String
+    package var version: String
     /// Field 3: the sender's node ID.
-    public var nodeID: String
+    package var nodeID: String
     /// Field 4: auth methods the sender accepts, in preference order.
-    public var authMethods: [String]
+    package var authMethods: [String]
     /// Field 5: framings the sender accepts, in preference order.
-    public var framings: [String]
+    package var framings: [String]
     /// Fields 6…: `key=value` pairs (order is not significant).
-    public var pairs: [String: String]
+    package var pairs: [String: String]
 
     /// A greeting with the given fields.
-    public init(
+    package init(
         protocolName: String = "aemp", version: String = "1", nodeID: String, authMethods: [String],
         framings: [String], pairs: [String: String] = [:]
     ) {
@@ -28,7 +28,7 @@ public struct Greeting: Sendable, Equatable {
     }
 
     /// Parses a greeting line (without its terminator); `nil` when it has fewer than five fields.
-    public init?(line: Substring) {
+    package init?(line: Substring) {
         let fields = line.split(separator: ";", omittingEmptySubsequences: false)
         guard fields.count >= 5 else { return nil }
         protocolName = String(fields[0])
@@ -48,17 +48,17 @@ public struct Greeting: Sendable, Equatable {
     }
 
     /// The version field read as Perl does (numerically, aemp-protocol §4.1).
-    public var numericVersion: Double? { Double(version) }
+    package var numericVersion: Double? { Double(version) }
 
     /// The sender wants TLS: its `tls` pair is 1 as Perl reads it (`1 == int $tls`, aemp-protocol
     /// §4.5). A Perl node with a certificate sends `tls=1.0`.
-    public var requestsTLS: Bool {
+    package var requestsTLS: Bool {
         guard let value = pairs["tls"] else { return false }
         return perlNumericPrefix(value).rounded(.towardZero) == 1
     }
 
     /// The line as sent, without the terminating LF. Pairs are written in a stable order.
-    public var line: String {
+    package var line: String {
         var fields = [protocolName, version, nodeID, authMethods.joined(separator: ","), framings.joined(separator: ",")]
         for key in pairs.keys.sorted() { fields.append("\(key)=\(pairs[key]!)") }
         return fields.joined(separator: ";")
