@@ -347,6 +347,10 @@ struct MeshTLSTests {
             id: "tls-cap-plainpriv-%u", seeds: [plainRelay.address], pem: nil, secret: testSecret, framings: [.json]))
         try await plainClient.start()
         #expect(try await plainClient.waitForMaster(timeout: .seconds(10)) == plainSeed.id)
+        // The client takes the seed as master on the seed's auth line; its own may still be on the
+        // way through the relay (a CI run read the capture before it arrived). The seed lists the
+        // client once it has checked that line.
+        await eventually("the seed has authenticated the client") { await plainSeed.upNodes().contains(plainClient.id) }
         await plainClient.shutdown()
         await plainSeed.shutdown()
         let (plainUp, _) = await plainRelay.stop()

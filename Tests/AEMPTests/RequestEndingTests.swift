@@ -107,9 +107,12 @@ struct CalTests {
         return (seed, node, echo, silent)
     }
 
-    /// Monitors this node holds on ports of `peer`, and reply ports of calls still alive.
+    /// Monitors this node holds on ports of `peer` (not on the node itself, which the node may
+    /// watch for its own reasons), and calls still alive.
     static func held(_ node: Node, on peer: String) async -> (monitors: Int, calls: Int) {
-        let monitors = await node.withKernel { k in k.peers[peer]?.monitors.values.reduce(0) { $0 + $1.count } ?? 0 } ?? -1
+        let monitors = await node.withKernel { k in
+            k.peers[peer]?.monitors.filter { !$0.key.isEmpty }.values.reduce(0) { $0 + $1.count } ?? 0
+        } ?? -1
         return (monitors, node.liveCalls.withLock { $0.count })
     }
 
