@@ -16,6 +16,15 @@ struct RequestEndingTests {
         return node
     }
 
+    /// A masterless node with a query and a waitForMaster waiting in it (each for 10 minutes).
+    static func twoWaiting() async throws -> (Node, Task<[String: Value], any Error>, Task<String, any Error>) {
+        let node = try await masterless()
+        let query = Task<[String: Value], any Error> { try await node.dbFamily("f", timeout: .seconds(600)) }
+        let master = Task<String, any Error> { try await node.waitForMaster(timeout: .seconds(600)) }
+        await eventually("both wait in the node") { await waiting(node) == (2, 1) }
+        return (node, query, master)
+    }
+
     static func waiting(_ node: Node) async -> (queries: Int, masterWaits: Int) {
         await node.withKernel { k in (k.pendingQueries.count + k.queryIDs.count, k.masterWaits.count) } ?? (-1, -1)
     }
@@ -34,10 +43,7 @@ struct RequestEndingTests {
 
     @Test("cancelling the task of a waiting query or waitForMaster ends it at once with cancelled, before or after it reached the node")
     func cancellation() async throws {
-        let node = try await Self.masterless()
-        let query = Task { try await node.dbFamily("f", timeout: .seconds(600)) }
-        let master = Task { try await node.waitForMaster(timeout: .seconds(600)) }
-        await eventually("both wait in the node") { await Self.waiting(node) == (2, 1) }
+        let (node, query, master) = try await Self.twoWaiting()
         query.cancel()
         master.cancel()
         // (A request that did not end would hold the test until the suite's time limit.)
@@ -57,10 +63,7 @@ struct RequestEndingTests {
 
     @Test("shutting the node down ends waiting queries and waitForMaster with shutDown; later ones fail at once")
     func shutdown() async throws {
-        let node = try await Self.masterless()
-        let query = Task { try await node.dbKeys("f", timeout: .seconds(600)) }
-        let master = Task { try await node.waitForMaster(timeout: .seconds(600)) }
-        await eventually("both wait in the node") { await Self.waiting(node) == (2, 1) }
+        let (node, query, master) = try await Self.twoWaiting()
         await node.shutdown()
         await #expect(throws: RequestError.shutDown) { try await query.value }
         await #expect(throws: RequestError.shutDown) { try await master.value }

@@ -439,18 +439,30 @@ public final class Node: Sendable {
     /// Waits until the node is attached to a master, up to `timeout`, and returns the master's ID.
     /// Throws `timedOut`, `cancelled` (the waiting task was) or `shutDown`.
     public func waitForMaster(timeout: TimeAmount) async throws(RequestError) -> String {
+        try await request(
+            start: { k, token, end in k.waitForMaster(token: token, timeout: timeout, end: end) },
+            cancel: { k, token in k.endMasterWait(token, .failure(.cancelled)) })
+    }
+
+    /// A request that waits on the node's loop for its answer: `start` registers it under a fresh
+    /// token with the completion to call once; `cancel` ends it with `cancelled` when the waiting
+    /// task is cancelled, whether before or after `start` ran on the loop.
+    func request<T: Sendable>(
+        start: @escaping @Sendable (Kernel, UInt64, @escaping @Sendable (Result<T, RequestError>) -> Void) -> Void,
+        cancel: @escaping @Sendable (Kernel, UInt64) -> Void
+    ) async throws(RequestError) -> T {
         let token = ids.nextToken()
         let cancelled = CancellationFlag()
-        let result: Result<String, RequestError> = await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Result<String, RequestError>, Never>) in
+        let result: Result<T, RequestError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, RequestError>, Never>) in
                 onLoop { k in
                     if cancelled.isSet { return continuation.resume(returning: .failure(.cancelled)) }
-                    k.waitForMaster(token: token, timeout: timeout) { continuation.resume(returning: $0) }
+                    start(k, token) { continuation.resume(returning: $0) }
                 }
             }
         } onCancel: {
             cancelled.set()
-            onLoop { $0.endMasterWait(token, .failure(.cancelled)) }
+            onLoop { cancel($0, token) }
         }
         return try result.get()
     }
@@ -495,20 +507,9 @@ extension Node {
     }
 
     private func query(_ tag: String, _ family: String, timeout: TimeAmount) async throws(RequestError) -> Value {
-        let token = ids.nextToken()
-        let cancelled = CancellationFlag()
-        let result: Result<Value, RequestError> = await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, RequestError>, Never>) in
-                onLoop { k in
-                    if cancelled.isSet { return continuation.resume(returning: .failure(.cancelled)) }
-                    k.dbQuery(tag, family, token: token, timeout: timeout) { continuation.resume(returning: $0) }
-                }
-            }
-        } onCancel: {
-            cancelled.set()
-            onLoop { $0.cancelQuery(token: token) }
-        }
-        return try result.get()
+        try await request(
+            start: { k, token, end in k.dbQuery(tag, family, token: token, timeout: timeout, completion: end) },
+            cancel: { k, token in k.cancelQuery(token: token) })
     }
 
     /// Watches a family (`db_mon`): `handler` gets the current family first, then every change.

@@ -28,7 +28,7 @@ extension Gateway {
         try checkFamily(family)
         guard master != nil else { throw .meshUnavailable() }
         let node = self.node
-        let timeout = TimeAmount.nanoseconds(Int64(configuration.queryTimeout * 1e9))
+        let timeout = queryTimeAmount
         // The node ends the query at its timeout, or when the client hangs up (the task is
         // cancelled): nothing is left waiting either way.
         let task = Task { [self] in
@@ -48,6 +48,9 @@ extension Gateway {
         return nil
     }
 
+    /// `--query-timeout` as the node takes it: the node ends a query that waits longer.
+    var queryTimeAmount: TimeAmount { .nanoseconds(Int64(configuration.queryTimeout * 1e9)) }
+
     /// The answer to a query the node ended without a reply (a cancelled one is the client's
     /// hang-up, already answered).
     func answerQueryFailure(_ error: RequestError, _ exchange: Exchange) {
@@ -64,7 +67,7 @@ extension Gateway {
         try checkFamily(family)
         guard master != nil else { throw .meshUnavailable() }
         let node = self.node
-        let timeout = TimeAmount.nanoseconds(Int64(configuration.queryTimeout * 1e9))
+        let timeout = queryTimeAmount
         let task = Task { [self] in
             let values: [String: Value]
             do throws(RequestError) {

@@ -53,7 +53,7 @@ extension Gateway {
             return nil
         }
         let node = self.node
-        let timeout = TimeAmount.nanoseconds(Int64(configuration.queryTimeout * 1e9))
+        let timeout = queryTimeAmount
         let task = Task { [self] in
             let known: [String: Value]
             do throws(RequestError) {
