@@ -66,7 +66,7 @@ struct MeshLimitsTests {
                 guard let reply = message.last?.stringValue else { return }
                 node.snd(reply, [.int(Int64(Value.array(Array(message.dropLast())).nestingDepth))])
             }
-            let called = try await net.post("/v1/call", json: ["port": .string(echo.description), "message": Self.message(depth: 512), "timeout": 5])
+            let called = try await net.post("/v1/call", json: ["port": .string(echo.description), "message": Self.message(depth: 512), "timeout": .double(5 * sanitizerSlowdown)])
             #expect(called.status == 200 && called.json == ["reply": [512]], "\(called)")
             let deepCall = try await net.post("/v1/call", json: ["port": to, "message": Self.message(depth: 513), "timeout": 1])
             let c = expectProblem(deepCall, 422, "too_deep")
