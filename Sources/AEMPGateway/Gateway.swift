@@ -372,7 +372,7 @@ public final class Gateway: HTTPHandler, Sendable {
             return idle
         }
         for feed in idle {
-            if let watch = feed.state.withLock({ $0.watch }) { node.dbUnmon(watch) }
+            feed.state.withLock({ $0.watch })?.cancel()
         }
     }
 

@@ -447,7 +447,7 @@ final class Bench: @unchecked Sendable {
                 guard await changesSeen.next() != nil else { throw BenchError("change \(i) of \(family) never arrived") }
             }
             perChange[size] = Double(monotonicNanoseconds() - t0) / Double(changes) / 1e3
-            watcher.dbUnmon(watch)
+            watch.cancel()
             continuation.finish()
         }
         let small = perChange[1_000] ?? 0, large = perChange[300_000] ?? 0

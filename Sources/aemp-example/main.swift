@@ -41,5 +41,11 @@ print(all)
 let watch = node.dbMon("services") { change in             // current family first, then every change
     print(change.added, change.changed, change.deleted, change.values)
 }
-node.dbUnmon(watch)
+watch.cancel()  // mon, monNodes, monMaster and dbMon all return a Subscription, ended this way
+
+// Or as async sequences, ended with the loop: familyChanges, nodeEvents, masterChanges, death(of:).
+for await change in node.familyChanges("services") where change.values["web1"] != nil {
+    print("web1 is", change.values["web1"]!)
+    break
+}
 await node.shutdown()

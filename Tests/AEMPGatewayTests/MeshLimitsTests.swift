@@ -87,7 +87,7 @@ struct MeshLimitsTests {
         try await GatewayNetwork.with { net in
             let (changes, sink) = AsyncStream.makeStream(of: FamilyChange.self)
             let watch = net.node.dbMon("limits") { sink.yield($0) }
-            defer { net.node.dbUnmon(watch) }
+            defer { watch.cancel() }
             var feed = changes.makeAsyncIterator()
             _ = try await next(&feed, "the first snapshot of the family")
             let put = { (key: String, value: Value) async throws -> HTTPTestResponse in

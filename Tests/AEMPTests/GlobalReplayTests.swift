@@ -93,7 +93,7 @@ struct GlobalReplayTests {
             #expect(rest.map(WireShape.tag) == ["g_upd", "g_mon0"], "\(Array(rest))")
             node.kil(port)
             try await Self.expectPackets([rest[rest.startIndex]], from: seed, "g_upd after kil")
-            node.dbUnmon(watch)
+            watch.cancel()
             try await Self.expectPackets([rest[rest.startIndex + 1]], from: seed, "g_mon0 after the last watcher")
             try await Self.barrier(seed, node: "seed")
         }
@@ -327,7 +327,7 @@ struct GlobalReplayTests {
             // recv's exit: db_mon ends (g_mon0), the db_reg'ed port dies (g_upd with the delete).
             let exit = fromRecvToB.filter { ["g_mon0", "g_upd"].contains(WireShape.tag($0)) }
             #expect(exit.map(WireShape.tag) == ["g_mon0", "g_upd"])
-            node.dbUnmon(watch)
+            watch.cancel()
             node.kil(port)
             try await Self.expectPackets(exit, from: b, "g_mon0 and g_upd at exit")
             try await Self.barrier(b, node: "seedB")

@@ -145,7 +145,7 @@ struct NodeSecurityTests {
             let got = try await seen.wait(within: 5) { s in s.count >= 2 ? s : nil }
             let expected: [Value] = [[.string(node.id), ["devnull", "local"]], ["nsec-observer-peer", ["eval", "1"]]]
             #expect(got == expected, "\(got ?? [])")
-            node.cancel(watch)
+            watch.cancel()
             _ = await node.upNodes()  // a barrier: the node's loop has run the cancel
             try await peer.send(["", "devnull", "after-cancel"])
             try await peer.send(["", "time", "nsec-observer-peer#p", "sync"])

@@ -395,10 +395,10 @@ struct ReplayTests {
         #expect(try await peer.readMeaningfulPacket(within: 5, "mon1 someport") == ["", "mon1", "someport"])
         try await peer.send(["", "kil0", "someport", "die", "x"])
         #expect(try await next(&remoteIterator, within: 5, "the remote monitor") == ["die", "x"])
-        // unmon of the last monitor on a remote port sends mon0.
+        // Cancelling the last monitor on a remote port sends mon0.
         let other = node.mon(PortID(node: peerID, name: "otherport")) { _ in }
         #expect(try await peer.readMeaningfulPacket(within: 5, "mon1 otherport") == ["", "mon1", "otherport"])
-        node.unmon(other)
+        other.cancel()
         #expect(try await peer.readMeaningfulPacket(within: 5, "mon0 otherport") == ["", "mon0", "otherport"])
 
         // snd to a port of the peer arrives as [name, …].

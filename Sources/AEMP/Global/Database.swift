@@ -18,13 +18,6 @@ public struct FamilyChange: Sendable, Equatable {
     public let deleted: [String]
 }
 
-/// A handle for a `db_mon` watcher, for `Node.dbUnmon`.
-public struct FamilyWatchHandle: Hashable, Sendable {
-    /// The watched family.
-    public let family: String
-    let token: UInt64
-}
-
 /// Local state of one watched family: the last known content and the watchers sharing it.
 struct FamilyWatch {
     var values: [String: Value] = [:]

@@ -8,7 +8,7 @@ public final class Call: Sendable {
     public let replyPort: PortID
 
     private struct State {
-        var monitor: Monitor?
+        var monitor: Subscription?
         var timer: Scheduled<Void>?
         var completion: (@Sendable (Result<[Value], RequestError>) -> Void)?
     }
@@ -32,7 +32,7 @@ public final class Call: Sendable {
     public var isFinished: Bool { state.withLock { $0.completion == nil } }
 
     /// Hands over the monitor and timer; releases them at once if the call already ended.
-    func start(monitor: Monitor?, timer: Scheduled<Void>) {
+    func start(monitor: Subscription?, timer: Scheduled<Void>) {
         let ended = state.withLock { s -> Bool in
             guard s.completion != nil else { return true }
             s.monitor = monitor
@@ -41,18 +41,18 @@ public final class Call: Sendable {
         }
         if ended {
             timer.cancel()
-            if let monitor { node.unmon(monitor) }
+            monitor?.cancel()
         }
     }
 
     func finish(_ result: Result<[Value], RequestError>) {
-        guard let (completion, monitor, timer) = state.withLock({ s -> (@Sendable (Result<[Value], RequestError>) -> Void, Monitor?, Scheduled<Void>?)? in
+        guard let (completion, monitor, timer) = state.withLock({ s -> (@Sendable (Result<[Value], RequestError>) -> Void, Subscription?, Scheduled<Void>?)? in
             guard let c = s.completion else { return nil }
             defer { s = State() }
             return (c, s.monitor, s.timer)
         }) else { return }
         timer?.cancel()
-        if let monitor { node.unmon(monitor) }
+        monitor?.cancel()
         node.kil(replyPort)
         node.liveCalls.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
         completion(result)

@@ -152,6 +152,8 @@ final class Kernel {
     var localDB: [String: [String: Value]] = [:]
     /// Called with master changes (new master ID or nil).
     var masterWatchers: [UInt64: @Sendable (String?) -> Void] = [:]
+    /// `Node.death(of:)` waiting for its monitor to fire, by the monitor's token.
+    var deathWaits: [UInt64: @Sendable (Result<[Value], RequestError>) -> Void] = [:]
     /// `Node.waitForMaster` calls waiting, by token.
     var masterWaits: [UInt64: MasterWait] = [:]
 
@@ -269,7 +271,7 @@ final class Kernel {
         portDied(name, reason: reason, onDeath: handlers.onDeath)
     }
 
-    /// `mon`: local port, remote port or node (empty port name). Returns the token for `unmon`.
+    /// `mon`: local port, remote port or node (empty port name), under `token` (`Subscription.cancel`).
     func monitor(_ target: PortID, token: UInt64, action: @escaping MonitorAction) {
         if target.node == nodeID {
             if !target.name.isEmpty, ports.contains(target.name) {

@@ -9,18 +9,6 @@ import Glibc
 import Darwin
 #endif
 
-/// A handle for an active monitor, for `unmon`.
-public struct Monitor: Hashable, Sendable {
-    /// The monitored port (or node, with an empty port name).
-    public let target: PortID
-    let token: UInt64
-}
-
-/// A handle for a node up/down watcher; pass it to `Node.cancel(_:)`.
-public struct NodeWatch: Hashable, Sendable {
-    let token: UInt64
-}
-
 /// Bytes handed to the node's loop for other nodes and not yet written into their connections
 /// (`Node.snd(batch:bytes:)`), by node ID; any thread.
 final class HandedOverBytes: Sendable {
@@ -143,6 +131,8 @@ public final class Node: Sendable {
                 k.seeds[i].retryTimer?.cancel()
                 k.seeds[i].retryTimer = nil
             }
+            // Before connections close: their monitors would answer with transport_error.
+            for token in k.deathWaits.keys.sorted() { k.deathWaits.removeValue(forKey: token)?(.failure(.shutDown)) }
             for peer in k.peers.values { peer.stopConnecting() }
             let closes = k.listeners.map { $0.close() }
             k.listeners.removeAll()
@@ -333,47 +323,36 @@ public final class Node: Sendable {
 
     /// Monitors a port (or a node, when the port name is empty); `action` runs once with the kill
     /// reason. Monitors on remote ports fire with `transport_error` when the connection fails.
+    /// `cancel()` the subscription to stop (`mon0` goes out when the last monitor of a remote port
+    /// is gone); `death(of:)` is the awaited form.
     @discardableResult
-    public func mon(_ port: PortID, _ action: @escaping MonitorAction) -> Monitor {
+    public func mon(_ port: PortID, _ action: @escaping MonitorAction) -> Subscription {
         let token = ids.nextToken()
         onLoop { $0.monitor(port, token: token, action: action) }
-        return Monitor(target: port, token: token)
-    }
-
-    /// Cancels a monitor (`mon0` goes out when the last monitor of a remote port is gone).
-    public func unmon(_ monitor: Monitor) {
-        onLoop { $0.unmonitor(monitor.target, token: monitor.token) }
+        return Subscription(.monitor(port), token: token, node: self)
     }
 
     // MARK: - Nodes
 
-    /// Calls `handler(node, isUp)` whenever a connection to a node comes up or goes down (`mon_nodes`).
+    /// Calls `handler(node, isUp)` whenever a connection to a node comes up or goes down
+    /// (`mon_nodes`), until the subscription is cancelled; `nodeEvents()` is the async form.
     @discardableResult
-    public func monNodes(_ handler: @escaping NodeEventHandler) -> NodeWatch {
+    public func monNodes(_ handler: @escaping NodeEventHandler) -> Subscription {
         let token = ids.nextToken()
         onLoop { $0.nodeWatchers[token] = handler }
-        return NodeWatch(token: token)
-    }
-
-    /// Stops a node watcher.
-    public func cancel(_ watch: NodeWatch) {
-        onLoop {
-            $0.nodeWatchers[watch.token] = nil
-            $0.masterWatchers[watch.token] = nil
-            $0.nodePortObservers[watch.token] = nil
-        }
+        return Subscription(.nodes, token: token, node: self)
     }
 
     /// Calls `observer(request, source)` with every request that arrives at this node's node port
     /// (aemp-protocol §7), from peers and from this node itself, before the node acts on it (or
-    /// refuses it): for audit logs, and for tests that must show nothing arrived. Cancel with
-    /// `cancel(_:)`. The observer runs on the node's loop and must not block. It is in place when
+    /// refuses it): for audit logs, and for tests that must show nothing arrived, until the
+    /// subscription is cancelled. The observer runs on the node's loop and must not block. It is in place when
     /// this returns: a request that arrives afterwards, over any connection, is seen.
     @discardableResult
-    public func observeNodePort(_ observer: @escaping NodePortObserver) async -> NodeWatch {
+    public func observeNodePort(_ observer: @escaping NodePortObserver) async -> Subscription {
         let token = ids.nextToken()
         await withKernel { $0.nodePortObservers[token] = observer }
-        return NodeWatch(token: token)
+        return Subscription(.nodePort, token: token, node: self)
     }
 
     /// Keeps a connection to `node` open, reconnecting with backoff whenever it drops. A private
@@ -388,10 +367,11 @@ public final class Node: Sendable {
     }
 
     /// Keeps a connection to every public node of the network, as family `'l` lists them
-    /// (nodes with at least one listener), following joins and leaves; cancel with `dbUnmon`.
+    /// (nodes with at least one listener), following joins and leaves, until the subscription is
+    /// cancelled.
     /// This is how a private node such as the gateway stays reachable from every public node.
     @discardableResult
-    public func keepConnectedToPublicNodes() -> FamilyWatchHandle {
+    public func keepConnectedToPublicNodes() -> Subscription {
         dbMon("'l") { [self] change in
             for key in change.added + change.changed {
                 let addresses = change.values[key]?.arrayValue ?? []
@@ -425,15 +405,15 @@ public final class Node: Sendable {
     }
 
     /// Calls `handler` on the node's loop with the current master (nil = none) now and on every
-    /// change; returns a watch to pass to `cancel(_:)`.
+    /// change, until the subscription is cancelled; `masterChanges()` is the async form.
     @discardableResult
-    public func monMaster(_ handler: @escaping @Sendable (String?) -> Void) -> NodeWatch {
+    public func monMaster(_ handler: @escaping @Sendable (String?) -> Void) -> Subscription {
         let token = ids.nextToken()
         onLoop { k in
             k.masterWatchers[token] = handler
             handler(k.master)
         }
-        return NodeWatch(token: token)
+        return Subscription(.master, token: token, node: self)
     }
 
     /// Waits until the node is attached to a master, up to `timeout`, and returns the master's ID.
@@ -513,17 +493,13 @@ extension Node {
     }
 
     /// Watches a family (`db_mon`): `handler` gets the current family first, then every change.
-    /// Watchers of one family share one subscription.
+    /// Watchers of one family share one `g_mon1` with the master; `cancel()` the subscription to
+    /// stop (`g_mon0` goes out with the last one). `familyChanges(_:)` is the async form.
     @discardableResult
-    public func dbMon(_ family: String, _ handler: @escaping @Sendable (FamilyChange) -> Void) -> FamilyWatchHandle {
+    public func dbMon(_ family: String, _ handler: @escaping @Sendable (FamilyChange) -> Void) -> Subscription {
         let token = ids.nextToken()
         onLoop { $0.dbMon(family, token: token, handler: handler) }
-        return FamilyWatchHandle(family: family, token: token)
-    }
-
-    /// Stops a `db_mon` watcher (`g_mon0` goes out with the last one).
-    public func dbUnmon(_ handle: FamilyWatchHandle) {
-        onLoop { $0.dbUnmon(handle.family, token: handle.token) }
+        return Subscription(.family(family), token: token, node: self)
     }
 }
 

@@ -38,7 +38,7 @@ final class FamilyFeed: Sendable {
         var waiters: [UInt64: Waiter] = [:]
         /// Clients that asked before the first snapshot arrived.
         var early: [UInt64: @Sendable () -> Void] = [:]
-        var watch: FamilyWatchHandle?
+        var watch: Subscription?
         var idleSince: NIODeadline? = .now()
     }
 

@@ -56,7 +56,7 @@ final class Mailbox: Sendable {
         var lastActivity: NIODeadline = .now()
         var waiters: [UInt64: Waiter] = [:]
         var subscribers: [UInt64: Subscriber] = [:]
-        var monitors: [Monitor] = []
+        var monitors: [Subscription] = []
         /// Set when the mailbox is gone (deleted, expired, or its port killed).
         var closedReason: String?
         var killReason: Value?
@@ -328,7 +328,7 @@ final class Mailbox: Sendable {
     }
 
     /// Closes the mailbox: waiting clients get `gone`, streams end with a final event.
-    func close(reason: String, killReason: Value?, gone: (_ requestID: String) -> HTTPResponse) -> [Monitor] {
+    func close(reason: String, killReason: Value?, gone: (_ requestID: String) -> HTTPResponse) -> [Subscription] {
         state.withLock { s in
             guard s.closedReason == nil else { return [] }
             s.closedReason = reason
@@ -350,7 +350,7 @@ final class Mailbox: Sendable {
         }
     }
 
-    func addMonitor(_ monitor: Monitor) -> Bool {
+    func addMonitor(_ monitor: Subscription) -> Bool {
         state.withLock { s in
             guard s.closedReason == nil else { return false }
             s.monitors.append(monitor)

@@ -79,7 +79,7 @@ extension Gateway {
         }
         let problem = Problem.mailboxGone(name, why, reason: killReason)
         for monitor in mailbox.close(reason: why, killReason: killReason, gone: { problem.response(requestID: $0) }) {
-            node.unmon(monitor)
+            monitor.cancel()
         }
         logger.info("mailbox closed", metadata: ["mailbox": "\(name)", "why": "\(why)"])
     }
@@ -160,7 +160,7 @@ extension Gateway {
             mailbox.deliver(["type": "monitor", "port": .string(target.description), "reason": .array(reason)])
         }
         guard mailbox.addMonitor(monitor) else {
-            node.unmon(monitor)
+            monitor.cancel()
             throw gone(mailbox)
         }
         return .json(200, ["name": .string(name), "monitoring": .string(target.description)])
