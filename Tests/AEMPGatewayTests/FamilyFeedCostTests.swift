@@ -62,8 +62,7 @@ struct FamilyFeedReplayTests {
     /// The long-poll answer for a client that has seen `after`: its type, the change IDs or the
     /// snapshot's keys, and whether it is a reset.
     static func answer(_ feed: FamilyFeed, after: UInt64?) throws -> String {
-        let response = feed.state.withLock { feed.response(&$0, after: after) }
-        let body = try JSONCodec.decode(response.body).objectValue ?? [:]
+        let body = feed.state.withLock { feed.answer($0, after: after) }.body.objectValue ?? [:]
         switch body["type"]?.stringValue {
         case "changes":
             let ids = (body["changes"]?.arrayValue ?? []).compactMap { $0.objectValue?["id"]?.stringValue }

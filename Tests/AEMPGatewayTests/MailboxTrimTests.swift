@@ -25,7 +25,8 @@ struct MailboxTrimTests {
     func trimsOldest() throws {
         let box = mailbox(maxQueue: 5)
         for i in 1...12 { box.deliver(["message": [.int(Int64(i))]]) }
-        let (events, last) = try #require(box.poll(after: nil, max: 100))
+        let batch = try #require(box.poll(after: nil, max: 100))
+        let (events, last) = (batch.events, batch.last)
         #expect(shape(events) == ["dropped 1-7", "8", "9", "10", "11", "12"])
         #expect(last == 12)
         #expect(events.first?.objectValue?["count"] == 7 && events.first?.objectValue?["total"] == 7)

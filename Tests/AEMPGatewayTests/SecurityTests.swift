@@ -525,7 +525,7 @@ struct SecurityTests {
             let end = try #require(text.range(of: "\n    }\n", range: start.upperBound..<text.endIndex), "end of \(name) in \(path)")
             return String(text[start.lowerBound..<end.upperBound])
         }
-        for (name, path) in [("lookupToken", "Sources/AEMPGateway/Routes/Router.swift"), ("verify", "Sources/AEMP/Transport/Connection.swift")] {
+        for (name, path) in [("lookup", "Sources/AEMPGateway/Middleware/Authentication.swift"), ("verify", "Sources/AEMP/Transport/Connection.swift")] {
             let body = try function(name, in: path)
             #expect(body.contains("ConstantTime.equal("), "\(path) \(name) does not use ConstantTime.equal:\n\(body)")
             #expect(!body.contains("=="), "\(path) \(name) compares with ==:\n\(body)")

@@ -78,6 +78,7 @@ struct SubscriptionTests {
 
         // familyChanges: the current family first, then each change.
         seed.dbSet("sub-async", "a", 1)
+        await eventually("the key is in the database") { (try? await node.dbFamily("sub-async")) == ["a": 1] }
         var seen: [[String: Value]] = []
         for await change in node.familyChanges("sub-async") {
             seen.append(change.values)
@@ -104,9 +105,10 @@ struct SubscriptionTests {
         await eventually("the node watcher is in place") { await Self.held(node, peer: seed.id)[1] == base[1] + 1 }
         let third = try makeNode(id: "sub-third-%u", binds: ["127.0.0.1:0"], seeds: [try #require(await seed.listenAddresses().first)])
         try await third.start()
-        node.snd(PortID(node: third.id, name: "nobody"), ["hello"])  // makes the node connect
-        await eventually("the node connected to the third node") { await node.upNodes().contains(third.id) }
+        node.keepConnected(to: third.id)  // dials once the directory lists the third node
+        await eventually(within: 20, "the node connected to the third node") { await node.upNodes().contains(third.id) }
         await third.shutdown()
+        node.stopKeepingConnected(to: third.id)
         let got = await events.value
         #expect(got == [NodeEvent(node: third.id, isUp: true), NodeEvent(node: third.id, isUp: false)], "\(got)")
 
@@ -121,7 +123,12 @@ struct SubscriptionTests {
         let base = await Self.held(node, peer: seed.id)
         let target = seed.port { _ in }
         let waiting = Task { try await node.death(of: target) }
-        await eventually("the monitor is in place") { await Self.held(node, peer: seed.id)[0] == base[0] + 1 }
+        // In place on both sides: the seed has the mon1 (a kil before it would be no_such_port).
+        await eventually("the monitor is in place") {
+            let here = await Self.held(node, peer: seed.id)[0] == base[0] + 1
+            let there = await seed.withKernel { $0.watchers[target.name]?.remote.contains(node.id) == true } ?? false
+            return here && there
+        }
         seed.kil(target, reason: ["bye", 7])
         #expect(try await waiting.value == ["bye", 7])
         #expect(try await node.death(of: PortID(node: node.id, name: "no-such-port")).first == "no_such_port")

@@ -1,6 +1,21 @@
 import AEMP
 import NIOCore
 
+/// What a long-poll of a family feed gets: a snapshot or the changes since its index (`body`, the
+/// JSON the contract names `FeedSnapshot` / `FeedChanges`), with the feed's index then.
+struct FeedState: Sendable {
+    let body: Value
+    let index: String
+}
+
+/// How a parked long-poll of a family feed ends.
+enum FeedAnswer: Sendable {
+    /// A change arrived, or the wait ended with none.
+    case state(FeedState)
+    /// The gateway is shutting down.
+    case closed
+}
+
 /// One family's change feed: a single `db_mon` subscription shared by every HTTP client of the
 /// family, with a numbered history so clients resume without gaps.
 ///
@@ -9,6 +24,9 @@ import NIOCore
 /// idle gives up its `db_mon` subscription but leaves a `FeedMemory`: the next feed of the family
 /// goes on with the same epoch and index, and its first snapshot is compared with what the old
 /// one had (one `change` if the family changed meanwhile), so an idle client is never reset.
+///
+/// It speaks in snapshots and changes, never HTTP: a parked long-poll is a closure that gets a
+/// `FeedAnswer`, always called outside the feed's lock (`DatabaseRoutes` makes the response).
 final class FamilyFeed: Sendable {
     let family: String
     let epoch: String
@@ -23,9 +41,9 @@ final class FamilyFeed: Sendable {
     }
 
     struct Waiter {
-        let exchange: Exchange
         let after: UInt64
         let timer: Timeouts.Handle?
+        let answer: @Sendable (FeedAnswer) -> Void
     }
 
     struct State {
@@ -83,6 +101,7 @@ final class FamilyFeed: Sendable {
     // MARK: - From the node (db_mon deliveries, in order)
 
     func apply(_ change: FamilyChange) {
+        var woken: [(Waiter, FeedState)] = []
         let early = state.withLock { s -> [@Sendable () -> Void] in
             if !s.synced {
                 s.synced = true
@@ -90,7 +109,7 @@ final class FamilyFeed: Sendable {
                 defer { s.early.removeAll() }
                 if let resumed {
                     let d = resumed.difference(to: change.values)
-                    if !(d.added.isEmpty && d.changed.isEmpty && d.deleted.isEmpty) { record(&s, d) }
+                    if !(d.added.isEmpty && d.changed.isEmpty && d.deleted.isEmpty) { record(&s, d, waking: &woken) }
                 }
                 return Array(s.early.values)
             }
@@ -98,14 +117,19 @@ final class FamilyFeed: Sendable {
             // node's dictionary would make its next change copy the whole family).
             for k in change.added + change.changed { s.values[k] = change.values[k] }
             for k in change.deleted { s.values[k] = nil }
-            record(&s, (change.added, change.changed, change.deleted))
+            record(&s, (change.added, change.changed, change.deleted), waking: &woken)
             return []
         }
-        for resume in early { resume() }  // outside the lock: they subscribe or poll
+        // Outside the lock: waiters are answered, early clients subscribe or poll.
+        for (waiter, answer) in woken { waiter.answer(.state(answer)) }
+        for resume in early { resume() }
     }
 
-    /// Appends one change to the history and hands it to every client.
-    private func record(_ s: inout State, _ change: (added: [String], changed: [String], deleted: [String])) {
+    /// Appends one change to the history and hands it to every stream; the waiters it ends go
+    /// into `woken`, with their answers.
+    private func record(
+        _ s: inout State, _ change: (added: [String], changed: [String], deleted: [String]), waking woken: inout [(Waiter, FeedState)]
+    ) {
         s.index += 1
         var added: [String: Value] = [:], changed: [String: Value] = [:]
         for k in change.added { added[k] = s.values[k] ?? .null }
@@ -122,7 +146,7 @@ final class FamilyFeed: Sendable {
         for (token, waiter) in s.waiters where waiter.after < s.index {
             s.waiters[token] = nil
             waiter.timer?.cancel()
-            waiter.exchange.respond(response(&s, after: waiter.after))
+            woken.append((waiter, answer(s, after: waiter.after)))
         }
     }
 
@@ -218,26 +242,26 @@ final class FamilyFeed: Sendable {
 
     /// The long-poll answer for a client that has seen `after` (nil = wants a snapshot; a reset
     /// snapshot when `reset` or when the history no longer reaches back to `after`).
-    func response(_ s: inout State, after: UInt64?, reset: Bool = false) -> HTTPResponse {
-        let header = [("X-AEMP-Index", id(s.index))]
+    func answer(_ s: State, after: UInt64?, reset: Bool = false) -> FeedState {
         if !reset, let after, let list = changes(s, after: after) {
-            return .json(
-                200, ["type": "changes", "family": .string(family), "id": .string(id(s.index)), "changes": .array(list.map(\.data))],
-                headers: header)
+            return FeedState(
+                body: ["type": "changes", "family": .string(family), "id": .string(id(s.index)), "changes": .array(list.map(\.data))],
+                index: id(s.index))
         }
-        return .json(200, snapshotData(s, reset: reset || after != nil), headers: header)
+        return FeedState(body: snapshotData(s, reset: reset || after != nil), index: id(s.index))
     }
 
     /// Answers a long-poll now, or parks it until a change (returns nil when parked).
     func poll(
-        _ token: UInt64, exchange: Exchange, indexID: String?, park: Bool, timer: @escaping () -> Timeouts.Handle?
-    ) -> HTTPResponse? {
+        _ token: UInt64, indexID: String?, park: Bool, timer: @escaping () -> Timeouts.Handle?,
+        answer: @escaping @Sendable (FeedAnswer) -> Void
+    ) -> FeedState? {
         state.withLock { s in
-            guard let indexID else { return response(&s, after: nil) }
-            guard let after = index(of: indexID), after <= s.index else { return response(&s, after: nil, reset: true) }
-            if after < s.index || !park { return response(&s, after: after) }
+            guard let indexID else { return self.answer(s, after: nil) }
+            guard let after = index(of: indexID), after <= s.index else { return self.answer(s, after: nil, reset: true) }
+            if after < s.index || !park { return self.answer(s, after: after) }
             s.idleSince = nil
-            s.waiters[token] = Waiter(exchange: exchange, after: after, timer: timer())
+            s.waiters[token] = Waiter(after: after, timer: timer(), answer: answer)
             return nil
         }
     }
@@ -253,11 +277,12 @@ final class FamilyFeed: Sendable {
 
     /// The long-poll's time is up: it gets an empty change list.
     func expire(_ token: UInt64) {
-        state.withLock { s in
-            guard let waiter = s.waiters.removeValue(forKey: token) else { return }
-            waiter.exchange.respond(response(&s, after: waiter.after))
+        let ended = state.withLock { s -> (Waiter, FeedState)? in
+            guard let waiter = s.waiters.removeValue(forKey: token) else { return nil }
             if s.streams.isEmpty && s.waiters.isEmpty { s.idleSince = .now() }
+            return (waiter, answer(s, after: waiter.after))
         }
+        if let (waiter, state) = ended { waiter.answer(.state(state)) }
     }
 
     var subscriberCount: Int { state.withLock { $0.streams.count + $0.waiters.count + $0.early.count } }
@@ -274,16 +299,17 @@ final class FamilyFeed: Sendable {
         state.withLock { s in s.idleSince.map { $0 < deadline } ?? false }
     }
 
-    /// Ends every stream and answers every waiter (shutdown).
-    func close(final: [UInt8]?, gone: (_ requestID: String) -> HTTPResponse) {
-        state.withLock { s in
+    /// Ends every stream with `final` and answers every waiter `closed` (shutdown).
+    func close(final: [UInt8]?) {
+        let waiters = state.withLock { s -> [Waiter] in
             for (_, sub) in s.streams { sub.stream.finish(with: final) }
             s.streams.removeAll()
-            for (_, w) in s.waiters {
-                w.timer?.cancel()
-                w.exchange.respond(gone(w.exchange.request.requestID))
-            }
-            s.waiters.removeAll()
+            defer { s.waiters.removeAll() }
+            return Array(s.waiters.values)
+        }
+        for w in waiters {
+            w.timer?.cancel()
+            w.answer(.closed)
         }
     }
 }

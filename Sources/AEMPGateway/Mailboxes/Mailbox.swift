@@ -1,7 +1,28 @@
 import AEMP
 import NIOCore
 
+/// What a long-poll of a mailbox gets: the entries after its cursor (possibly none), the sequence
+/// number it may acknowledge next, and how many entries were given up so far.
+struct MailboxBatch: Sendable, Equatable {
+    var events: [Value]
+    var last: UInt64
+    var dropped: UInt64
+}
+
+/// How a parked long-poll of a mailbox ends.
+enum MailboxAnswer: Sendable {
+    /// Entries arrived (or, at the timer, none did).
+    case batch(MailboxBatch)
+    /// The mailbox is gone: why, and the kill reason if its port was killed.
+    case gone(why: String, reason: Value?)
+}
+
 /// A port owned by the gateway whose messages wait for web clients (long-poll or SSE).
+///
+/// It speaks in entries and batches, never HTTP: a parked long-poll is a closure that gets a
+/// `MailboxAnswer`, always called outside the mailbox's lock (`MailboxRoutes` turns it into a
+/// response). SSE subscribers are `EventStream`s, fed under the lock so their order is the
+/// sequence order.
 ///
 /// Every entry gets a sequence number, and only an acknowledgement frees it: `after` on a
 /// long-poll, `Last-Event-ID` (or `after`) when an SSE client reconnects. Handing an entry to a
@@ -29,10 +50,10 @@ final class Mailbox: Sendable {
     }
 
     struct Waiter {
-        let exchange: Exchange
         let after: UInt64
         let max: Int
         let timer: Timeouts.Handle?
+        let answer: @Sendable (MailboxAnswer) -> Void
     }
 
     struct Subscriber {
@@ -94,8 +115,8 @@ final class Mailbox: Sendable {
 
     /// Appends a message (or a monitor event); wakes waiting clients.
     func deliver(_ value: Value) {
-        state.withLock { s in
-            guard s.closedReason == nil else { return }
+        let woken = state.withLock { s -> [(Waiter, MailboxBatch)] in
+            guard s.closedReason == nil else { return [] }
             metrics?.messagesDelivered.increment()
             let seq = s.nextSeq
             s.nextSeq += 1
@@ -109,9 +130,8 @@ final class Mailbox: Sendable {
                     guard s.messageCount > 0 else {
                         giveUp(&s, 0, also: seq)
                         metrics?.droppedForMemory.increment(by: Int64(freed + 1))
-                        wakeWaiters(&s)
                         feedSubscribers(&s)
-                        return
+                        return wakeWaiters(&s)
                     }
                     giveUp(&s, 1)
                     freed += 1
@@ -121,9 +141,10 @@ final class Mailbox: Sendable {
             }
             s.entries.append(entry)
             giveUp(&s, s.messageCount - maxQueue)
-            wakeWaiters(&s)
             feedSubscribers(&s)
+            return wakeWaiters(&s)
         }
+        for (waiter, batch) in woken { waiter.answer(.batch(batch)) }
     }
 
     /// Gives up the `count` oldest unacknowledged messages (and then the message `also`, which
@@ -157,8 +178,9 @@ final class Mailbox: Sendable {
 
     // MARK: - Clients (any thread)
 
-    /// Entries after `after` (at most `max`), acknowledging everything up to `after`.
-    func poll(after: UInt64?, max: Int) -> (events: [Value], last: UInt64)? {
+    /// Entries after `after` (at most `max`), acknowledging everything up to `after`; nil when
+    /// there are none.
+    func poll(after: UInt64?, max: Int) -> MailboxBatch? {
         state.withLock { s in
             s.lastActivity = .now()
             acknowledge(&s, through: after)
@@ -166,9 +188,15 @@ final class Mailbox: Sendable {
         }
     }
 
+    /// The answer of a long-poll that waited in vain: no entries, and `last` what the client may
+    /// acknowledge next (never beyond what it was given).
+    func emptyBatch() -> MailboxBatch {
+        state.withLock { s in MailboxBatch(events: [], last: s.acked, dropped: s.droppedTotal) }
+    }
+
     /// What `poll` with no wait would answer now, changing nothing (HEAD): no acknowledgement, no
     /// entry counted as handed out.
-    func peek(after: UInt64?, max: Int) -> HTTPResponse {
+    func peek(after: UInt64?, max: Int) -> MailboxBatch {
         state.withLock { s in
             let acked = after.map { $0 > s.acked ? Swift.min($0, s.delivered) : s.acked } ?? s.acked
             let cursor = Swift.max(after ?? acked, acked)
@@ -179,7 +207,7 @@ final class Mailbox: Sendable {
                 events.append(event(s[i], after: cursor, s))
                 last = s[i].seq
             }
-            return Self.pollResponse(events: events, last: last, dropped: s.droppedTotal)
+            return MailboxBatch(events: events, last: last, dropped: s.droppedTotal)
         }
     }
 
@@ -197,7 +225,7 @@ final class Mailbox: Sendable {
         }
     }
 
-    private func collect(_ s: inout State, after: UInt64, max: Int) -> (events: [Value], last: UInt64)? {
+    private func collect(_ s: inout State, after: UInt64, max: Int) -> MailboxBatch? {
         let from = s.position(after: after)
         guard from < s.entries.count else { return nil }
         var events: [Value] = []
@@ -208,7 +236,7 @@ final class Mailbox: Sendable {
             last = entry.seq
         }
         s.delivered = Swift.max(s.delivered, last)
-        return (events, last)
+        return MailboxBatch(events: events, last: last, dropped: s.droppedTotal)
     }
 
     /// What a client that has seen `after` gets for `entry`: the entry with its `seq`; a `dropped`
@@ -228,12 +256,14 @@ final class Mailbox: Sendable {
 
     /// Parks a long-poll until an entry after `after` arrives or the timer fires.
     /// Returns false (and parks nothing) if entries are already there — then poll again.
-    func park(_ token: UInt64, exchange: Exchange, after: UInt64?, max: Int, timer: Timeouts.Handle?) -> Bool {
+    func park(
+        _ token: UInt64, after: UInt64?, max: Int, timer: Timeouts.Handle?, answer: @escaping @Sendable (MailboxAnswer) -> Void
+    ) -> Bool {
         state.withLock { s in
             guard s.closedReason == nil else { return false }
             let from = after ?? s.acked
             if s.position(after: from) < s.entries.count { return false }
-            s.waiters[token] = Waiter(exchange: exchange, after: from, max: max, timer: timer)
+            s.waiters[token] = Waiter(after: from, max: max, timer: timer, answer: answer)
             return true
         }
     }
@@ -246,20 +276,17 @@ final class Mailbox: Sendable {
         }
     }
 
-    private func wakeWaiters(_ s: inout State) {
-        guard !s.waiters.isEmpty else { return }
+    /// Takes the waiters that now have entries, with their batches (answered outside the lock).
+    private func wakeWaiters(_ s: inout State) -> [(Waiter, MailboxBatch)] {
+        guard !s.waiters.isEmpty else { return [] }
+        var woken: [(Waiter, MailboxBatch)] = []
         for (token, waiter) in s.waiters {
-            guard let (events, last) = collect(&s, after: waiter.after, max: waiter.max) else { continue }
+            guard let batch = collect(&s, after: waiter.after, max: waiter.max) else { continue }
             s.waiters[token] = nil
             waiter.timer?.cancel()
-            waiter.exchange.respond(Self.pollResponse(events: events, last: last, dropped: s.droppedTotal))
+            woken.append((waiter, batch))
         }
-    }
-
-    static func pollResponse(events: [Value], last: UInt64, dropped: UInt64) -> HTTPResponse {
-        .json(
-            200, ["messages": .array(events), "last": .int(Int64(last)), "dropped": .int(Int64(dropped))],
-            headers: [("X-AEMP-Last", String(last))])
+        return woken
     }
 
     /// Attaches an SSE client that has seen everything up to `after`; replays what it missed, in
@@ -327,16 +354,15 @@ final class Mailbox: Sendable {
         }
     }
 
-    /// Closes the mailbox: waiting clients get `gone`, streams end with a final event.
-    func close(reason: String, killReason: Value?, gone: (_ requestID: String) -> HTTPResponse) -> [Subscription] {
-        state.withLock { s in
-            guard s.closedReason == nil else { return [] }
+    /// Closes the mailbox: waiting clients are answered `gone`, streams end with a final event.
+    /// Returns the monitors it held, for the caller to cancel.
+    func close(reason: String, killReason: Value?) -> [Subscription] {
+        let (monitors, waiters) = state.withLock { s -> ([Subscription], [Waiter]) in
+            guard s.closedReason == nil else { return ([], []) }
             s.closedReason = reason
             s.killReason = killReason
-            for (_, w) in s.waiters {
-                w.timer?.cancel()
-                w.exchange.respond(gone(w.exchange.request.requestID))
-            }
+            let waiters = Array(s.waiters.values)
+            for w in waiters { w.timer?.cancel() }
             s.waiters.removeAll()
             var data: [String: Value] = ["detail": .string("mailbox \(reason)")]
             if let killReason { data["reason"] = killReason }
@@ -346,8 +372,10 @@ final class Mailbox: Sendable {
             budget?.give(s.entries.reduce(0) { $0 + $1.size })
             s.entries.removeAll()
             defer { s.monitors.removeAll() }
-            return s.monitors
+            return (s.monitors, waiters)
         }
+        for w in waiters { w.answer(.gone(why: reason, reason: killReason)) }
+        return monitors
     }
 
     func addMonitor(_ monitor: Subscription) -> Bool {

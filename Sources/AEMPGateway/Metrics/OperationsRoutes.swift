@@ -55,7 +55,7 @@ extension Gateway {
                 queued += s.messageCount
             }
         }
-        let (active, dormant) = feeds.withLock { (Array($0.active.values), $0.dormantCount) }
+        let (active, dormant) = feeds.census
         metrics.familyFeeds.set(Int64(active.count))
         metrics.dormantFeeds.set(Int64(dormant))
         for feed in active {
@@ -64,10 +64,10 @@ extension Gateway {
         metrics.parkedLongPolls.set(Int64(parked))
         metrics.mailboxes.set(Int64(all.count))
         metrics.queuedMessages.set(Int64(queued))
-        metrics.mailboxBytes.set(Int64(mailboxBudget.bytes))
+        metrics.mailboxBytes.set(Int64(mailboxes.budget.bytes))
         metrics.streamBytes.set(Int64(streamBudget.bytes))
         metrics.masterAttached.set(master == nil ? Int64(0) : 1)
-        metrics.callsInFlight.set(Int64(pendingCalls.load(ordering: .relaxed)))
+        metrics.callsInFlight.set(Int64(calls.inFlight))
         metrics.collectValueEvents()
         metrics.collectSuppressedLines(configuration.logRateLimiter)
     }

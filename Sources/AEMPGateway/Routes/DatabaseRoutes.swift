@@ -91,7 +91,7 @@ extension Gateway {
         guard !subkey.isEmpty else { throw .invalidRequest("the subkey is empty") }
         let value = try jsonBody(request, carrying: .databaseValue)
         try requireCarriable(databaseValue: value, family: family, subkey: subkey, bodyBytes: request.body.count)
-        ownedKeys.withLock { _ = $0[family, default: []].insert(subkey) }
+        ownedKeys.insert(family, subkey)
         node.dbSet(family, subkey, value)
         return .json(200, ["family": .string(family), "subkey": .string(subkey), "value": value])
     }
@@ -99,12 +99,7 @@ extension Gateway {
     /// `DELETE /v1/db/{family}/{subkey}`: `db_del` of a key this gateway set.
     func delete(family: String, subkey: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
         try checkWritable(family)
-        let owned = ownedKeys.withLock { keys -> Bool in
-            guard keys[family]?.remove(subkey) != nil else { return false }
-            if keys[family]?.isEmpty == true { keys[family] = nil }
-            return true
-        }
-        guard owned else {
+        guard ownedKeys.remove(family, subkey) else {
             throw Problem(
                 404, "key_not_owned", "Key not set by this gateway",
                 "\(family)/\(subkey) was not set through this gateway; only the node that set a key can delete it (db_del)")
@@ -125,38 +120,20 @@ extension Gateway {
         let value = o["value"] ?? .null
         try requireCarriable(databaseValue: value, family: family, subkey: mailbox.port.description, bodyBytes: request.body.count)
         node.dbReg(family, port: mailbox.port, value)
-        ownedKeys.withLock { _ = $0[family, default: []].insert(mailbox.port.description) }
+        ownedKeys.insert(family, mailbox.port.description)
         return .json(201, ["family": .string(family), "subkey": .string(mailbox.port.description), "value": value])
     }
 
-    /// The shared feed of a family (one `db_mon` for every client of the gateway).
-    func feed(_ family: String) -> FamilyFeed {
-        let (feed, created) = feeds.withLock { f -> (FamilyFeed, Bool) in
-            if let existing = f.active[family] {
-                existing.touch()
-                return (existing, false)
-            }
-            let feed = FamilyFeed(
-                family: family, historyLimit: configuration.feedHistory, resuming: f.resume(family),
-                epoch: FamilyFeed.newEpoch())
-            f.active[family] = feed
-            return (feed, true)
-        }
-        if created {
-            let watch = node.dbMon(family) { feed.apply($0) }
-            feed.state.withLock { $0.watch = watch }
-        }
-        return feed
+    /// A long-poll's answer: the snapshot or changes, with `X-AEMP-Index`.
+    static func response(_ state: FeedState) -> HTTPResponse {
+        .json(200, state.body, headers: [("X-AEMP-Index", state.index)])
     }
 
     /// `GET /v1/db/{family}/watch`: SSE (`Accept: text/event-stream`) or long-poll (`index`, `wait`).
     func watch(family: String, _ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
         try checkFamily(family)
         let lastEventID = request.header("last-event-id") ?? request.query["last_event_id"]
-        let feed = self.feed(family)
-        guard feed.subscriberCount < configuration.maxSubscribersPerFamily else {
-            throw .overloaded("family \(family.debugDescription) has its maximum of \(configuration.maxSubscribersPerFamily) subscribers")
-        }
+        let feed = try feeds.feed(family)
         let token = nextToken()
         if wantsEventStream(request) {
             // HEAD: the stream's header block, nothing subscribed.
@@ -182,10 +159,13 @@ extension Gateway {
         }
         feed.whenSynced(token) { [self] in
             syncTimer.cancel()
-            let response = feed.poll(token, exchange: exchange, indexID: index, park: parks) {
-                self.after(Double(wait)) { feed.expire(token) }
+            let now = feed.poll(token, indexID: index, park: parks, timer: { self.after(Double(wait)) { feed.expire(token) } }) { answer in
+                switch answer {
+                case .state(let state): exchange.respond(Self.response(state))
+                case .closed: exchange.respond(Problem.shuttingDown().response(requestID: exchange.request.requestID))
+                }
             }
-            if let response { exchange.respond(response) }
+            if let now { exchange.respond(Self.response(now)) }
         }
         return nil
     }

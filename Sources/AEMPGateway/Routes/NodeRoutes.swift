@@ -81,12 +81,10 @@ extension Gateway {
         // HEAD: the stream's header block, nothing registered.
         if isHead(request) { return .eventStream(EventStream(limit: 0)) }
         let stream = EventStream(limit: configuration.streamBacklog, budget: streamBudget)
-        let token = nextToken()
         let node = self.node
         // Registered before the snapshot is taken: an event may repeat what the snapshot says,
         // none is lost.
-        nodeStreams.withLock { $0[token] = stream }
-        stream.onClose { [self] in nodeStreams.withLock { _ = $0.removeValue(forKey: token) } }
+        mesh.addStream(stream)
         Task {
             let up = await node.upNodes()
             stream.send(

@@ -69,9 +69,10 @@ struct Route: Sendable {
     /// Answers the request (nil: the answer comes later, through the exchange). The strings are
     /// the template's parameters, decoded, in order.
     typealias Handler = @Sendable (Gateway, HTTPRequest, Exchange, [String]) throws(Problem) -> HTTPResponse?
-    /// A cheaper answer taken on libmicrohttpd's thread before the request object is made
-    /// (the body, and the `Authorization` header on demand); nil sends the request the general way.
-    typealias Quick = @Sendable (Gateway, [UInt8], () -> String?) -> HTTPResponse?
+    /// A cheaper answer taken on libmicrohttpd's thread before the request object is made, from
+    /// the body alone, once access is checked (`Gateway.quickAnswer`); nil sends the request the
+    /// general way.
+    typealias Quick = @Sendable (Gateway, [UInt8]) -> HTTPResponse?
 
     let method: String
     let path: RoutePath

@@ -8,7 +8,7 @@ extension Gateway {
         Route("GET", "/readyz", .open) { g, _, _, _ throws(Problem) in try g.readiness() },
         Route("GET", "/metrics", .metrics) { g, _, e, _ in g.metricsResponse(e) },
         Route("GET", "/openapi.json", .open) { g, _, _, _ in g.openAPIResponse() },
-        Route("POST", "/v1/send", .write, quick: { g, body, authorization in g.quickSend(body: body, authorization: authorization) }) {
+        Route("POST", "/v1/send", .write, quick: { g, body in g.quickSend(body: body) }) {
             g, r, _, _ throws(Problem) in try g.send(r)
         },
         Route("POST", "/v1/call", .write) { g, r, e, _ throws(Problem) in try g.call(r, e) },
@@ -40,7 +40,7 @@ extension Gateway {
         let method = isHead(request) ? "GET" : request.method
         if method == "OPTIONS" {
             exchange.route.store(Self.routes.label(method: "GET", segments: segments), ordering: .relaxed)
-            return preflight(request)
+            return cors.preflight()
         }
         let match = Self.routes.match(method: method, segments: segments)
         let access: RouteAccess
@@ -55,11 +55,7 @@ extension Gateway {
             exchange.route.store(Self.routes.paths.count, ordering: .relaxed)
             access = method == "GET" ? .read : .write
         }
-        switch access {
-        case .open: break
-        case .metrics: if !configuration.metricsPublic { try authorize(request) }
-        case .read, .write: try authorize(request)
-        }
+        try checkAccess(access, method: request.method, authorization: request.header("authorization"))
         switch match {
         case .route(let route, _, let parameters):
             return try route.handler(self, request, exchange, parameters)
@@ -97,44 +93,16 @@ extension Gateway {
     /// (long-polls answer what is there now, without taking it; streams send their header block).
     func isHead(_ request: HTTPRequest) -> Bool { request.method == "HEAD" }
 
-    /// Bearer tokens, when configured: every route but health checks needs one; read-only
-    /// tokens may only read.
-    func authorize(_ request: HTTPRequest) throws(Problem) {
-        try authorize(method: request.method, authorization: request.header("authorization"))
-    }
-
-    func authorize(method: String, authorization: String?) throws(Problem) {
-        guard !configuration.tokens.isEmpty else { return }
-        guard let header = authorization, header.lowercased().hasPrefix("bearer "),
-            let scope = lookupToken(String(header.dropFirst(7)))  // constant time, see lookupToken
-        else {
-            var p = Problem(401, "unauthorized", "Unauthorized", "A valid bearer token is required (Authorization: Bearer <token>)")
-            p.headers["WWW-Authenticate"] = "Bearer realm=\"aemp-gateway\""
-            throw p
+    /// Who may use a route (`RouteAccess`), checked the same way on the general and the quick
+    /// path: bearer tokens, when configured, for every route but health checks (and `/metrics`
+    /// when `--metrics-public`); read-only tokens may only read.
+    func checkAccess(_ access: RouteAccess, method: String, authorization: @autoclosure () -> String?) throws(Problem) {
+        switch access {
+        case .open: return
+        case .metrics: if configuration.metricsPublic { return }
+        case .read, .write: break
         }
-        if scope == .readOnly && method != "GET" && method != "HEAD" {
-            throw Problem(403, "read_only_token", "Read-only token", "This token may only read (GET)")
-        }
-    }
-
-    /// Compares the presented token with every configured one, always all of them, each with
-    /// `ConstantTime.equal` (never String equality or a dictionary lookup): the time taken tells
-    /// neither which token matched nor where, or by how many characters, a wrong one differs. The
-    /// configured tokens are reduced once (`tokenDigests`), the presented one once per request.
-    private func lookupToken(_ presented: String) -> TokenScope? {
-        let given = ConstantTime.digest(Destination.trimmed(presented).utf8)
-        var found: TokenScope?
-        for (token, scope) in tokenDigests where ConstantTime.equal(token, given) {
-            found = scope
-        }
-        return found
-    }
-
-    private func preflight(_ request: HTTPRequest) -> HTTPResponse {
-        var headers = [("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")]
-        headers.append(("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID"))
-        headers.append(("Access-Control-Max-Age", "600"))
-        return HTTPResponse(status: 204, headers: headers)
+        try authentication.authorize(method: method, authorization: authorization())
     }
 
     private func openAPIResponse() -> HTTPResponse {

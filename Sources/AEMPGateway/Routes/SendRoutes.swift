@@ -9,14 +9,11 @@ extension Gateway {
         Self.accepted(try send(body: try jsonBody(request, carrying: .send), bodyBytes: request.body.count))
     }
 
-    /// The quick answer to `POST /v1/send` (see `HTTPHandler.quickAnswer`): the same work as
-    /// `send` without the request object; nil whenever the general path must answer (CORS
-    /// configured, a token problem, any invalid or refused body: it answers them with a problem).
-    func quickSend(body bytes: [UInt8], authorization: () -> String?) -> HTTPResponse? {
-        guard configuration.corsOrigins.isEmpty, !bytes.isEmpty else { return nil }
-        if !configuration.tokens.isEmpty {
-            guard (try? authorize(method: "POST", authorization: authorization())) != nil else { return nil }
-        }
+    /// The quick answer to `POST /v1/send` (see `Gateway.quickAnswer`, which checked access): the
+    /// same work as `send` without the request object; nil whenever the general path must answer
+    /// (any invalid or refused body: it answers them with a problem).
+    func quickSend(body bytes: [UInt8]) -> HTTPResponse? {
+        guard !bytes.isEmpty else { return nil }
         // A refusal is not counted here: the general path answers it, and counts it, again.
         guard let body = try? JSONCodec.decode(bytes), let count = try? send(body: body, bodyBytes: bytes.count, countingRefusals: false) else { return nil }
         return Self.accepted(count)
@@ -105,7 +102,7 @@ extension Gateway {
     /// batch, the first message to it), before anything of it is sent.
     func refuseIfUnreachable<S: Sequence<String>>(_ nodes: S, batch: Bool = false, counting: Bool = true) throws(Problem) {
         let me = node.id
-        let found: (Int, String)? = reachability.withLock { r in
+        let found: (Int, String)? = mesh.reachability.withLock { r in
             guard r.synced else { return nil }
             var last: String?
             for (i, id) in nodes.enumerated() where id != me && id != last {
@@ -148,14 +145,9 @@ extension Gateway {
         try refuseIfUnreachable(CollectionOfOne(target.node))
         try refuseIfBacklogged(CollectionOfOne(target.node))
         let seconds = timeout
-        guard pendingCalls.wrappingAdd(1, ordering: .relaxed).newValue <= configuration.maxPendingCalls else {
-            pendingCalls.wrappingSubtract(1, ordering: .relaxed)
-            throw .overloaded("too many calls in flight (\(configuration.maxPendingCalls))")
-        }
         // The node's cal: the reply port, the monitor on the target and the timer are released
         // by whichever ending comes first (a hang-up cancels it).
-        let made = node.cal(target, message, timeout: .nanoseconds(Int64(seconds * 1e9)), replyName: replyName) { [self] result in
-            pendingCalls.wrappingSubtract(1, ordering: .relaxed)
+        let call = try calls.start(target, message, timeout: seconds, replyName: replyName) { [self] result in
             let p: Problem
             switch result {
             case .success(let reply):
@@ -178,10 +170,6 @@ extension Gateway {
             }
             log(request, p)
             exchange.respond(p.response(requestID: request.requestID))
-        }
-        guard let call = made else {
-            pendingCalls.wrappingSubtract(1, ordering: .relaxed)
-            throw Problem(500, "internal_error", "Internal error", "could not create a reply port for the call")
         }
         // A client that hangs up before the reply frees its call slot, reply port and monitor.
         exchange.onHangup { call.cancel() }
