@@ -47,7 +47,8 @@ soak: deps
 http-fuzz: deps
 	scripts/http-fuzz
 
-# Generates a Python client from openapi/openapi.yaml (openapi-python-client) and runs it against a
+# Generates a Python client (openapi-python-client) and a Swift client (swift-openapi-generator's
+# build plugin, clients/swift-contract) from openapi/openapi.yaml and runs both against one
 # standalone debug gateway (issue 16): send, call, mailboxes, database, feeds, typed problems.
 client-contract: deps
 	scripts/client-contract
