@@ -188,8 +188,7 @@ public final class Gateway: HTTPHandler, Sendable {
     // MARK: - HTTPHandler
 
     public func bodyTooLarge(_ request: HTTPRequest, limit: Int) -> HTTPResponse {
-        logger.notice(
-            "request body too large", metadata: ["request": "\(request.requestID)", "path": "\(request.path)"])
+        requestLog.tooLarge(request)
         return Problem.tooLarge(limit: limit).response(requestID: request.requestID)
     }
 

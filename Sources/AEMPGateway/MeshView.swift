@@ -9,16 +9,15 @@ final class MeshView: Sendable {
     /// Which nodes a message can reach now: those connected to the gateway's node, and those the
     /// network's directory (`'l`) has an address for (followed from start; `synced` after its
     /// first snapshot). Read by every send.
-    let reachability = Locked<Reachability>(Reachability())
+    private let reachability = Locked<Reachability>(Reachability())
     private let streams = Locked<[UInt64: EventStream]>([:])
     private let nextToken = Locked<UInt64>(0)
-    private let subscriptions = Locked<[Subscription]>([])
 
     var master: String? { master_.withLock { $0 } }
 
     /// Follows the node: master changes (counted and logged), the directory, connections.
     func follow(_ node: Node, metrics: GatewayMetrics, logger: Logger) {
-        let master = node.monMaster { [self] master in
+        node.monMaster { [self] master in
             let previous = master_.withLock { m in
                 defer { m = master }
                 return m
@@ -28,14 +27,14 @@ final class MeshView: Sendable {
                 logger.notice("master changed", metadata: ["master": "\(master ?? "none")"])
             }
         }
-        let directory = node.dbMon("'l") { [self] change in
+        node.dbMon("'l") { [self] change in
             let listed = Set(change.values.lazy.filter { !($0.value.arrayValue ?? []).isEmpty }.map(\.key))
             reachability.withLock { r in
                 r.listed = listed
                 r.synced = true
             }
         }
-        let nodes = node.monNodes { [self] id, up in
+        node.monNodes { [self] id, up in
             reachability.withLock { r in
                 if up { r.connected.insert(id) } else { r.connected.remove(id) }
             }
@@ -44,7 +43,6 @@ final class MeshView: Sendable {
                 streams.withLock { _ = $0.removeValue(forKey: token) }
             }
         }
-        subscriptions.withLock { $0 += [master, directory, nodes] }
     }
 
     /// Adds a node-events stream (until it closes); registered before its snapshot is taken, so
@@ -58,10 +56,23 @@ final class MeshView: Sendable {
         stream.onClose { [self] in streams.withLock { _ = $0.removeValue(forKey: token) } }
     }
 
-    /// Ends the streams with `final` and stops following the node (shutdown).
+    /// Ends the streams with `final` (shutdown; the node's own shutdown ends the watchers).
     func close(final: [UInt8]) {
-        for s in subscriptions.withLock({ s in defer { s = [] }; return s }) { s.cancel() }
         for (_, stream) in streams.withLock({ $0 }) { stream.finish(with: final) }
+    }
+
+    /// The first node of `nodes` (with its position) that a message is known not to reach (see
+    /// `Reachability.knownUnreachable`); `me` and runs of one node are asked once.
+    func firstUnreachable<S: Sequence<String>>(_ nodes: S, me: String) -> (index: Int, node: String)? {
+        reachability.withLock { r in
+            guard r.synced else { return nil }
+            var last: String?
+            for (i, id) in nodes.enumerated() where id != me && id != last {
+                last = id
+                if r.knownUnreachable(id) { return (i, id) }
+            }
+            return nil
+        }
     }
 }
 

@@ -152,6 +152,9 @@ final class Kernel {
     var localDB: [String: [String: Value]] = [:]
     /// Called with master changes (new master ID or nil).
     var masterWatchers: [UInt64: @Sendable (String?) -> Void] = [:]
+    /// How to end the async sequence of a subscription (`Node.nodeEvents()`, …), by its token: at
+    /// shutdown, so that a `for await` loop over it finishes.
+    var streamEnds: [UInt64: @Sendable () -> Void] = [:]
     /// `Node.death(of:)` waiting for its monitor to fire, by the monitor's token.
     var deathWaits: [UInt64: @Sendable (Result<[Value], RequestError>) -> Void] = [:]
     /// `Node.waitForMaster` calls waiting, by token.

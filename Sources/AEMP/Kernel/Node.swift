@@ -143,7 +143,13 @@ public final class Node: Sendable {
             k.watchers.removeAll()
             k.nodeWatchers.removeAll()
             k.masterWatchers.removeAll()
+            k.nodePortObservers.removeAll()
             k.families.removeAll()
+            // Monitors on other nodes' ports whose connection never came up (those of closed
+            // connections fired above).
+            for peer in k.peers.values { peer.monitors.removeAll() }
+            // The async forms (`nodeEvents()`, …) end: their loops finish.
+            for token in k.streamEnds.keys.sorted() { k.streamEnds.removeValue(forKey: token)?() }
             // Whoever waits for an answer hears that none will come.
             for id in k.pendingQueries.keys.sorted() { k.endQuery(id: id, .failure(.shutDown)) }
             for token in k.masterWaits.keys.sorted() { k.endMasterWait(token, .failure(.shutDown)) }

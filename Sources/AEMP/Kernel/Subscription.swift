@@ -22,7 +22,9 @@ public struct Subscription: Hashable, Sendable {
 
     public let kind: Kind
     let token: UInt64
-    private let node: Node
+    /// Weak: a handle kept by whatever the handler feeds (a mailbox, say) must not keep the node
+    /// alive; cancelling after the node is gone does nothing.
+    private weak let node: Node?
 
     init(_ kind: Kind, token: UInt64, node: Node) {
         self.kind = kind
@@ -35,12 +37,16 @@ public struct Subscription: Hashable, Sendable {
     /// a family's last `g_mon0` go out as Perl's would.
     public func cancel() {
         let token = token
-        switch kind {
-        case .monitor(let target): node.onLoop { $0.unmonitor(target, token: token) }
-        case .nodes: node.onLoop { $0.nodeWatchers[token] = nil }
-        case .master: node.onLoop { $0.masterWatchers[token] = nil }
-        case .nodePort: node.onLoop { $0.nodePortObservers[token] = nil }
-        case .family(let family): node.onLoop { $0.dbUnmon(family, token: token) }
+        let kind = kind
+        node?.onLoop { k in
+            k.streamEnds[token] = nil
+            switch kind {
+            case .monitor(let target): k.unmonitor(target, token: token)
+            case .nodes: k.nodeWatchers[token] = nil
+            case .master: k.masterWatchers[token] = nil
+            case .nodePort: k.nodePortObservers[token] = nil
+            case .family(let family): k.dbUnmon(family, token: token)
+            }
         }
     }
 
@@ -58,21 +64,30 @@ public struct NodeEvent: Hashable, Sendable {
 
 extension Node {
     /// Connections coming up and going down, as an async sequence (`monNodes`); ends when the
-    /// iterating task stops iterating or is cancelled (the watcher is cancelled with it). Events
-    /// are buffered without limit, none is dropped: iterate promptly.
+    /// iterating task stops iterating or is cancelled (the watcher is cancelled with it), and when
+    /// the node shuts down. Events are buffered without limit, none is dropped: iterate promptly.
     public func nodeEvents() -> AsyncStream<NodeEvent> {
         let (stream, continuation) = AsyncStream<NodeEvent>.makeStream()
-        let watch = monNodes { node, up in continuation.yield(NodeEvent(node: node, isUp: up)) }
-        continuation.onTermination = { _ in watch.cancel() }
+        endsAtShutdown(monNodes { node, up in continuation.yield(NodeEvent(node: node, isUp: up)) }, continuation)
         return stream
+    }
+
+    /// Ties an async form's continuation to its subscription: the loop's end cancels the
+    /// subscription; the node's shutdown finishes the loop.
+    private func endsAtShutdown<T>(_ subscription: Subscription, _ continuation: AsyncStream<T>.Continuation) {
+        let token = subscription.token
+        onLoop { k in
+            if k.isShutDown { return continuation.finish() }
+            k.streamEnds[token] = { continuation.finish() }
+        }
+        continuation.onTermination = { _ in subscription.cancel() }
     }
 
     /// The master now (nil: none), then every change, as an async sequence (`monMaster`); as
     /// `nodeEvents()`.
     public func masterChanges() -> AsyncStream<String?> {
         let (stream, continuation) = AsyncStream<String?>.makeStream()
-        let watch = monMaster { continuation.yield($0) }
-        continuation.onTermination = { _ in watch.cancel() }
+        endsAtShutdown(monMaster { continuation.yield($0) }, continuation)
         return stream
     }
 
@@ -81,8 +96,7 @@ extension Node {
     /// reader that falls behind still sees every key's latest value in the last element it reads.
     public func familyChanges(_ family: String) -> AsyncStream<FamilyChange> {
         let (stream, continuation) = AsyncStream<FamilyChange>.makeStream()
-        let watch = dbMon(family) { continuation.yield($0) }
-        continuation.onTermination = { _ in watch.cancel() }
+        endsAtShutdown(dbMon(family) { continuation.yield($0) }, continuation)
         return stream
     }
 
@@ -95,8 +109,8 @@ extension Node {
                 guard !k.isShutDown else { return end(.failure(.shutDown)) }
                 k.deathWaits[token] = end
                 // The action runs on the loop; it ends the wait unless a cancellation came first.
-                k.monitor(port, token: token) { [self] reason in
-                    self.onLoop { $0.deathWaits.removeValue(forKey: token)?(.success(reason)) }
+                k.monitor(port, token: token) { [weak self] reason in
+                    self?.onLoop { $0.deathWaits.removeValue(forKey: token)?(.success(reason)) }
                 }
             },
             cancel: { k, token in

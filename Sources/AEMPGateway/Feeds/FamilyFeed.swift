@@ -100,6 +100,16 @@ final class FamilyFeed: Sendable {
 
     // MARK: - From the node (db_mon deliveries, in order)
 
+    /// Keeps the feed's `db_mon` subscription (ended by `detach`).
+    func attach(_ watch: Subscription) {
+        state.withLock { $0.watch = watch }
+    }
+
+    /// Ends the feed's `db_mon` subscription (the feed was dropped for being idle).
+    func detach() {
+        state.withLock { s in defer { s.watch = nil }; return s.watch }?.cancel()
+    }
+
     func apply(_ change: FamilyChange) {
         var woken: [(Waiter, FeedState)] = []
         let early = state.withLock { s -> [@Sendable () -> Void] in

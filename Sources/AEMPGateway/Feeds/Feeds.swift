@@ -33,10 +33,7 @@ final class Feeds: Sendable {
             f.active[family] = feed
             return (feed, true)
         }
-        if created {
-            let watch = node.dbMon(family) { feed.apply($0) }
-            feed.state.withLock { $0.watch = watch }
-        }
+        if created { feed.attach(node.dbMon(family) { feed.apply($0) }) }
         guard feed.subscriberCount < maxSubscribers else {
             throw .overloaded("family \(family.debugDescription) has its maximum of \(maxSubscribers) subscribers")
         }
@@ -55,12 +52,13 @@ final class Feeds: Sendable {
             }
             return idle
         }
-        for feed in idle { feed.state.withLock({ $0.watch })?.cancel() }
+        for feed in idle { feed.detach() }
     }
 
-    /// The active feeds and how many families are remembered (for the gauges).
-    var census: (active: [FamilyFeed], dormant: Int) {
-        registry.withLock { (Array($0.active.values), $0.dormantCount) }
+    /// For the gauges: active feeds, families remembered, long-polls parked on feeds.
+    var census: (active: Int, dormant: Int, parked: Int) {
+        let (active, dormant) = registry.withLock { (Array($0.active.values), $0.dormantCount) }
+        return (active.count, dormant, active.reduce(0) { $0 + $1.state.withLock { $0.waiters.count } })
     }
 
     /// Ends every stream with `final` and answers every waiting client (shutdown).

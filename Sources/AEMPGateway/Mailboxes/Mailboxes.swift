@@ -35,7 +35,20 @@ final class Mailboxes: Sendable {
     }
 
     var count: Int { registry.count }
-    var all: [Mailbox] { registry.all }
+
+    /// For the gauges: live mailboxes, long-polls parked on them, messages queued in them (one
+    /// short lock per mailbox).
+    var census: (mailboxes: Int, parked: Int, queued: Int) {
+        let all = registry.all
+        var parked = 0, queued = 0
+        for mailbox in all {
+            mailbox.state.withLock { s in
+                parked += s.waiters.count
+                queued += s.messageCount
+            }
+        }
+        return (all.count, parked, queued)
+    }
 
     /// The live mailbox of that name, or the problem (422 / 404 / 410).
     func lookup(_ name: String) throws(Problem) -> Mailbox { try registry.lookup(name) }
@@ -61,7 +74,6 @@ final class Mailboxes: Sendable {
             _ = registry.remove(name, reason: "could not be created")
             throw Problem(500, "internal_error", "Internal error", "could not create a port for the mailbox")
         }
-        logger.info("mailbox created", metadata: ["mailbox": "\(name)"])
         return mailbox
     }
 
@@ -91,8 +103,7 @@ final class Mailboxes: Sendable {
     }
 
     /// Monitors `target` from a mailbox: its death arrives in the mailbox as a `monitor` entry.
-    func monitor(_ target: PortID, from name: String) throws(Problem) {
-        let mailbox = try lookup(name)
+    func monitor(_ target: PortID, from mailbox: Mailbox) throws(Problem) {
         let monitor = node.mon(target) { reason in
             mailbox.deliver(["type": "monitor", "port": .string(target.description), "reason": .array(reason)])
         }

@@ -46,24 +46,13 @@ extension Gateway {
         metrics.advance(metrics.hangups, reported: metrics.hangupsReported, to: servers.reduce(0) { $0 + $1.hangups })
         metrics.advance(metrics.meshHandshakesRefused, reported: metrics.meshHandshakesRefusedReported, to: node.handshakesRefused)
         metrics.eventStreams.set(Int64(servers.reduce(0) { $0 + $1.streams.withLock { $0.count } }))
-        var parked = 0
-        var queued = 0
-        let all = mailboxes.all
-        for mailbox in all {
-            mailbox.state.withLock { s in
-                parked += s.waiters.count
-                queued += s.messageCount
-            }
-        }
-        let (active, dormant) = feeds.census
-        metrics.familyFeeds.set(Int64(active.count))
-        metrics.dormantFeeds.set(Int64(dormant))
-        for feed in active {
-            parked += feed.state.withLock { $0.waiters.count }
-        }
-        metrics.parkedLongPolls.set(Int64(parked))
-        metrics.mailboxes.set(Int64(all.count))
-        metrics.queuedMessages.set(Int64(queued))
+        let boxes = mailboxes.census
+        let feedCount = feeds.census
+        metrics.familyFeeds.set(Int64(feedCount.active))
+        metrics.dormantFeeds.set(Int64(feedCount.dormant))
+        metrics.parkedLongPolls.set(Int64(boxes.parked + feedCount.parked))
+        metrics.mailboxes.set(Int64(boxes.mailboxes))
+        metrics.queuedMessages.set(Int64(boxes.queued))
         metrics.mailboxBytes.set(Int64(mailboxes.budget.bytes))
         metrics.streamBytes.set(Int64(streamBudget.bytes))
         metrics.masterAttached.set(master == nil ? Int64(0) : 1)

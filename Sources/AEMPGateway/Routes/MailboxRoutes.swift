@@ -28,6 +28,7 @@ extension Gateway {
             }
         }
         let mailbox = try mailboxes.create(ttl: ttl, maxQueue: maxQueue)
+        logger.info("mailbox created", metadata: ["mailbox": "\(mailbox.name)", "request": "\(request.requestID)"])
         return .json(
             201,
             [
@@ -105,13 +106,13 @@ extension Gateway {
 
     /// `POST /v1/ports/{name}/monitor {"port": …}`: the port's death arrives as an event.
     func monitorFromMailbox(_ name: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
-        _ = try mailboxes.lookup(name)
+        let mailbox = try mailboxes.lookup(name)
         guard case .object(let o) = try jsonBody(request), let raw = o["port"] else {
             throw .invalidRequest("the body must be {\"port\": \"node#name\"}")
         }
         try refuseUnknownMembers(o, allowed: ["port"])
         let target = try Destination.parse(raw)
-        try mailboxes.monitor(target, from: name)
+        try mailboxes.monitor(target, from: mailbox)
         return .json(200, ["name": .string(name), "monitoring": .string(target.description)])
     }
 }

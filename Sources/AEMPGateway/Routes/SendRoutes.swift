@@ -101,17 +101,7 @@ extension Gateway {
     /// the whole request is refused instead (502 node_unreachable, naming the node and, in a
     /// batch, the first message to it), before anything of it is sent.
     func refuseIfUnreachable<S: Sequence<String>>(_ nodes: S, batch: Bool = false, counting: Bool = true) throws(Problem) {
-        let me = node.id
-        let found: (Int, String)? = mesh.reachability.withLock { r in
-            guard r.synced else { return nil }
-            var last: String?
-            for (i, id) in nodes.enumerated() where id != me && id != last {
-                last = id
-                if r.knownUnreachable(id) { return (i, id) }
-            }
-            return nil
-        }
-        guard let (index, id) = found else { return }
+        guard let (index, id) = mesh.firstUnreachable(nodes, me: node.id) else { return }
         if counting { metrics.sendsRefusedUnreachable.increment() }
         let problem = Problem.nodeUnreachable(id)
         throw batch ? problem.at(index: index) : problem
