@@ -111,6 +111,7 @@ let package = Package(
             name: "AEMPTestSupport",
             dependencies: [
                 "AEMP",
+                "ChildProcesses",
                 .product(name: "BigInt", package: "BigInt"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
