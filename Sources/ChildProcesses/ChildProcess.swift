@@ -19,8 +19,8 @@ import Glibc
 /// builds of CI (plain, TSan, ASan) compile. Foundation's `Process`, which every caller used already
 /// (under both sanitizers too), spawns and reaps here.
 ///
-/// No process group of its own: a child stays in its parent's group, so that a Ctrl-C, or a kill of
-/// the group that CI sends the test run, reaches it too; none of the children starts children.
+/// No process group of its own: a child stays in its parent's group, so that a Ctrl-C in the
+/// terminal reaches it too; none of the children starts children of its own.
 package final class ChildProcess: Sendable {
     /// Where the child's standard error goes.
     package enum ErrorOutput: Sendable {
@@ -117,7 +117,9 @@ package final class ChildProcess: Sendable {
 
     /// A child whose handle goes away without `stop` (a test that failed before its cleanup ran)
     /// is killed and reaped, not left running.
-    deinit { stop() }
+    deinit {
+        if process.processIdentifier != 0 { stop() }  // 0: never started (`run` threw)
+    }
 
     /// Reads `handle` on a thread of its own until end of file: `deliver` gets each chunk, then nil.
     private static func drain(_ handle: FileHandle, _ deliver: @escaping @Sendable (Data?) -> Void) {
