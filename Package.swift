@@ -93,10 +93,16 @@ let package = Package(
             name: "aemp-example",
             dependencies: ["AEMP"]
         ),
+        // The child-process harness of the tests and aemp-bench (package access, no product).
+        .target(
+            name: "ChildProcesses",
+            dependencies: ["AEMP"]
+        ),
         .executableTarget(
             name: "aemp-bench",
             dependencies: [
                 "AEMP",
+                "ChildProcesses",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -105,6 +111,7 @@ let package = Package(
             name: "AEMPTestSupport",
             dependencies: [
                 "AEMP",
+                "ChildProcesses",
                 .product(name: "BigInt", package: "BigInt"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import AEMP
+import ChildProcesses
 import Foundation
 import NIOCore
 
@@ -14,13 +15,13 @@ final class Bench: @unchecked Sendable {
     let tmp: String
     let header: String
 
-    var children: [Child] = []
-    let baseline: Child
+    var children: [ChildProcess] = []
+    let baseline: ChildProcess
     let basePort: Int
-    let gateway: Child
+    let gateway: ChildProcess
     let httpPort: Int
     let seedPort: Int
-    let sink: Child
+    let sink: ChildProcess
     let sinkPort: String
     /// The node of the benchmark itself (a member of the gateway's network).
     let node: Node
@@ -46,28 +47,28 @@ final class Bench: @unchecked Sendable {
         header = "aemp-gateway benchmarks, \(ISO8601DateFormatter().string(from: Date())), \(ProcessInfo.processInfo.activeProcessorCount) cores (\(cpu)), \(memory) GB RAM"
 
         basePort = freePort()
-        baseline = try Child("baseline", baselinePath, ["\(basePort)"], log: tmp + "/baseline.log")
+        baseline = try startChild("baseline", baselinePath, ["\(basePort)"], log: tmp + "/baseline.log")
         children.append(baseline)
-        _ = try await baseline.line("baseline listening", timeout: 10)
+        _ = try await baseline.line(startingWith: "baseline listening", within: 10)
 
         httpPort = freePort()
         seedPort = freePort()
-        gateway = try Child(
+        gateway = try startChild(
             "aemp-gateway", bin + "/aemp-gateway",
             ["--http", "127.0.0.1:\(httpPort)", "--standalone-bind", "127.0.0.1:\(seedPort)", "--secret", secret,
              "--log-level", "error", "--metrics-public"],
             environment: ["AEMP_GATEWAY_STATE_DIR": tmp], log: tmp + "/gateway.log")
         children.append(gateway)
-        _ = try await gateway.line("aemp-gateway ", timeout: 30)
+        _ = try await gateway.line(startingWith: "aemp-gateway ", within: 30)
         try await Task.sleep(nanoseconds: 1_000_000_000)
         startRSS = gateway.rss
         peakRSS = startRSS
 
-        sink = try Child(
+        sink = try startChild(
             "aemp sink", bin + "/aemp",
             ["sink", "--seeds", "127.0.0.1:\(seedPort)", "--secret", secret, "--report", "0.1"])
         children.append(sink)
-        sinkPort = String(try await sink.line("sink ", timeout: 20).dropFirst(5))
+        sinkPort = String(try await sink.line(startingWith: "sink ", within: 20).dropFirst(5))
         // Sends to a node the gateway neither sees connected nor finds in 'l answer 502: wait
         // until its end of the sink's handshake is done.
         let sinkNode = String(sinkPort.prefix { $0 != "#" })
@@ -93,7 +94,7 @@ final class Bench: @unchecked Sendable {
     }
 
     func stopAll() {
-        for child in children.reversed() { child.stop() }
+        for child in children.reversed() { child.stop(grace: 3) }
         children.removeAll()
     }
 
@@ -148,15 +149,15 @@ final class Bench: @unchecked Sendable {
             wrk.body = '\(escaped)'
             wrk.headers["Content-Type"] = "application/json"
             """.write(toFile: script, atomically: true, encoding: .utf8)
-        let child = try Child(
+        let child = try startChild(
             "wrk", wrk,
             ["-t2", "-c\(settings.connections)", "-d\(seconds)s", "--latency", "-s", script, "http://127.0.0.1:\(port)/v1/send"])
-        guard child.wait(timeout: Double(seconds) + 30) == 0 else {
-            child.stop()
-            throw BenchError("wrk failed: \(child.output.suffix(5))")
+        guard (try? await child.waitForExit(within: Double(seconds) + 30)) == .exited(0) else {
+            child.stop(grace: 3)
+            throw BenchError("wrk failed: \(child.lines.suffix(5))")
         }
         try await Task.sleep(nanoseconds: 50_000_000)
-        let out = child.output
+        let out = child.lines
         func field(_ prefix: String) -> [Substring]? {
             out.first { $0.trimmingCharacters(in: .whitespaces).hasPrefix(prefix) }?.split(separator: " ")
         }
@@ -177,7 +178,7 @@ final class Bench: @unchecked Sendable {
 
     /// The sink's latest count.
     var sinkCount: Int {
-        sink.output.last { $0.hasPrefix("count ") }.flatMap { Int($0.dropFirst(6)) } ?? 0
+        sink.lines.last { $0.hasPrefix("count ") }.flatMap { Int($0.dropFirst(6)) } ?? 0
     }
 
     /// Waits until the sink has `expected` messages or its count stops moving for 2 s (bounded);
@@ -261,15 +262,15 @@ final class Bench: @unchecked Sendable {
     /// Runs `fanout sse` against a server; `trigger(k)` makes the change of round k. Returns the
     /// per-round times (ns from just before the trigger to the last subscriber's receipt), the
     /// time to connect everyone (ms) and the server's RSS growth per subscriber.
-    func fanOutRun(port: Int, server: Child, rounds: Int? = nil, trigger: (Int) throws -> Void) async throws -> (rounds: [Double], first: [Double], connectMS: Double, perSubscriber: Double) {
+    func fanOutRun(port: Int, server: ChildProcess, rounds: Int? = nil, trigger: (Int) throws -> Void) async throws -> (rounds: [Double], first: [Double], connectMS: Double, perSubscriber: Double) {
         let n = settings.subscribers
         let roundCount = rounds ?? settings.rounds
         let idleRSS = server.rss
-        let client = try Child(
+        let client = try startChild(
             "fanout sse", fanoutPath, ["sse", "127.0.0.1", "\(port)", "/v1/db/bench/watch", "\(n)", "\(roundCount)", "60"],
             log: tmp + "/fanout-sse-\(port).log")
-        defer { client.stop() }
-        let ready = try await client.line("ready ", timeout: 120)
+        defer { client.stop(grace: 3) }
+        let ready = try await client.line(startingWith: "ready ", within: 120)
         let connectMS = Double(ready.split(separator: " ")[2]) ?? 0
         try await Task.sleep(nanoseconds: 1_000_000_000)
         let perSubscriber = Double(server.rss - idleRSS) / Double(n)
@@ -279,14 +280,14 @@ final class Bench: @unchecked Sendable {
             try await Task.sleep(nanoseconds: 300_000_000)
             let t0 = monotonicNanoseconds()
             try trigger(k)
-            let line = try await client.line("round \(k) ", timeout: 90).split(separator: " ")
+            let line = try await client.line(startingWith: "round \(k) ", within: 90).split(separator: " ")
             guard line.count == 5, let first = Int(line[2]), let last = Int(line[3]) else {
                 throw BenchError("fan-out round \(k): \(line.joined(separator: " "))")
             }
             times.append(Double(last - t0))
             firsts.append(Double(first - t0))
         }
-        _ = client.wait(timeout: 30)
+        _ = try? await client.waitForExit(within: 30)
         return (times, firsts, connectMS, perSubscriber)
     }
 
@@ -319,7 +320,7 @@ final class Bench: @unchecked Sendable {
         // The same with libmicrohttpd's per-connection pool at 4 KiB instead of the default 8 KiB,
         // in a gateway of its own (the change is made there with its own PUT).
         let small = try await smallPoolGateway()
-        defer { small.child.stop() }
+        defer { small.child.stop(grace: 3) }
         let smallRun = try await fanOutRun(port: small.port, server: small.child, rounds: 1) { k in
             let status = try httpRequest(port: small.port, method: "PUT", path: "/v1/db/bench/k", body: "\"bench-round-\(k)\"")
             guard status == 204 || status == 200 else { throw BenchError("gateway PUT: \(status)") }
@@ -330,14 +331,14 @@ final class Bench: @unchecked Sendable {
     }
 
     /// A second standalone gateway with `--connection-memory 4096`, idle.
-    func smallPoolGateway() async throws -> (child: Child, port: Int) {
+    func smallPoolGateway() async throws -> (child: ChildProcess, port: Int) {
         let port = freePort()
-        let child = try Child(
+        let child = try startChild(
             "aemp-gateway (4 KiB pool)", bin + "/aemp-gateway",
             ["--http", "127.0.0.1:\(port)", "--standalone-bind", "127.0.0.1:\(freePort())", "--secret", secret,
              "--log-level", "error", "--connection-memory", "4096"],
             environment: ["AEMP_GATEWAY_STATE_DIR": tmp], log: tmp + "/gateway-small.log")
-        _ = try await child.line("aemp-gateway ", timeout: 30)
+        _ = try await child.line(startingWith: "aemp-gateway ", within: 30)
         try await Task.sleep(nanoseconds: 1_000_000_000)
         return (child, port)
     }
@@ -346,16 +347,16 @@ final class Bench: @unchecked Sendable {
 
     func mailboxes() async throws {
         let n = settings.subscribers
-        let create = try Child(
+        let create = try startChild(
             "fanout post", fanoutPath, ["post", "127.0.0.1", "\(httpPort)", "/v1/ports", "\(n)", "32", "{\"ttl\":20}"],
             log: tmp + "/fanout-post.log")
-        guard create.wait(timeout: 180) == 0 else {
-            create.stop()
+        guard (try? await create.waitForExit(within: 180)) == .exited(0) else {
+            create.stop(grace: 3)
             throw BenchError("creating \(n) mailboxes failed: \((try? String(contentsOfFile: tmp + "/fanout-post.log", encoding: .utf8)) ?? "")")
         }
         try await Task.sleep(nanoseconds: 100_000_000)
         var names: [String] = [], ports: [PortID] = []
-        for line in create.output where line.hasPrefix("{") {
+        for line in create.lines where line.hasPrefix("{") {
             guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                 let name = object["name"] as? String, let port = (object["port"] as? String).flatMap(PortID.init)
             else { throw BenchError("unexpected mailbox answer \(line)") }
@@ -395,16 +396,16 @@ final class Bench: @unchecked Sendable {
     {
         let file = tmp + "/long-polls-\(port).txt"
         try paths.map { $0 + "\n" }.joined().write(toFile: file, atomically: true, encoding: .utf8)
-        let client = try Child("fanout poll", fanoutPath, ["poll", "127.0.0.1", "\(port)", file, "120"], log: tmp + "/fanout-poll-\(port).log")
-        defer { client.stop() }
-        _ = try await client.line("parked ", timeout: 120)
+        let client = try startChild("fanout poll", fanoutPath, ["poll", "127.0.0.1", "\(port)", file, "120"], log: tmp + "/fanout-poll-\(port).log")
+        defer { client.stop(grace: 3) }
+        _ = try await client.line(startingWith: "parked ", within: 120)
         FileHandle.standardError.write(Data("  4: \(paths.count) long-polls written to the \(name); answering in 2 s\n".utf8))
         // Every request is written; give the server a moment to read and park them all.
         try await Task.sleep(nanoseconds: 2_000_000_000)
         if port == httpPort { notePeak() }
         let t0 = monotonicNanoseconds()
         try trigger()
-        let done = try await client.line("done ", timeout: 120).split(separator: " ")
+        let done = try await client.line(startingWith: "done ", within: 120).split(separator: " ")
         guard done.count == 5, let first = Int(done[2]), let last = Int(done[3]), let non200 = Int(done[4]) else {
             throw BenchError("long-polls: \(done.joined(separator: " "))")
         }
@@ -463,12 +464,12 @@ final class Bench: @unchecked Sendable {
         let n = settings.meshMessages
         for framing in ["json", "cbor"] {
             let port = freePort()
-            let receiver = try Child(
+            let receiver = try startChild(
                 "aemp sink (\(framing))", bin + "/aemp",
                 ["sink", "--bind", "127.0.0.1:\(port)", "--seeds", "127.0.0.1:\(port)", "--secret", secret,
                  "--framings", framing, "--expect", "\(n)", "--report", "0.05"])
-            defer { receiver.stop() }
-            let target = try await receiver.line("sink ", timeout: 20).dropFirst(5)
+            defer { receiver.stop(grace: 3) }
+            let target = try await receiver.line(startingWith: "sink ", within: 20).dropFirst(5)
             guard let sinkPort = PortID(String(target)) else { throw BenchError("bad sink port \(target)") }
             // The sink is its own seed: the seed connection is the one connection measured.
             let sender = try await Self.joinedNode(id: "sender/%u", seed: "127.0.0.1:\(port)", secret: secret)
@@ -479,7 +480,7 @@ final class Bench: @unchecked Sendable {
             // (the sink counts every 50 ms) instead of buffering the whole run in memory.
             var sent = 0
             while sent < n {
-                let received = receiver.output.last { $0.hasPrefix("count ") }.flatMap { Int($0.dropFirst(6)) } ?? 0
+                let received = receiver.lines.last { $0.hasPrefix("count ") }.flatMap { Int($0.dropFirst(6)) } ?? 0
                 if sent - received > 200_000 {
                     try await Task.sleep(nanoseconds: 1_000_000)
                     continue
@@ -490,7 +491,7 @@ final class Bench: @unchecked Sendable {
                 }
                 sent += chunk
             }
-            let reached = try await receiver.line("reached ", timeout: 300).split(separator: " ")
+            let reached = try await receiver.line(startingWith: "reached ", within: 300).split(separator: " ")
             guard reached.count == 3, let at = Int(reached[2]) else { throw BenchError("sink: \(reached)") }
             let seconds = Double(at - t0) / 1e9
             let rate = Double(n) / seconds

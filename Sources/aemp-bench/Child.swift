@@ -1,104 +1,22 @@
 import AEMP
+import ChildProcesses
 import Foundation
 
-/// A process the benchmark started: its output lines are collected as they come, so the run can
-/// wait for a line, and its memory and CPU time are read from /proc.
-final class Child: Sendable {
-    let name: String
-    private let process: Process
-    private let lines = LineBuffer()
+/// Starts a process of the benchmark: its output lines collected as they come (so the run can
+/// wait for a line), its standard error written to `log` if given, else dropped.
+func startChild(
+    _ name: String, _ path: String, _ arguments: [String], environment: [String: String] = [:], log: String? = nil
+) throws -> ChildProcess {
+    try ChildProcess(
+        executable: path, arguments, name: name, environment: environment, errorOutput: log.map { .file($0) } ?? .discard)
+}
 
-    /// Starts `path` with `arguments` (stdout captured, stderr to `log` if given, else dropped).
-    init(_ name: String, _ path: String, _ arguments: [String], environment: [String: String] = [:], log: String? = nil) throws {
-        self.name = name
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        p.environment = env
-        let out = Pipe()
-        p.standardOutput = out
-        if let log {
-            _ = FileManager.default.createFile(atPath: log, contents: nil)
-            p.standardError = FileHandle(forWritingAtPath: log)
-        } else {
-            p.standardError = FileHandle.nullDevice
-        }
-        process = p
-        out.fileHandleForReading.readabilityHandler = { [lines] handle in
-            let data = handle.availableData
-            guard !data.isEmpty else {
-                handle.readabilityHandler = nil
-                return
-            }
-            lines.append(data)
-        }
-        try p.run()
-    }
-
-    var pid: Int32 { process.processIdentifier }
-    var isRunning: Bool { process.isRunning }
-
-    /// Every line so far.
-    var output: [String] { lines.state.withLock { $0.all } }
-
-    /// The first line starting with `prefix` (after the `skip` first such lines), waiting up to
-    /// `timeout` seconds; throws if it does not come or the process ends first.
-    func line(_ prefix: String, skip: Int = 0, timeout: Double) async throws -> String {
-        let deadline = monotonicSeconds() + timeout
-        while true {
-            let found = lines.state.withLock { $0.all.filter { $0.hasPrefix(prefix) }.dropFirst(skip).first }
-            if let found { return found }
-            if !process.isRunning {
-                try await Task.sleep(nanoseconds: 50_000_000)  // let the last output arrive
-                if let found = lines.state.withLock({ $0.all.filter { $0.hasPrefix(prefix) }.dropFirst(skip).first }) { return found }
-                throw BenchError("\(name) exited (status \(process.terminationStatus)) before printing '\(prefix)'; output: \(output.suffix(5))")
-            }
-            guard monotonicSeconds() < deadline else {
-                throw BenchError("\(name) did not print '\(prefix)' within \(timeout) s; output: \(output.suffix(5))")
-            }
-            try await Task.sleep(nanoseconds: 5_000_000)
-        }
-    }
-
+extension ChildProcess {
     /// Resident memory in bytes (VmRSS).
     var rss: Int { procStatus(pid, "VmRSS:") * 1024 }
 
     /// CPU time (user + system) in seconds.
     var cpuSeconds: Double { processCPU(pid) }
-
-    /// SIGTERM, then SIGKILL after `grace` seconds; waits for the exit.
-    func stop(grace: Double = 3) {
-        guard process.isRunning else { return }
-        process.terminate()
-        let deadline = monotonicSeconds() + grace
-        while process.isRunning && monotonicSeconds() < deadline { usleep(10_000) }
-        if process.isRunning { kill(pid, SIGKILL) }
-        process.waitUntilExit()
-    }
-
-    /// Waits for the exit (bounded); returns the status, nil on timeout.
-    func wait(timeout: Double) -> Int32? {
-        let deadline = monotonicSeconds() + timeout
-        while process.isRunning && monotonicSeconds() < deadline { usleep(10_000) }
-        return process.isRunning ? nil : process.terminationStatus
-    }
-}
-
-/// Output lines of a child, filled by the pipe's reader.
-final class LineBuffer: Sendable {
-    let state = Locked<(all: [String], partial: [UInt8])>(([], []))
-
-    func append(_ data: Data) {
-        state.withLock { s in
-            s.partial += data
-            while let nl = s.partial.firstIndex(of: 0x0A) {
-                s.all.append(String(decoding: s.partial[..<nl], as: UTF8.self))
-                s.partial.removeSubrange(...nl)
-            }
-        }
-    }
 }
 
 struct BenchError: Error, CustomStringConvertible {

@@ -405,8 +405,9 @@ func reserveDescriptors(for c: GatewayConfiguration) {
         _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         _ = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
     }
-    let http = (c.http.maxConnections + 64) * (1 + c.additionalHTTPAddresses.count)
-    let needed = http + (c.adminHTTPAddress == nil ? 0 : c.adminMaxConnections + 64) + c.node.maxPendingHandshakes + 1024
+    let headroom = HTTPServerSettings.refusedConnectionHeadroom
+    let http = (c.http.maxConnections + headroom) * (1 + c.additionalHTTPAddresses.count)
+    let needed = http + (c.adminHTTPAddress == nil ? 0 : c.adminMaxConnections + headroom) + c.node.maxPendingHandshakes + 1024
     if limit.rlim_cur < UInt(needed) {
         writeError(
             "aemp-gateway: warning: the descriptor limit is \(limit.rlim_cur), below the \(needed) the configuration may use at once "

@@ -189,7 +189,7 @@ struct OpenAPIConformanceTests {
             #expect(JSONSchemaValidator.equal(served, contract.document), "/openapi.json differs from the embedded document")
             #expect(served.objectValue?["openapi"] == "3.1.0")
             // The YAML as it is now, through the same converter the build uses.
-            if let fromYAML = try convertYAML() {
+            if let fromYAML = try await convertYAML() {
                 #expect(JSONSchemaValidator.equal(served, fromYAML), "/openapi.json differs from openapi/openapi.yaml: rebuild")
             }
         } catch {
@@ -1378,7 +1378,7 @@ struct SpecFailure: Error, CustomStringConvertible {
 
 /// openapi/openapi.yaml converted by the `openapi-embed` tool the build uses; nil (with a recorded
 /// issue) when the tool is not next to the test binary.
-private func convertYAML() throws -> Value? {
+private func convertYAML() async throws -> Value? {
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     let yaml = root.appendingPathComponent("openapi/openapi.yaml").path
     let binaryDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -1390,13 +1390,9 @@ private func convertYAML() throws -> Value? {
     }
     let out = FileManager.default.temporaryDirectory.appendingPathComponent("openapi-\(UUID().uuidString).swift")
     defer { try? FileManager.default.removeItem(at: out) }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: tool)
-    process.arguments = [yaml, out.path]
-    try process.run()
-    process.waitUntilExit()
-    guard process.terminationStatus == 0 else {
-        Issue.record("openapi-embed failed on \(yaml) (status \(process.terminationStatus))")
+    let converted = try await ChildProcess.run(executable: tool, [yaml, out.path], within: 60)
+    guard converted.exit == .exited(0) else {
+        Issue.record("openapi-embed failed on \(yaml) (\(converted.exit)): \(converted.stderr)")
         return nil
     }
     // The generated source holds the JSON in a raw string literal: from the first `"{` to the last `}"`.

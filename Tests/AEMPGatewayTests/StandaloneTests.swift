@@ -138,7 +138,7 @@ struct StandaloneTests {
                 #expect(try await stream.waitForEnd(), "\(stream.path) must end")
             }
             let exit = try await net.gateway.child.waitForExit(within: 15)
-            #expect(exit == .exited(0), "exit: \(exit.map(\.description) ?? "still running"); log: \(net.gateway.log.suffix(2000))")
+            #expect(exit == .exited(0), "exit: \(exit); log: \(net.gateway.log.suffix(2000))")
         }
     }
 }

@@ -4,18 +4,10 @@ import Testing
 /// HTTPS served by libmicrohttpd itself (GnuTLS), checked with curl as the real client.
 @Suite("gateway: TLS", .timeLimit(.minutes(2)))
 struct TLSTests {
-    /// Runs a tool to completion; returns its exit status and standard output.
-    private func run(_ tool: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = [tool] + arguments
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    /// Runs a tool found on PATH to completion; returns its exit status and standard output.
+    private func run(_ tool: String, _ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let r = try await ChildProcess.run(executable: "/usr/bin/env", [tool] + arguments, within: 60)
+        return (r.exit.status, r.stdout)
     }
 
     @Test("with --tls-cert/--tls-key the gateway speaks HTTPS; curl verifies the certificate")
@@ -24,7 +16,7 @@ struct TLSTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let cert = dir + "/cert.pem", key = dir + "/key.pem"
-        let made = try run("openssl", [
+        let made = try await run("openssl", [
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
         ])
@@ -36,15 +28,15 @@ struct TLSTests {
         #expect(gateway.line.contains("serving https://127.0.0.1:\(gateway.port)"), "\(gateway.line)")
         let url = "https://127.0.0.1:\(gateway.port)"
 
-        let ok = try run("curl", ["-sS", "--max-time", "10", "--cacert", cert, url + "/healthz"])
+        let ok = try await run("curl", ["-sS", "--max-time", "10", "--cacert", cert, url + "/healthz"])
         #expect(ok.status == 0 && ok.output == #"{"status":"ok"}"#, "\(ok)")
-        let created = try run("curl", ["-sS", "--max-time", "10", "--cacert", cert, "-X", "POST", url + "/v1/ports"])
+        let created = try await run("curl", ["-sS", "--max-time", "10", "--cacert", cert, "-X", "POST", url + "/v1/ports"])
         #expect(created.status == 0 && created.output.contains("\"port\""), "\(created)")
 
         // Without the certificate as trust anchor, curl refuses (60: peer certificate cannot be verified).
-        #expect(try run("curl", ["-sS", "--max-time", "10", url + "/healthz"]).status == 60)
+        #expect(try await run("curl", ["-sS", "--max-time", "10", url + "/healthz"]).status == 60)
         // Plain HTTP gets no HTTP answer from the TLS port.
-        let plain = try run("curl", ["-sS", "--max-time", "5", "http://127.0.0.1:\(gateway.port)/healthz"])
+        let plain = try await run("curl", ["-sS", "--max-time", "5", "http://127.0.0.1:\(gateway.port)/healthz"])
         #expect(plain.status != 0 && !plain.output.contains("status"), "\(plain)")
     }
 }

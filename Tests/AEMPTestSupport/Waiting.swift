@@ -121,25 +121,3 @@ public func promised(_ bound: Duration) -> Duration {
 public func stretched(_ timeout: TimeAmount) -> TimeAmount {
     .nanoseconds(Int64(Double(timeout.nanoseconds) * sanitizerSlowdown))
 }
-
-/// What a process that should have exited is doing, from /proc: its state (Z = exited, not yet
-/// reaped by us) and each thread's state, kernel wait channel and name. Put in failure messages, so
-/// a hang seen once in CI says whether the child was stuck, and where, or had exited unnoticed.
-public func processDiagnosis(_ pid: Int32) -> String {
-    func read(_ path: String) -> String? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-    guard let status = read("/proc/\(pid)/status") else { return "no /proc entry (reaped)" }
-    let state = status.split(separator: "\n").first { $0.hasPrefix("State:") }.map { $0.dropFirst(6).trimmingCharacters(in: .whitespaces) } ?? "?"
-    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-    let threads = tasks.sorted().prefix(40).map { tid -> String in
-        let comm = read("/proc/\(pid)/task/\(tid)/comm") ?? "?"
-        let wchan = read("/proc/\(pid)/task/\(tid)/wchan") ?? "?"
-        // The state letter follows the parenthesised name in stat.
-        let stat = read("/proc/\(pid)/task/\(tid)/stat") ?? ""
-        let letter = stat.range(of: ") ").map { String(stat[$0.upperBound...].prefix(1)) } ?? "?"
-        return "\(comm)[\(letter) \(wchan)]"
-    }
-    return "state \(state); \(tasks.count) thread(s): \(threads.joined(separator: " "))"
-}

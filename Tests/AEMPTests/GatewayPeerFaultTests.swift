@@ -48,7 +48,7 @@ struct GatewayPeerFaultTests {
         // The reason is in the log at the default level, with the silent seed's address.
         let port = silent.address.split(separator: ":").last.map(String.init) ?? "?"
         await eventually(within: 5, "the log names the handshake timeout and the silent seed") {
-            gateway.child.errorText().split(separator: "\n").contains { line in
+            gateway.child.errorText.split(separator: "\n").contains { line in
                 line.contains("handshake timeout") && line.contains(":\(port)")
             }
         }
@@ -88,7 +88,7 @@ struct GatewayPeerFaultTests {
         _ = try await peer.waitForClose(within: 5)
 
         await eventually(within: 5, "a warning names the protocol violation and the peer") {
-            gateway.child.errorText().split(separator: "\n").contains { line in
+            gateway.child.errorText.split(separator: "\n").contains { line in
                 line.contains("warning") && line.contains("cutting off a peer that broke the protocol")
                     && line.contains("undecodable \(framing) data") && line.contains("pf-hostile-\(framing)")
             }
@@ -203,7 +203,7 @@ extension GatewayPeerFaultTests {
         var after = try await peer.readPacket(within: 10, "the message sent after the drain")
         while after.first != "inbox" { after = try await peer.readPacket(within: 10, "the message sent after the drain") }
         #expect(after == ["inbox", "again"], "\(after.prefix(3))")
-        #expect(gateway.child.errorText().contains("peer stopped reading") == false, "the node was not cut off")
+        #expect(gateway.child.errorText.contains("peer stopped reading") == false, "the node was not cut off")
     }
 }
 
@@ -224,8 +224,7 @@ struct GatewayChild {
                 "--http", "127.0.0.1:0", "--secret", testSecret,
                 "--node-id", "pf-gateway-%u", "--handshake-timeout", "\(handshakeTimeout)", "--log-level", "info",
             ] + mesh + extra,
-            unsetEnvironment: ["AEMP_SECRET", "XDG_STATE_HOME", "PERL_ANYEVENT_MP_RC"] + inherited,
-            collectOutput: true)
+            unset: ["AEMP_SECRET", "XDG_STATE_HOME", "PERL_ANYEVENT_MP_RC"] + inherited)
         do {
             for _ in 0..<5 {
                 // aemp-gateway <node-id> serving http://127.0.0.1:<port>
@@ -236,7 +235,7 @@ struct GatewayChild {
                     return GatewayChild(child: child, port: port)
                 }
             }
-            throw ChildProcess.ChildError.noLine("aemp-gateway printed no serving line; stderr: \(child.errorText())")
+            throw ChildProcess.ChildError.noLine("aemp-gateway printed no serving line; stderr: \(child.errorText)")
         } catch {
             child.stop()
             throw error

@@ -32,7 +32,7 @@ struct HandshakeDiagnosticsTests {
 
         let port = tlsSeed.address.split(separator: ":").last.map(String.init) ?? "?"
         await eventually(within: 10, "a warning names TLS, the missing secret and the seed's address") {
-            gateway.child.errorText().split(separator: "\n").contains { line in
+            gateway.child.errorText.split(separator: "\n").contains { line in
                 line.contains("warning") && line.contains("peer requires TLS and this node has no certificate") && line.contains("--mesh-cert")
                     && line.contains(":\(port)")
             }

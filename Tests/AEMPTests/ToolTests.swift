@@ -163,11 +163,11 @@ struct ToolTests {
         #expect(badPacket.exit == .exited(64), "\(badPacket)")
         #expect(badPacket.stderr == "aemp: error: --max-packet 100 is not in 65536...268435456\n", "\(badPacket)")
 
-        let noSecret = try await ChildProcess.run("aemp", ["nodes"] + dead, unsetEnvironment: ["AEMP_SECRET", "AEMP_CERT"])
+        let noSecret = try await ChildProcess.run("aemp", ["nodes"] + dead, unset: ["AEMP_SECRET", "AEMP_CERT"])
         #expect(noSecret.exit == .exited(64), "\(noSecret)")
         #expect(noSecret.stderr == "aemp: error: no shared secret and no certificate: pass --secret, --secret-file, --cert or set AEMP_SECRET\n")
         let noSeedSecret = try await ChildProcess.run(
-            "aemp", ["seed", "--bind", "127.0.0.1:0"], unsetEnvironment: ["AEMP_SECRET", "AEMP_CERT"])
+            "aemp", ["seed", "--bind", "127.0.0.1:0"], unset: ["AEMP_SECRET", "AEMP_CERT"])
         #expect(noSeedSecret.exit == .exited(64), "\(noSeedSecret)")
         #expect(noSeedSecret.stderr == noSecret.stderr, "\(noSeedSecret)")
         let badCert = try await ChildProcess.run("aemp", ["nodes", "--cert", "/nonexistent/mesh.pem"] + dead)
@@ -211,7 +211,7 @@ struct ToolTests {
             #expect(try await net.seed.dbFamily("tool-s") == ["k": ["v": [1, 2]]])
 
             holder.signal(SIGTERM)
-            #expect(try await holder.waitForExit() == .exited(0), "stderr: \(holder.errorText())")
+            #expect(try await holder.waitForExit() == .exited(0), "stderr: \(holder.errorText)")
             await eventually("the key is gone once its holder left") { try await net.seed.dbFamily("tool-s").isEmpty }
         }
     }
@@ -230,7 +230,7 @@ struct ToolTests {
             #expect(del.stderr == "aemp: tool-d/missing does not exist\n", "\(del)")
             #expect(try await net.seed.dbFamily("tool-d") == ["owned": "by the seed"])
             #expect(try await holder.waitForExit() == .exited(0))
-            #expect(holder.errorText().hasPrefix("aemp: tool-d/held deleted at the request of "), "\(holder.errorText())")
+            #expect(holder.errorText.hasPrefix("aemp: tool-d/held deleted at the request of "), "\(holder.errorText)")
 
             let refused = try await net.run(["db", "del"] + net.options + ["--timeout", "1", "tool-d", "owned"])
             #expect(refused.exit == .exited(1), "\(refused)")
@@ -261,9 +261,9 @@ struct ToolTests {
                 == #"{"family":"tool-m","values":{"a":2},"added":[],"changed":[],"deleted":["b"]}"#)
 
             mon.signal(SIGTERM)
-            #expect(try await mon.waitForExit() == .exited(0), "stderr: \(mon.errorText())")
-            #expect(mon.outputText().isEmpty)
-            #expect(mon.errorText().isEmpty)
+            #expect(try await mon.waitForExit() == .exited(0), "stderr: \(mon.errorText)")
+            #expect(mon.outputText.isEmpty)
+            #expect(mon.errorText.isEmpty)
         }
     }
 
@@ -340,19 +340,19 @@ struct ToolTests {
         let address = "127.0.0.1:\(try freePort())"
         let seed = try ChildProcess(
             "aemp", ["seed", "--bind", address, "--cert", file, "--node-id", "tool-tls-seed-%u"],
-            unsetEnvironment: ["AEMP_SECRET", "AEMP_CERT"], collectOutput: true)
+            unset: ["AEMP_SECRET", "AEMP_CERT"])
         defer { seed.stop() }
         let seedID = try bannerNodeID(try await seed.readLine())
-        let time = try await ChildProcess.run("aemp", ["cal", "--cert", file, "--seeds", address, seedID, "time"], unsetEnvironment: ["AEMP_SECRET"])
+        let time = try await ChildProcess.run("aemp", ["cal", "--cert", file, "--seeds", address, seedID, "time"], unset: ["AEMP_SECRET"])
         #expect(time.exit == .exited(0), "\(time)")
         #expect(try JSONCodec.decode(time.stdout).arrayValue?.first?.numberValue != nil, "\(time)")
         let viaEnvironment = try await ChildProcess.run(
-            "aemp", ["nodes", "--seeds", address], environment: ["AEMP_CERT": file], unsetEnvironment: ["AEMP_SECRET"])
+            "aemp", ["nodes", "--seeds", address], environment: ["AEMP_CERT": file], unset: ["AEMP_SECRET"])
         #expect(viaEnvironment.exit == .exited(0), "\(viaEnvironment)")
         #expect(viaEnvironment.stdout.contains(seedID), "\(viaEnvironment)")
         // Only a secret: the seed has none, so nothing authenticates the tool.
         let secretOnly = try await ChildProcess.run(
-            "aemp", ["nodes", "--secret", testSecret, "--seeds", address, "--connect-timeout", "3"], unsetEnvironment: ["AEMP_CERT"])
+            "aemp", ["nodes", "--secret", testSecret, "--seeds", address, "--connect-timeout", "3"], unset: ["AEMP_CERT"])
         #expect(secretOnly.exit == .exited(1), "\(secretOnly)")
         #expect(secretOnly.stdout.isEmpty)
         seed.signal(SIGTERM)
@@ -365,16 +365,15 @@ struct ToolTests {
     func allProcesses() async throws {
         let address = "127.0.0.1:\(try freePort())"
         let seed = try ChildProcess(
-            "aemp", ["seed", "--bind", address, "--secret", testSecret, "--node-id", "tool-proc-seed-%u"],
-            collectOutput: true)
+            "aemp", ["seed", "--bind", address, "--secret", testSecret, "--node-id", "tool-proc-seed-%u"])
         defer { seed.stop() }
         let seedID = try bannerNodeID(try await seed.readLine())
         let options = ["--secret", testSecret, "--seeds", address]
 
-        let mon = try ChildProcess("aemp", ["db", "mon"] + options + ["tool-p"], collectOutput: true)
+        let mon = try ChildProcess("aemp", ["db", "mon"] + options + ["tool-p"])
         defer { mon.stop() }
         #expect(try await mon.readLine() == #"{"family":"tool-p","values":{},"added":[],"changed":[],"deleted":[]}"#)
-        let holder = try ChildProcess("aemp", ["db", "set"] + options + ["tool-p", "k", "[1]"], collectOutput: true)
+        let holder = try ChildProcess("aemp", ["db", "set"] + options + ["tool-p", "k", "[1]"])
         defer { holder.stop() }
         _ = try await holder.readLine()
         #expect(try await mon.readLine() == #"{"family":"tool-p","values":{"k":[1]},"added":["k"],"changed":[],"deleted":[]}"#)
@@ -445,7 +444,7 @@ struct ToolNetwork {
 
     /// Starts a long-running `aemp` with collected output.
     func spawn(_ arguments: [String]) throws -> ChildProcess {
-        try ChildProcess("aemp", arguments, collectOutput: true)
+        try ChildProcess("aemp", arguments)
     }
 
     func shutdown() async {

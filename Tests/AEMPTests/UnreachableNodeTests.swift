@@ -117,7 +117,7 @@ struct UnreachableNodeTests {
         started = ContinuousClock.now
         let sent = try await ChildProcess.run(
             "aemp", ["snd", "--secret", testSecret, "--seeds", bind, "nobody/tool#p", "x"],
-            unsetEnvironment: ["AEMP_SECRET", "XDG_STATE_HOME", "PERL_ANYEVENT_MP_RC"])
+            unset: ["AEMP_SECRET", "XDG_STATE_HOME", "PERL_ANYEVENT_MP_RC"])
         took = ContinuousClock.now - started
         #expect(sent.exit == .exited(1), "\(sent)")
         #expect(

@@ -173,7 +173,7 @@ public final class EventStream: Sendable {
         while true {
             switch step(into: buffer, max: max, mayRefill: !refilled) {
             case .copied(let n): return n
-            case .end: return -1  // MHD_CONTENT_READER_END_OF_STREAM
+            case .end: return AEMP_MHD_CONTENT_READER_END_OF_STREAM
             case .suspended: return 0
             case .refill(let source):
                 refilled = true
@@ -282,13 +282,13 @@ final class Resumer: Sendable {
     /// Wakes the poller (also used to make it notice `stop`).
     func signal() {
         var one: UInt64 = 1
-        _ = write(fd, &one, 8)
+        _ = write(fd, &one, MemoryLayout<UInt64>.size)  // an eventfd counts in one 8-byte integer
     }
 
     /// On the polling thread (or after it ended): resumes every queued connection.
     func drain() {
         var value: UInt64 = 0
-        _ = read(fd, &value, 8)
+        _ = read(fd, &value, MemoryLayout<UInt64>.size)
         let connections = queue.withLock { q -> [ConnectionRef] in
             q.signalled = false
             defer { q.connections.removeAll(keepingCapacity: q.connections.count <= 1024) }

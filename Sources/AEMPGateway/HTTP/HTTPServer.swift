@@ -52,9 +52,13 @@ extension HTTPHandler {
 public struct HTTPServerSettings: Sendable {
     /// `host:port` (`[v6]:port`); port 0 picks a free one.
     public var address: String = "127.0.0.1:8080"
-    /// Connections served; up to 64 more are accepted only to be answered 503 and closed, beyond
-    /// that libmicrohttpd refuses them. The process may hold 20,000 descriptors here.
+    /// Connections served; up to `refusedConnectionHeadroom` more are accepted only to be answered
+    /// 503 and closed, beyond that libmicrohttpd refuses them. The process may hold 20,000
+    /// descriptors here.
     public var maxConnections: Int = 16_000
+    /// Connections accepted beyond `maxConnections` only to be answered 503 (libmicrohttpd's limit
+    /// is the sum).
+    public static let refusedConnectionHeadroom = 64
     /// Largest request body: a 1 MiB message plus 64 KiB for its envelope (port, batch, escapes).
     /// Not `--max-packet` (64 MiB): every upload is held whole, then parsed into a tree several
     /// times its size, on up to `maxConnections` connections at once.
@@ -268,42 +272,26 @@ public final class HTTPServer: Sendable {
 
     private func start() throws {
         let me = Unmanaged.passUnretained(self).toOpaque()
-        var options: [MHD_OptionItem] = [
-            MHD_OptionItem(option: .EXTERNAL_LOGGER, value: unsafeBitCast(mhdLog, to: Int.self), ptr_value: me),
-            MHD_OptionItem(option: .LISTEN_SOCKET, value: Int(listenFD), ptr_value: nil),
+        var callbacks = aemp_mhd_callbacks(
+            cls: me, access: mhdAccess, log: mhdLog, connection: mhdConnection, completed: mhdCompleted,
             // Keep the URL and query raw: the router decodes each path segment itself, so that an
             // encoded '/' (%2F) in a subkey stays inside its segment.
-            MHD_OptionItem(option: .UNESCAPE_CALLBACK, value: unsafeBitCast(mhdNoUnescape, to: Int.self), ptr_value: nil),
-            MHD_OptionItem(option: .CONNECTION_LIMIT, value: settings.maxConnections + 64, ptr_value: nil),
-            MHD_OptionItem(
-                option: .NOTIFY_CONNECTION, value: unsafeBitCast(mhdConnection, to: Int.self), ptr_value: me),
-            MHD_OptionItem(option: .CONNECTION_TIMEOUT, value: settings.connectionTimeout, ptr_value: nil),
-            MHD_OptionItem(option: .CONNECTION_MEMORY_LIMIT, value: settings.connectionMemory, ptr_value: nil),
-            MHD_OptionItem(
-                option: .NOTIFY_COMPLETED, value: unsafeBitCast(mhdCompleted, to: Int.self), ptr_value: me),
-            MHD_OptionItem(
-                option: .URI_LOG_CALLBACK, value: unsafeBitCast(mhdRequestLine, to: Int.self), ptr_value: me),
-            MHD_OptionItem(option: .END, value: 0, ptr_value: nil),
-        ]
-        // MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME (incl. MHD_USE_ITC, which also wakes the poller
-        // for resumes from other threads) | MHD_USE_ERROR_LOG | MHD_USE_TURBO; a closed flag enum in
-        // Swift, so by value (microhttpd.h). The polling thread is ours (see `poll`).
-        var flags: UInt32 = 512 | (8192 | 1024) | 1 | 4096
-        // NUL-terminated PEM copies; GnuTLS parses them while the daemon starts.
+            request_line: mhdRequestLine, unescape: mhdNoUnescape)
+        // Converted as libmicrohttpd converts an option's value (the settings' ranges keep them exact).
+        var options = aemp_mhd_settings(
+            listen_fd: listenFD,
+            connection_limit: UInt32(truncatingIfNeeded: settings.maxConnections + HTTPServerSettings.refusedConnectionHeadroom),
+            connection_timeout: UInt32(truncatingIfNeeded: settings.connectionTimeout),
+            connection_memory_limit: settings.connectionMemory,
+            tls_certificate: nil, tls_key: nil)
+        // NUL-terminated PEM copies; GnuTLS parses them while the daemon starts (with both: HTTPS).
         let cert = settings.tlsCertificate.map { $0 + [0] }
         let key = settings.tlsKey.map { $0 + [0] }
-        let d = cert.withOptionalBytes { certPointer in
-            key.withOptionalBytes { keyPointer -> OpaquePointer? in
-                if let certPointer, let keyPointer {
-                    flags |= 2  // MHD_USE_TLS
-                    options.insert(MHD_OptionItem(option: .HTTPS_MEM_KEY, value: 0, ptr_value: keyPointer), at: 0)
-                    options.insert(MHD_OptionItem(option: .HTTPS_MEM_CERT, value: 0, ptr_value: certPointer), at: 0)
-                }
-                return options.withUnsafeMutableBufferPointer { items -> OpaquePointer? in
-                    withVaList([Int32(MHD_OPTION.ARRAY.rawValue), items.baseAddress!, Int32(MHD_OPTION.END.rawValue)]) {
-                        MHD_start_daemon_va(flags, 0, nil, nil, mhdAccess, me, $0)
-                    }
-                }
+        let d = cert.withOptionalCChars { certPointer in
+            key.withOptionalCChars { keyPointer -> OpaquePointer? in
+                options.tls_certificate = certPointer
+                options.tls_key = keyPointer
+                return aemp_mhd_start(&options, &callbacks)
             }
         }
         guard let d else {
@@ -351,6 +339,10 @@ public final class HTTPServer: Sendable {
         close(listenFD)
     }
 
+    /// The longest the polling thread waits for events, in milliseconds: it checks for `stop` and
+    /// sweeps `deadlines` at least this often.
+    private static let longestWait: UInt64 = 1000
+
     /// The polling thread, until `stop`: polls libmicrohttpd's epoll descriptor and the resumer
     /// (at most until libmicrohttpd's next timeout), resumes what other threads queued, then runs
     /// one pass of `MHD_run`, wrapped in `settings.pass`.
@@ -362,8 +354,8 @@ public final class HTTPServer: Sendable {
         ]
         while !stopping.load(ordering: .acquiring) {
             var timeout: UInt64 = 0
-            let wait = MHD_get_timeout(d.pointer, &timeout) == .YES ? Int32(min(timeout, 1000)) : 1000
-            if Glibc.poll(&fds, 3, wait) > 0 {
+            let wait = Int32(MHD_get_timeout(d.pointer, &timeout) == .YES ? min(timeout, Self.longestWait) : Self.longestWait)
+            if Glibc.poll(&fds, nfds_t(fds.count), wait) > 0 {
                 // Hang-ups first: their answers queue resumptions, which the drain below takes.
                 if fds[2].revents != 0 { hangupCount.wrappingAdd(resumer.hangups.drain(), ordering: .relaxed) }
                 if fds[1].revents != 0 || fds[2].revents != 0 { resumer.drain() }
@@ -387,6 +379,9 @@ public final class HTTPServer: Sendable {
 
     // MARK: - Socket
 
+    /// Connections the kernel queues for `accept` (capped by net.core.somaxconn).
+    private static let listenBacklog: Int32 = 4096
+
     private static func listen(_ address: String) throws -> (Int32, String) {
         guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
             throw HTTPServerError.invalidAddress(address)
@@ -405,7 +400,7 @@ public final class HTTPServer: Sendable {
         guard fd >= 0 else { throw HTTPServerError.listenFailed(address: address, reason: String(cString: strerror(errno))) }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        guard bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0, Glibc.listen(fd, 4096) == 0 else {
+        guard bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0, Glibc.listen(fd, listenBacklog) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
             throw HTTPServerError.listenFailed(address: address, reason: reason)
@@ -428,10 +423,10 @@ public final class HTTPServer: Sendable {
 }
 
 extension Optional where Wrapped == [UInt8] {
-    /// Runs `body` with a pointer to the bytes (nil when there are none).
-    fileprivate func withOptionalBytes<R>(_ body: (UnsafeMutableRawPointer?) -> R) -> R {
-        guard var bytes = self else { return body(nil) }
-        return bytes.withUnsafeMutableBytes { body($0.baseAddress) }
+    /// Runs `body` with a pointer to the bytes as C characters (nil when there are none).
+    fileprivate func withOptionalCChars<R>(_ body: (UnsafePointer<CChar>?) -> R) -> R {
+        guard let bytes = self else { return body(nil) }
+        return bytes.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { body($0.baseAddress) } }
     }
 }
 
@@ -654,14 +649,15 @@ private func queue(
         // block. Unchunked, it sends neither a length nor a body, asks the reader once, which ends
         // the stream, and closes the connection (as a GET of the stream would hold it).
         stream.closed()
-        r = MHD_create_response_from_callback(UInt64.max, 4096, { _, _, _, _ in -1 }, nil, nil)
+        r = MHD_create_response_from_callback(
+            AEMP_MHD_SIZE_UNKNOWN, streamBlockSize, { _, _, _, _ in AEMP_MHD_CONTENT_READER_END_OF_STREAM }, nil, nil)
         if let r { _ = aemp_mhd_response_unchunked(r) }
     } else if let stream = response.stream {
         stream.attach(connection)
         stream.boundKernelBuffer(fd: aemp_mhd_connection_fd(connection.pointer))
         server.streams.withLock { $0[ObjectIdentifier(stream)] = stream }
         let box = Unmanaged.passRetained(StreamBox(stream: stream, server: server)).toOpaque()
-        r = MHD_create_response_from_callback(UInt64.max, 4096, mhdRead, box, mhdFreeStream)
+        r = MHD_create_response_from_callback(AEMP_MHD_SIZE_UNKNOWN, streamBlockSize, mhdRead, box, mhdFreeStream)
     } else {
         r = response.body.withUnsafeBytes { body in
             MHD_create_response_from_buffer(
@@ -675,6 +671,9 @@ private func queue(
     return MHD_queue_response(connection.pointer, UInt32(response.status), r)
 }
 
+/// The most bytes libmicrohttpd asks an event stream's reader for at once (its block size).
+private let streamBlockSize = 4096
+
 /// What the stream reader callbacks get as `cls`.
 private final class StreamBox {
     let stream: EventStream
@@ -686,7 +685,7 @@ private final class StreamBox {
 }
 
 private let mhdRead: MHD_ContentReaderCallback = { cls, _, buffer, max in
-    guard let cls, let buffer else { return -2 }
+    guard let cls, let buffer else { return AEMP_MHD_CONTENT_READER_END_WITH_ERROR }
     let box = Unmanaged<StreamBox>.fromOpaque(cls).takeUnretainedValue()
     let n = box.stream.read(into: buffer, max: max)
     if n > 0 { box.server.handler.streamed(bytes: n) }
@@ -734,7 +733,7 @@ private let mhdCompleted: MHD_RequestCompletedCallback = { cls, connection, reqC
 /// arguments off after this call, at the `?` it found before it, and now finds none. `uri` is the
 /// request line in libmicrohttpd's read buffer, writable (const only in the callback's type); the
 /// path before the `?` is left as it is.
-private let mhdRequestLine: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, OpaquePointer?) -> UnsafeMutableRawPointer? = {
+private let mhdRequestLine: aemp_mhd_request_line_callback = {
     cls, uri, _ in
     let context = RequestContext()
     if let cls, let uri, let mark = strchr(uri, Int32(UInt8(ascii: "?"))) {
@@ -761,7 +760,7 @@ private let mhdLog: MHD_LogCallback = {
     server.settings.logger.log(level: routine ? .debug : .notice, "libmicrohttpd: \(message)")
 }
 
-private let mhdNoUnescape: @convention(c) (UnsafeMutableRawPointer?, OpaquePointer?, UnsafeMutablePointer<CChar>?) -> Int = {
+private let mhdNoUnescape: aemp_mhd_unescape_callback = {
     _, _, s in
     s.map { strlen($0) } ?? 0
 }

@@ -50,7 +50,7 @@ final class Hangups: Sendable {
 
     /// Runs the action of every watched connection whose client hung up; returns how many.
     func drain() -> Int {
-        var keys = [UInt64](repeating: 0, count: 256)
+        var keys = [UInt64](repeating: 0, count: AEMP_HANGUPS_BATCH)
         var total = 0
         while true {
             let n = Int(aemp_hangups_ready(fd, &keys, Int32(keys.count)))

@@ -5,9 +5,10 @@ import Logging
 import NIOCore
 import Testing
 
-// The built `aemp` and `aemp-gateway` executables as child processes, and a test network made of
-// an `aemp seed` child, an in-process public `Node` and an `aemp-gateway` child, every one of
-// them stopped at the end of the test, also when it fails.
+// The built `aemp` and `aemp-gateway` executables as child processes (`ChildProcess`, from the
+// ChildProcesses target through AEMPTestSupport), and a test network made of an `aemp seed` child,
+// an in-process public `Node` and an `aemp-gateway` child, every one of them stopped at the end of
+// the test, also when it fails.
 
 /// The secret of every gateway test network.
 let gatewayTestSecret = "aemp-gateway-test-secret"
@@ -17,151 +18,6 @@ let testLogLevel: Logger.Level = {
     guard let raw = getenv("AEMP_TEST_LOG") else { return .error }
     return Logger.Level(rawValue: String(cString: raw)) ?? .error
 }()
-
-/// How a child process ended.
-struct ChildExit: Equatable, Sendable, CustomStringConvertible {
-    /// The exit status, or the signal number if `signalled`.
-    var status: Int32
-    var signalled: Bool
-
-    static func exited(_ status: Int32) -> ChildExit { ChildExit(status: status, signalled: false) }
-
-    var description: String { signalled ? "killed by signal \(status)" : "exit status \(status)" }
-}
-
-/// What a child has written so far, and how it ended.
-struct ChildOutput: Sendable {
-    var stdout: [UInt8] = []
-    var stderr: [UInt8] = []
-    var stdoutClosed = false
-    var stderrClosed = false
-    var exit: ChildExit?
-}
-
-/// A built executable of this package (next to the test bundle), run as a child process with
-/// both output streams read in the background (so it never blocks on a full pipe).
-final class ChildProcess: Sendable {
-    let name: String
-    let arguments: [String]
-    private let process = Process()
-    private let collected = Watched(ChildOutput())
-
-    enum ChildError: Error, CustomStringConvertible {
-        case notBuilt(String), noLine(String), stillRunning(String)
-
-        var description: String {
-            switch self {
-            case .notBuilt(let path): return "not built: \(path)"
-            case .noLine(let why), .stillRunning(let why): return why
-            }
-        }
-    }
-
-    /// Starts `product` with `arguments`; `environment` adds or replaces variables, `unset` removes
-    /// inherited ones.
-    init(_ product: String, _ arguments: [String], environment: [String: String] = [:], unset: [String] = []) throws {
-        let dir = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-        let url = dir.appendingPathComponent(product)
-        guard FileManager.default.isExecutableFile(atPath: url.path) else { throw ChildError.notBuilt(url.path) }
-        name = product
-        self.arguments = arguments
-        process.executableURL = url
-        process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        for k in unset { env[k] = nil }
-        process.environment = env
-        let output = Pipe(), errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        process.standardInput = FileHandle.nullDevice
-        let collected = self.collected
-        process.terminationHandler = { p in
-            let exit = ChildExit(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal)
-            collected.update { $0.exit = exit }
-        }
-        try process.run()
-        // One blocking reader thread per pipe (readabilityHandler may miss the end of a pipe on Linux).
-        Self.drain(output.fileHandleForReading) { data in
-            collected.update { if let data { $0.stdout += data } else { $0.stdoutClosed = true } }
-        }
-        Self.drain(errors.fileHandleForReading) { data in
-            collected.update { if let data { $0.stderr += data } else { $0.stderrClosed = true } }
-        }
-    }
-
-    private static func drain(_ handle: FileHandle, _ deliver: @escaping @Sendable (Data?) -> Void) {
-        Thread.detachNewThread {
-            while true {
-                let data = handle.availableData
-                if data.isEmpty { break }
-                deliver(data)
-            }
-            deliver(nil)
-        }
-    }
-
-    var pid: Int32 { process.processIdentifier }
-
-    /// The next line of standard output, waiting at most `seconds`.
-    func readLine(within seconds: Double = 20) async throws -> String {
-        let name = self.name
-        let line = try await collected.wait(within: seconds * sanitizerSlowdown) { s -> String? in
-            if let nl = s.stdout.firstIndex(of: 0x0A) {
-                let line = String(decoding: s.stdout[..<nl], as: UTF8.self)
-                s.stdout.removeSubrange(...nl)
-                return line
-            }
-            if s.stdoutClosed {
-                throw ChildError.noLine("\(name) closed its output; stderr: \(String(decoding: s.stderr, as: UTF8.self))")
-            }
-            return nil
-        }
-        guard let line else {
-            throw ChildError.noLine("no output line from \(name) within \(seconds) s; stderr so far: \(errorText)")
-        }
-        return line
-    }
-
-    /// Sends `signal` to the child if it still runs.
-    func signal(_ signal: Int32) {
-        if process.isRunning { kill(process.processIdentifier, signal) }
-    }
-
-    /// Kills the child (SIGKILL) if it still runs, and reaps it.
-    func stop() {
-        signal(SIGKILL)
-        process.waitUntilExit()
-    }
-
-    /// Waits until the child exits, at most `seconds`; nil if it still runs.
-    func waitForExit(within seconds: Double) async throws -> ChildExit? {
-        try await collected.wait(within: seconds * sanitizerSlowdown) { $0.exit }
-    }
-
-    /// Whether the child still runs.
-    var isRunning: Bool { collected.read { $0.exit == nil } }
-
-    /// Standard error so far (the child's log).
-    var errorText: String { collected.read { String(decoding: $0.stderr, as: UTF8.self) } }
-
-    /// Standard output not yet taken by `readLine`.
-    var outputText: String { collected.read { String(decoding: $0.stdout, as: UTF8.self) } }
-
-    /// Runs `product` to its end (at most `seconds`): how it exited and everything it wrote.
-    static func run(
-        _ product: String, _ arguments: [String], environment: [String: String] = [:], unset: [String] = [],
-        within seconds: Double = 30
-    ) async throws -> (exit: ChildExit, stdout: String, stderr: String) {
-        let child = try ChildProcess(product, arguments, environment: environment, unset: unset)
-        defer { child.stop() }
-        let done = try await child.collected.wait(within: seconds * sanitizerSlowdown) { s -> ChildExit? in
-            s.stdoutClosed && s.stderrClosed ? s.exit : nil
-        }
-        guard let done else { throw ChildError.stillRunning("\(product) \(arguments) still runs after \(seconds) s") }
-        return (done, child.outputText, child.errorText)
-    }
-}
 
 /// An `aemp seed` child: a seed and global node on an ephemeral port of 127.0.0.1.
 struct SeedProcess: Sendable {
