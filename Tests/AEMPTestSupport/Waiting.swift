@@ -11,9 +11,11 @@ public struct TestTimeout: Error, CustomStringConvertible {
 }
 
 /// Waits for the next element of an async stream; records an issue and throws after `seconds`
-/// (stretched by `sanitizerSlowdown`: what must arrive may take longer under a sanitizer).
+/// (stretched by `sanitizerSlowdown`: what must arrive may take longer under a sanitizer). The
+/// default bound says "it arrives", not "promptly": when the suite starts, some 300 tests start at
+/// once on 2 cores and the first 10-20 s crawl.
 public func next<T: Sendable>(
-    _ iterator: inout AsyncStream<T>.Iterator, within seconds: Double = 10, _ what: String = "message",
+    _ iterator: inout AsyncStream<T>.Iterator, within seconds: Double = 30, _ what: String = "message",
     sourceLocation: SourceLocation = #_sourceLocation
 ) async throws -> T {
     let seconds = seconds * sanitizerSlowdown
