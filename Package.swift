@@ -96,7 +96,11 @@ let package = Package(
         // The child-process harness of the tests and aemp-bench (package access, no product).
         .target(
             name: "ChildProcesses",
-            dependencies: ["AEMP"]
+            dependencies: [
+                "AEMP",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .executableTarget(
             name: "aemp-bench",

@@ -1,5 +1,6 @@
 import AEMP
 import Foundation
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
@@ -50,7 +51,7 @@ package final class ChildProcess: Sendable {
     /// Every wait of this child is stretched by this factor (tests under a sanitizer run slower).
     package let timeScale: Double
     private let process = Process()
-    private let collected = Collected()
+    private let collected = Watched(ChildOutput())
 
     /// Starts the executable at `path` with `arguments`; `environment` adds or replaces variables,
     /// `unset` removes inherited ones.
@@ -243,8 +244,8 @@ package final class ChildProcess: Sendable {
         return ChildResult(exit: exit, stdout: child.outputText, stderr: child.errorText)
     }
 
-    private func deadline(_ seconds: Double) -> ContinuousClock.Instant {
-        .now + .nanoseconds(Int64(seconds * timeScale * 1e9))
+    private func deadline(_ seconds: Double) -> NIODeadline {
+        .now() + .nanoseconds(Int64(seconds * timeScale * 1e9))
     }
 
     // MARK: - Built products
@@ -337,67 +338,5 @@ struct ChildOutput: Sendable {
     /// Standard output after the lines `readLine` took.
     var untakenOutput: String {
         lines[taken...].map { $0 + "\n" }.joined() + String(decoding: partial, as: UTF8.self)
-    }
-}
-
-/// The child's output and exit, filled by the reader threads and the termination handler, with a
-/// way to wait until they satisfy a condition, bounded by a deadline (a timer task, not polling).
-private final class Collected: Sendable {
-    private struct Box {
-        var state = ChildOutput()
-        var version: UInt64 = 0
-        var nextWaiter: UInt64 = 0
-        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
-    }
-
-    /// `Locked` (pthread) rather than `Mutex`: ThreadSanitizer sees it.
-    private let box = Locked(Box())
-
-    /// Changes the state and wakes all waiters.
-    func update(_ body: (inout ChildOutput) -> Void) {
-        let woken = box.withLock { b -> [CheckedContinuation<Void, Never>] in
-            body(&b.state)
-            b.version &+= 1
-            defer { b.waiters.removeAll() }
-            return Array(b.waiters.values)
-        }
-        for w in woken { w.resume() }
-    }
-
-    func read<R: Sendable>(_ body: (ChildOutput) -> R) -> R {
-        box.withLock { b in body(b.state) }
-    }
-
-    /// Runs `check` (under the lock; it may take from the state) until it returns a value; nil when
-    /// `deadline` passes first. Errors thrown by `check` end the wait.
-    func wait<R: Sendable>(until deadline: ContinuousClock.Instant, _ check: (inout ChildOutput) throws -> R?) async throws -> R? {
-        while true {
-            let (result, version) = try box.withLock { b throws -> (R?, UInt64) in (try check(&b.state), b.version) }
-            if let result { return result }
-            if ContinuousClock.now >= deadline { return nil }
-            let id = box.withLock { b -> UInt64 in
-                b.nextWaiter += 1
-                return b.nextWaiter
-            }
-            let timer = Task { [self] in
-                try? await Task.sleep(until: deadline, clock: .continuous)
-                wake(id)
-            }
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let resumeNow = box.withLock { b -> Bool in
-                    // Changed since the check, or the timer may have fired already: look again.
-                    if b.version != version || ContinuousClock.now >= deadline { return true }
-                    b.waiters[id] = c
-                    return false
-                }
-                if resumeNow { c.resume() }
-            }
-            timer.cancel()
-        }
-    }
-
-    private func wake(_ id: UInt64) {
-        let waiter = box.withLock { $0.waiters.removeValue(forKey: id) }
-        waiter?.resume()
     }
 }

@@ -4,6 +4,7 @@ import NIOPosix
 
 /// State shared between NIO handlers (or reader threads) and a test, with a way to wait until it
 /// satisfies a condition, bounded by a deadline (an NIO timer, never polling or a bare sleep).
+/// Here, beside `ChildProcess` (which keeps a child's output in one), for the tests and aemp-bench.
 public final class Watched<State: Sendable>: Sendable {
     private struct Box {
         var state: State
