@@ -12,11 +12,13 @@ import Synchronization
 enum HTTPTestError: Error, CustomStringConvertible {
     case timeout(String)
     case connectionClosed(String)
+    /// The connection ended before any byte of the response arrived.
+    case closedUnanswered(String)
     case streamEnded(String)
 
     var description: String {
         switch self {
-        case .timeout(let s), .connectionClosed(let s), .streamEnded(let s): return s
+        case .timeout(let s), .connectionClosed(let s), .closedUnanswered(let s), .streamEnded(let s): return s
         }
     }
 }
@@ -147,7 +149,10 @@ final class HTTPTestClientHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        failAll(HTTPTestError.connectionClosed("the server closed the connection before answering"))
+        failAll(
+            head == nil
+                ? HTTPTestError.closedUnanswered("the server closed the connection before answering")
+                : HTTPTestError.connectionClosed("the server closed the connection in the middle of its answer"))
         context.fireChannelInactive()
     }
 
@@ -195,13 +200,28 @@ final class HTTPTestClient: Sendable {
             .connect(host: host, port: port).get()
     }
 
-    /// The open connection, or a new one if the server closed the last.
-    private func currentChannel() async throws -> any Channel {
-        if let c = channel.withLock({ $0 }), c.isActive { return c }
+    /// The open connection (reused), or a new one if the server closed the last.
+    private func currentChannel() async throws -> (channel: any Channel, reused: Bool) {
+        if let c = channel.withLock({ $0 }), c.isActive { return (c, true) }
+        return (try await newChannel(), false)
+    }
+
+    private func newChannel() async throws -> any Channel {
         let c = try await Self.connect(host: host, port: port)
         opened.add(1, ordering: .relaxed)
         channel.withLock { $0 = c }
         return c
+    }
+
+    /// Whether `error` says a reused connection was already closing when the request went out:
+    /// closed before any byte of an answer, or the write failed.
+    private static func isStale(_ error: any Error) -> Bool {
+        switch error {
+        case HTTPTestError.closedUnanswered: return true
+        case ChannelError.ioOnClosedChannel, ChannelError.alreadyClosed, ChannelError.outputClosed: return true
+        case let e as IOError: return [ECONNRESET, EPIPE].contains(e.errnoCode)
+        default: return false
+        }
     }
 
     /// Closes the connection.
@@ -225,37 +245,51 @@ final class HTTPTestClient: Sendable {
         // An answer may take longer under a sanitizer (the gateway and this process both run slower).
         let timeout = timeout * sanitizerSlowdown
         return try await sequence.withLock {
-            let channel = try await currentChannel()
-            var h = HTTPHeaders(headers)
-            if !h.contains(name: "Host") { h.add(name: "Host", value: "\(host):\(port)") }
-            if !h.contains(name: "Content-Length") && !h.contains(name: "Transfer-Encoding") {
-                if let body {
-                    h.add(name: "Content-Length", value: String(body.count))
-                } else if ["POST", "PUT", "PATCH"].contains(method) {
-                    h.add(name: "Content-Length", value: "0")
-                }
-            }
-            let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path, headers: h)
-            // Whatever happens, `promise` completes: with the response, with the connection's end
-            // (the handler), with a failed write (a closed channel never hands the request to the
-            // handler), or with the timeout. Later completions are ignored.
-            let promise = channel.eventLoop.makePromise(of: HTTPTestResponse.self)
-            let written = channel.eventLoop.makePromise(of: Void.self)
-            written.futureResult.whenFailure { promise.fail($0) }
-            let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout * 1e9))) {
-                promise.fail(HTTPTestError.timeout("no response to \(method) \(path) within \(timeout) s"))
-                channel.close(promise: nil)  // the connection is out of step now
-            }
-            defer { timer.cancel() }
-            channel.writeAndFlush(HTTPTestRequest(head: head, body: body, promise: promise), promise: written)
-            let response = try await promise.futureResult.get()
-            if response.header("Connection")?.lowercased().contains("close") == true {
-                // The server ends this connection: the next request opens a new one.
+            let (channel, reused) = try await currentChannel()
+            do {
+                return try await exchange(on: channel, method, path, headers: headers, body: body, timeout: timeout)
+            } catch where reused && ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"].contains(method) && Self.isStale(error) {
+                // An idle keep-alive connection the server closed (its timeout) just as this
+                // request went out: an idempotent request is retried once on a new connection,
+                // as curl, browsers and RFC 9112 section 9.3.1 do.
                 self.channel.withLock { if $0 === channel { $0 = nil } }
-                channel.close(promise: nil)
+                return try await exchange(on: try await newChannel(), method, path, headers: headers, body: body, timeout: timeout)
             }
-            return response
         }
+    }
+
+    private func exchange(
+        on channel: any Channel, _ method: String, _ path: String, headers: [(String, String)], body: [UInt8]?, timeout: Double
+    ) async throws -> HTTPTestResponse {
+        var h = HTTPHeaders(headers)
+        if !h.contains(name: "Host") { h.add(name: "Host", value: "\(host):\(port)") }
+        if !h.contains(name: "Content-Length") && !h.contains(name: "Transfer-Encoding") {
+            if let body {
+                h.add(name: "Content-Length", value: String(body.count))
+            } else if ["POST", "PUT", "PATCH"].contains(method) {
+                h.add(name: "Content-Length", value: "0")
+            }
+        }
+        let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path, headers: h)
+        // Whatever happens, `promise` completes: with the response, with the connection's end
+        // (the handler), with a failed write (a closed channel never hands the request to the
+        // handler), or with the timeout. Later completions are ignored.
+        let promise = channel.eventLoop.makePromise(of: HTTPTestResponse.self)
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenFailure { promise.fail($0) }
+        let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout * 1e9))) {
+            promise.fail(HTTPTestError.timeout("no response to \(method) \(path) within \(timeout) s"))
+            channel.close(promise: nil)  // the connection is out of step now
+        }
+        defer { timer.cancel() }
+        channel.writeAndFlush(HTTPTestRequest(head: head, body: body, promise: promise), promise: written)
+        let response = try await promise.futureResult.get()
+        if response.header("Connection")?.lowercased().contains("close") == true {
+            // The server ends this connection: the next request opens a new one.
+            self.channel.withLock { if $0 === channel { $0 = nil } }
+            channel.close(promise: nil)
+        }
+        return response
     }
 
     /// Sends `json` (encoded with jansson) with `Content-Type: application/json`.
