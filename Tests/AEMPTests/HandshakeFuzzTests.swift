@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOEmbedded
+import AEMPTestSupport
 import Testing
 
 @testable import AEMP
@@ -23,7 +24,12 @@ struct HandshakeFuzzTests {
         handshakeTimeout: .seconds(5), maxHandshakeBuffer: 4096, maxPacketSize: 64 << 10)
 
     @Test("mutated captured handshakes: no crash, bounded buffer, closed with a reason by the deadline")
-    func handshakes() throws {
+    func handshakes() async throws {
+        // Seconds of CPU: off the cooperative pool (see `computing`).
+        try await computing { try mutatedHandshakes() }
+    }
+
+    private func mutatedHandshakes() throws {
         let captures = try WireAbuseTests.Capture.all()
         try #require(captures.count >= 20)
         var rng = SeededGenerator(seed: "handshake-fuzz")
@@ -50,7 +56,12 @@ struct HandshakeFuzzTests {
     }
 
     @Test("mutated captured data phases after a valid handshake: no crash, bounded buffer, every close has a reason")
-    func dataPhases() throws {
+    func dataPhases() async throws {
+        // Seconds of CPU: off the cooperative pool (see `computing`).
+        try await computing { try mutatedDataPhases() }
+    }
+
+    private func mutatedDataPhases() throws {
         let captures = try WireAbuseTests.Capture.all().filter { Framing(rawValue: $0.framing) != nil && !$0.data.isEmpty }
         try #require(captures.count >= 10)
         var rng = SeededGenerator(seed: "data-phase-fuzz")
