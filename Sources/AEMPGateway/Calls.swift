@@ -2,6 +2,14 @@ import AEMP
 import NIOCore
 import Synchronization
 
+/// Why a call could not start (`SendRoutes` answers it with its problem).
+enum CallError: Error, Equatable {
+    /// `--max-pending-calls` calls are waiting for their replies.
+    case tooMany(limit: Int)
+    /// The node refused the reply port (its name is taken: never for a fresh random name).
+    case portRefused
+}
+
 /// The gateway's calls in flight (`POST /v1/call`), as a service: the library's `cal` under the
 /// gateway's limit on calls in flight (`--max-pending-calls`). `SendRoutes` turns a request into a
 /// call and its ending into a response. Any thread.
@@ -18,15 +26,15 @@ final class Calls: Sendable {
     /// Calls in flight now.
     var inFlight: Int { pending.load(ordering: .relaxed) }
 
-    /// Starts a call: `ended` runs once, with the reply or why there is none. 503 at the limit.
+    /// Starts a call: `ended` runs once, with the reply or why there is none. `tooMany` at the limit.
     /// The reply port is named `replyName` (unguessable: see `SendRoutes.call`).
     func start(
         _ target: PortID, _ message: [Value], timeout seconds: Double, replyName: String,
         ended: @escaping @Sendable (Result<[Value], RequestError>) -> Void
-    ) throws(Problem) -> Call {
+    ) throws(CallError) -> Call {
         guard pending.wrappingAdd(1, ordering: .relaxed).newValue <= limit else {
             pending.wrappingSubtract(1, ordering: .relaxed)
-            throw .overloaded("too many calls in flight (\(limit))")
+            throw .tooMany(limit: limit)
         }
         let call = node.cal(target, message, timeout: .nanoseconds(Int64(seconds * 1e9)), replyName: replyName) { [self] result in
             pending.wrappingSubtract(1, ordering: .relaxed)
@@ -34,7 +42,7 @@ final class Calls: Sendable {
         }
         guard let call else {
             pending.wrappingSubtract(1, ordering: .relaxed)
-            throw Problem(500, "internal_error", "Internal error", "could not create a reply port for the call")
+            throw .portRefused
         }
         return call
     }

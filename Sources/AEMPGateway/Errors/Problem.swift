@@ -160,3 +160,33 @@ extension Problem {
         return p
     }
 }
+
+/// The services' errors, as HTTP problems: the one place a domain error gets its status and code.
+extension Problem {
+    init(_ error: MailboxError) {
+        switch error {
+        case .invalidName(let name):
+            self.init(
+                422, "invalid_mailbox_name", "Invalid mailbox name",
+                "\(name.debugDescription) is not a mailbox name (letters, digits, '.', '_', '-')")
+        case .unknown(let name): self = .unknownMailbox(name)
+        case .gone(let name, let why, let reason): self = .mailboxGone(name, why, reason: reason)
+        case .full(let limit): self = .overloaded("the gateway holds its maximum of \(limit) mailboxes")
+        case .portRefused: self.init(500, "internal_error", "Internal error", "could not create a port for the mailbox")
+        }
+    }
+
+    init(_ error: FeedError) {
+        switch error {
+        case .full(let family, let limit):
+            self = .overloaded("family \(family.debugDescription) has its maximum of \(limit) subscribers")
+        }
+    }
+
+    init(_ error: CallError) {
+        switch error {
+        case .tooMany(let limit): self = .overloaded("too many calls in flight (\(limit))")
+        case .portRefused: self.init(500, "internal_error", "Internal error", "could not create a reply port for the call")
+        }
+    }
+}

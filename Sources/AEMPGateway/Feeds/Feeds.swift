@@ -1,6 +1,12 @@
 import AEMP
 import NIOCore
 
+/// Why a family's feed cannot be joined (`DatabaseRoutes` answers it with its problem).
+enum FeedError: Error, Equatable {
+    /// The family has its maximum of subscribers (`--max-subscribers-per-family`).
+    case full(family: String, limit: Int)
+}
+
 /// The gateway's family feeds, as a service: one `FamilyFeed` (one `db_mon`) per watched family,
 /// shared by every client; idle ones give up their subscription and leave a memory behind.
 /// `DatabaseRoutes` turns HTTP into these calls. Any thread.
@@ -21,9 +27,9 @@ final class Feeds: Sendable {
         maxSubscribers = c.maxSubscribersPerFamily
     }
 
-    /// The shared feed of a family, made (and its `db_mon` started) on first use; 503 when the
+    /// The shared feed of a family, made (and its `db_mon` started) on first use; `full` when the
     /// family has its maximum of subscribers.
-    func feed(_ family: String) throws(Problem) -> FamilyFeed {
+    func feed(_ family: String) throws(FeedError) -> FamilyFeed {
         let (feed, created) = registry.withLock { f -> (FamilyFeed, Bool) in
             if let existing = f.active[family] {
                 existing.touch()
@@ -34,9 +40,7 @@ final class Feeds: Sendable {
             return (feed, true)
         }
         if created { feed.attach(node.dbMon(family) { feed.apply($0) }) }
-        guard feed.subscriberCount < maxSubscribers else {
-            throw .overloaded("family \(family.debugDescription) has its maximum of \(maxSubscribers) subscribers")
-        }
+        guard feed.subscriberCount < maxSubscribers else { throw .full(family: family, limit: maxSubscribers) }
         return feed
     }
 

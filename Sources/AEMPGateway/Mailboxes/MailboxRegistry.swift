@@ -61,19 +61,15 @@ final class MailboxRegistry: Sendable {
         }
     }
 
-    /// The live mailbox of that name, or the problem to answer (422 / 404 / 410).
-    func lookup(_ name: String) throws(Problem) -> Mailbox {
-        guard Self.isWellFormed(name) else {
-            throw Problem(
-                422, "invalid_mailbox_name", "Invalid mailbox name",
-                "\(name.debugDescription) is not a mailbox name (letters, digits, '.', '_', '-')")
-        }
+    /// The live mailbox of that name, or why there is none.
+    func lookup(_ name: String) throws(MailboxError) -> Mailbox {
+        guard Self.isWellFormed(name) else { throw .invalidName(name) }
         if let mailbox = mailboxes.withLock({ $0[name] }) { return mailbox }
-        if let gone = tombstones.withLock({ $0.lookup(name) }) { throw .mailboxGone(name, gone.why, reason: gone.reason) }
+        if let gone = tombstones.withLock({ $0.lookup(name) }) { throw .gone(name, why: gone.why, reason: gone.reason) }
         if let dot = name.firstIndex(of: "."), name[..<dot] != instance {
-            throw .mailboxGone(name, "belonged to an earlier gateway process (this one is \(instance))")
+            throw .gone(name, why: "belonged to an earlier gateway process (this one is \(instance))", reason: nil)
         }
-        throw .unknownMailbox(name)
+        throw .unknown(name)
     }
 
     /// Removes a mailbox and remembers why it is gone.

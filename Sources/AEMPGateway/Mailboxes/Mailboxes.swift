@@ -2,6 +2,21 @@ import AEMP
 import Logging
 import NIOCore
 
+/// Why a mailbox operation failed (`MailboxRoutes` answers each with its problem).
+enum MailboxError: Error, Equatable {
+    /// Not a mailbox name at all (letters, digits, '.', '_', '-'; at most 128 bytes).
+    case invalidName(String)
+    /// No mailbox of that name ever existed here (that this gateway remembers).
+    case unknown(String)
+    /// It existed and closed: deleted, expired, killed (with the kill's reason), or it belonged
+    /// to an earlier gateway process.
+    case gone(String, why: String, reason: Value?)
+    /// The gateway holds its maximum of mailboxes (`--max-mailboxes`).
+    case full(limit: Int)
+    /// The node refused the mailbox's port (its name is taken: never for a fresh random name).
+    case portRefused
+}
+
 /// The gateway's mailboxes, as a service: made, looked up, monitored from, deleted and expired
 /// here, in domain terms (mailboxes, ports, reasons); `MailboxRoutes` turns HTTP into these calls
 /// and their results and problems into responses. Any thread.
@@ -50,19 +65,17 @@ final class Mailboxes: Sendable {
         return (all.count, parked, queued)
     }
 
-    /// The live mailbox of that name, or the problem (422 / 404 / 410).
-    func lookup(_ name: String) throws(Problem) -> Mailbox { try registry.lookup(name) }
+    /// The live mailbox of that name, or why there is none.
+    func lookup(_ name: String) throws(MailboxError) -> Mailbox { try registry.lookup(name) }
 
     /// A new mailbox and its port (`ttl` and `maxQueue` already within `limits`). A `kil` of the
     /// port from anywhere closes it.
-    func create(ttl: Int, maxQueue: Int) throws(Problem) -> Mailbox {
+    func create(ttl: Int, maxQueue: Int) throws(MailboxError) -> Mailbox {
         let name = registry.newName()
         let mailbox = Mailbox(
             name: name, port: PortID(node: node.id, name: name), maxQueue: maxQueue, ttl: .seconds(Int64(ttl)), metrics: metrics,
             budget: budget)
-        guard registry.add(mailbox) else {
-            throw .overloaded("the gateway holds its maximum of \(registry.limit) mailboxes")
-        }
+        guard registry.add(mailbox) else { throw .full(limit: registry.limit) }
         let port = node.port(
             named: name,
             { message in mailbox.deliver(["type": "message", "message": .array(message)]) },
@@ -72,13 +85,13 @@ final class Mailboxes: Sendable {
             })
         guard port != nil else {
             _ = registry.remove(name, reason: "could not be created")
-            throw Problem(500, "internal_error", "Internal error", "could not create a port for the mailbox")
+            throw .portRefused
         }
         return mailbox
     }
 
     /// Deletes a mailbox: closed here, then `kil` of its port.
-    func delete(_ name: String) throws(Problem) {
+    func delete(_ name: String) throws(MailboxError) {
         let mailbox = try lookup(name)
         close(name, "was deleted", killReason: nil)
         node.kil(mailbox.port)
@@ -103,7 +116,7 @@ final class Mailboxes: Sendable {
     }
 
     /// Monitors `target` from a mailbox: its death arrives in the mailbox as a `monitor` entry.
-    func monitor(_ target: PortID, from mailbox: Mailbox) throws(Problem) {
+    func monitor(_ target: PortID, from mailbox: Mailbox) throws(MailboxError) {
         let monitor = node.mon(target) { reason in
             mailbox.deliver(["type": "monitor", "port": .string(target.description), "reason": .array(reason)])
         }
@@ -113,10 +126,10 @@ final class Mailboxes: Sendable {
         }
     }
 
-    /// The problem for a mailbox that closed while a client used it.
-    static func gone(_ mailbox: Mailbox) -> Problem {
+    /// The error for a mailbox that closed while a client used it.
+    static func gone(_ mailbox: Mailbox) -> MailboxError {
         let (why, reason) = mailbox.closedReason ?? ("is gone", nil)
-        return .mailboxGone(mailbox.name, why, reason: reason)
+        return .gone(mailbox.name, why: why, reason: reason)
     }
 }
 

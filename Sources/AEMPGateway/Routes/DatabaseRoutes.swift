@@ -116,7 +116,7 @@ extension Gateway {
             throw .invalidRequest("the body must be {\"port\": \"<mailbox name>\", \"value\": ...}")
         }
         try refuseUnknownMembers(o, allowed: ["port", "value"])
-        let mailbox = try mailboxes.lookup(name)
+        let mailbox = try mailbox(name)
         let value = o["value"] ?? .null
         try requireCarriable(databaseValue: value, family: family, subkey: mailbox.port.description, bodyBytes: request.body.count)
         node.dbReg(family, port: mailbox.port, value)
@@ -133,7 +133,8 @@ extension Gateway {
     func watch(family: String, _ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
         try checkFamily(family)
         let lastEventID = request.header("last-event-id") ?? request.query["last_event_id"]
-        let feed = try feeds.feed(family)
+        let feed: FamilyFeed
+        do { feed = try feeds.feed(family) } catch { throw Problem(error) }
         let token = nextToken()
         if wantsEventStream(request) {
             // HEAD: the stream's header block, nothing subscribed.

@@ -27,7 +27,8 @@ extension Gateway {
                 maxQueue = Int(n)
             }
         }
-        let mailbox = try mailboxes.create(ttl: ttl, maxQueue: maxQueue)
+        let mailbox: Mailbox
+        do { mailbox = try mailboxes.create(ttl: ttl, maxQueue: maxQueue) } catch { throw Problem(error) }
         logger.info("mailbox created", metadata: ["mailbox": "\(mailbox.name)", "request": "\(request.requestID)"])
         return .json(
             201,
@@ -37,14 +38,19 @@ extension Gateway {
             ], headers: [("Location", "/v1/ports/\(mailbox.name)")])
     }
 
+    /// The live mailbox of that name, or the problem to answer (422, 404 or 410).
+    func mailbox(_ name: String) throws(Problem) -> Mailbox {
+        do { return try mailboxes.lookup(name) } catch { throw Problem(error) }
+    }
+
     /// `GET /v1/ports/{name}`: the mailbox's settings and queue state.
     func mailboxInfo(_ name: String) throws(Problem) -> HTTPResponse {
-        .json(200, try mailboxes.lookup(name).info)
+        .json(200, try mailbox(name).info)
     }
 
     /// `DELETE /v1/ports/{name}`: `kil` of the mailbox's port.
     func deleteMailbox(_ name: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
-        try mailboxes.delete(name)
+        do { try mailboxes.delete(name) } catch { throw Problem(error) }
         return .json(200, ["name": .string(name), "deleted": true])
     }
 
@@ -57,7 +63,7 @@ extension Gateway {
 
     /// `GET /v1/ports/{name}/messages`: long-poll (`after`, `max`, `wait`) or SSE.
     func readMailbox(_ name: String, _ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
-        let mailbox = try mailboxes.lookup(name)
+        let mailbox = try mailbox(name)
         let lastEventID = request.header("last-event-id") ?? request.query["last_event_id"]
         var acknowledged: UInt64?
         if let raw = request.query["after"] ?? lastEventID {
@@ -78,7 +84,7 @@ extension Gateway {
         let token = nextToken()
         if wantsEventStream(request) {
             let stream = EventStream(limit: configuration.streamBacklog, budget: streamBudget)
-            guard mailbox.subscribe(token, stream: stream, after: after) else { throw Mailboxes.gone(mailbox) }
+            guard mailbox.subscribe(token, stream: stream, after: after) else { throw Problem(Mailboxes.gone(mailbox)) }
             stream.onClose { mailbox.unsubscribe(token) }
             return .eventStream(stream)
         }
@@ -101,18 +107,18 @@ extension Gateway {
         if parked { return nil }
         timer.cancel()
         if let batch = mailbox.poll(after: after, max: max) { return Self.response(batch) }
-        throw Mailboxes.gone(mailbox)
+        throw Problem(Mailboxes.gone(mailbox))
     }
 
     /// `POST /v1/ports/{name}/monitor {"port": …}`: the port's death arrives as an event.
     func monitorFromMailbox(_ name: String, _ request: HTTPRequest) throws(Problem) -> HTTPResponse {
-        let mailbox = try mailboxes.lookup(name)
+        let mailbox = try mailbox(name)
         guard case .object(let o) = try jsonBody(request), let raw = o["port"] else {
             throw .invalidRequest("the body must be {\"port\": \"node#name\"}")
         }
         try refuseUnknownMembers(o, allowed: ["port"])
         let target = try Destination.parse(raw)
-        try mailboxes.monitor(target, from: mailbox)
+        do { try mailboxes.monitor(target, from: mailbox) } catch { throw Problem(error) }
         return .json(200, ["name": .string(name), "monitoring": .string(target.description)])
     }
 }

@@ -137,7 +137,7 @@ extension Gateway {
         let seconds = timeout
         // The node's cal: the reply port, the monitor on the target and the timer are released
         // by whichever ending comes first (a hang-up cancels it).
-        let call = try calls.start(target, message, timeout: seconds, replyName: replyName) { [self] result in
+        let ended: @Sendable (Result<[Value], RequestError>) -> Void = { [self] result in
             let p: Problem
             switch result {
             case .success(let reply):
@@ -161,6 +161,8 @@ extension Gateway {
             log(request, p)
             exchange.respond(p.response(requestID: request.requestID))
         }
+        let call: Call
+        do { call = try calls.start(target, message, timeout: seconds, replyName: replyName, ended: ended) } catch { throw Problem(error) }
         // A client that hangs up before the reply frees its call slot, reply port and monitor.
         exchange.onHangup { call.cancel() }
         metrics.messagesSent.increment()
