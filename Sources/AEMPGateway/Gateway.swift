@@ -42,6 +42,7 @@ public final class Gateway: HTTPHandler, Sendable {
     // Cross-cutting concerns.
     let authentication: Authentication
     let cors: CORSPolicy
+    let browser: BrowserSafety
     let requestLog: RequestLog
     let metrics = GatewayMetrics()
 
@@ -73,6 +74,9 @@ public final class Gateway: HTTPHandler, Sendable {
         self.streamBudget = ByteBudget(limit: c.maxStreamBytes)
         self.authentication = Authentication(tokens: c.tokens)
         self.cors = CORSPolicy(origins: c.corsOrigins)
+        self.browser = BrowserSafety(
+            allowedHosts: c.allowedHosts, listenAddresses: [c.http.address] + c.additionalHTTPAddresses + (c.adminHTTPAddress.map { [$0] } ?? []),
+            cors: cors, anyContentType: c.allowAnyContentType)
         self.requestLog = RequestLog(logger: c.logger)
         self.logger = c.logger
         JSONBody.conversionLog.use(c.logger)
@@ -254,6 +258,10 @@ public final class Gateway: HTTPHandler, Sendable {
     {
         guard cors.isOff, let (route, label) = Self.routes.quickRoute(method: method, path: path), let quick = route.quick else { return nil }
         let start = ContinuousClock.now
+        // The browser checks (any page's Origin on this write goes the general way, which decides).
+        guard header("Origin") == nil, (try? browser.checkHost(header("Host"))) != nil,
+            (try? browser.checkContentType(header("Content-Type"))) != nil
+        else { return nil }
         if !authentication.isOff {
             guard (try? checkAccess(route.access, method: method, authorization: header("Authorization"))) != nil else { return nil }
         }

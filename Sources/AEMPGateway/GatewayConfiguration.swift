@@ -76,8 +76,14 @@ public struct GatewayConfiguration: Sendable {
     /// Whether `GET /metrics` is served without a token when `tokens` are configured (without
     /// tokens it is always open). Off by default: a scraper then sends a read-only token.
     public var metricsPublic = false
-    /// Origins allowed by CORS (`*` = any); empty = no CORS headers.
+    /// Origins allowed by CORS (`*` = any); empty = no CORS headers. State-changing requests from
+    /// pages of other origins are refused (`BrowserSafety`).
     public var corsOrigins: Set<String> = []
+    /// Names allowed in `Host` besides addresses, localhost and the names the gateway listens on
+    /// (`*` = any): DNS rebinding protection (`BrowserSafety`).
+    public var allowedHosts: [String] = []
+    /// Accept JSON bodies whatever their `Content-Type` (off: 415 unless `application/json`).
+    public var allowAnyContentType = false
     public var logger = Logger(label: "aemp-gateway")
     /// Level and format of the executable's log lines (the executable builds `logger` from them).
     public var logLevel: Logger.Level = .notice

@@ -55,6 +55,12 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("cors-origin"), help: ArgumentHelp(GatewaySettings.help("cors-origin")))
     var corsOrigin: [String] = []
 
+    @Option(name: .customLong("allowed-host"), help: ArgumentHelp(GatewaySettings.help("allowed-host")))
+    var allowedHost: [String] = []
+
+    @Flag(name: .customLong("allow-any-content-type"), help: ArgumentHelp(GatewaySettings.help("allow-any-content-type")))
+    var allowAnyContentType = false
+
     @Option(name: .customLong("allow-node-port-tag"), help: ArgumentHelp(GatewaySettings.help("allow-node-port-tag")))
     var allowNodePortTag: [String] = []
 
@@ -179,6 +185,8 @@ struct GatewayCommand: AsyncParsableCommand {
             "handshake-timeout": handshakeTimeout,
             "token-file": tokenFile,
             "cors-origin": corsOrigin,
+            "allowed-host": allowedHost,
+            "allow-any-content-type": allowAnyContentType ? ["true"] : [],
             "allow-node-port-tag": allowNodePortTag,
             "max-body": maxBody,
             "max-packet": maxPacket,

@@ -174,7 +174,7 @@ struct DatabaseTests {
             try await eventually("the node sees the gateway's key") {
                 try await node.family("cfg")["max/size"] == ["limit": 10, "unit": "MB"]
             }
-            let scalar = try await net.http.request("PUT", "/v1/db/cfg/flag", body: Array("true".utf8))
+            let scalar = try await net.http.request("PUT", "/v1/db/cfg/flag", headers: [("Content-Type", "application/json")], body: Array("true".utf8))
             #expect(scalar.status == 200, "\(scalar)")
             try await eventually("the node sees a scalar value") { try await node.family("cfg")["flag"] == true }
 
@@ -194,8 +194,9 @@ struct DatabaseTests {
             expectProblem(try await net.http.request("PUT", "/v1/db/'l/fake-node", json: ["10.0.0.1:4040"]), 403, "reserved_family")
             expectProblem(try await net.http.request("DELETE", "/v1/db/%27l/\(net.seed.id)"), 403, "reserved_family")
 
-            expectProblem(try await net.http.request("PUT", "/v1/db/cfg/x", body: Array("{oops".utf8)), 400, "malformed_json")
-            expectProblem(try await net.http.request("PUT", "/v1/db/cfg/x"), 400, "malformed_json")
+            expectProblem(try await net.http.request("PUT", "/v1/db/cfg/x", headers: [("Content-Type", "application/json")], body: Array("{oops".utf8)), 400, "malformed_json")
+            expectProblem(try await net.http.request("PUT", "/v1/db/cfg/x", headers: [("Content-Type", "application/json")]), 400, "malformed_json")
+            expectProblem(try await net.http.request("PUT", "/v1/db/cfg/x"), 415, "unsupported_media_type")
         }
     }
 

@@ -50,7 +50,7 @@ struct FaultTests {
             let node = try makeNode(id: "gw-fault-%u", binds: ["127.0.0.1:0"], seeds: [seed.address])
             cleanup.add { await node.shutdown() }
             try await node.start()
-            #expect(try await node.waitForMaster(timeout: .seconds(15)) == seed.id)
+            #expect(try await node.waitForMaster(timeout: stretched(.seconds(15))) == seed.id)
 
             let first = try await GatewayProcess.start(seeds: [seed.address])
             cleanup.add { first.child.stop() }
@@ -97,7 +97,7 @@ struct MasterFailoverTests {
             let node = try makeNode(id: "gw-fo-node-%u", binds: ["127.0.0.1:0"], seeds: [seedA.address, seedB.address])
             cleanup.add { await node.shutdown() }
             try await node.start()
-            _ = try await node.waitForMaster(timeout: .seconds(15))
+            _ = try await node.waitForMaster(timeout: stretched(.seconds(15)))
 
             let gateway = try await GatewayProcess.start(seeds: [seedA.address, seedB.address])
             cleanup.add { gateway.child.stop() }

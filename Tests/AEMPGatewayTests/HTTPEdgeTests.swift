@@ -17,7 +17,7 @@ struct HTTPEdgeTests {
             let junk = { (n: Int) in (0..<n).map { "a\($0)=\($0)" }.joined(separator: "&") }
             // Also as names without values, and as the bare separators the shortest URL holds most of.
             for query in [junk(150), "wait=0&" + junk(149), String(repeating: "x&", count: 600), String(repeating: "&", count: 1500)] {
-                let (answer, took) = try await Self.exchange(gateway, "GET /v1/ports/\(box.name)/messages?\(query) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                let (answer, took) = try await Self.exchange(gateway, "GET /v1/ports/\(box.name)/messages?\(query) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 let p = expectProblem(try HostileInputTests.response(answer), 414, "too_many_arguments")
                 #expect(p["limit"] == 100, "\(p)")
                 Self.expectOneAnswer(answer, took)
@@ -36,7 +36,7 @@ struct HTTPEdgeTests {
         try await HostileInputTests.withGateway(Self.arguments + ["--max-body", "1024"]) { gateway, http in
             for size in ["ffffffffffffffff", "FFFFFFFFFFFFFFFF;ext=1", "100000"] {
                 // 64 KiB of the chunk arrive, the rest never does.
-                let bytes = Array("POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\(size)\r\n".utf8)
+                let bytes = Array("POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\(size)\r\n".utf8)
                     + [UInt8](repeating: UInt8(ascii: "x"), count: 65_536)
                 let (answer, took) = try await Self.exchange(gateway, bytes)
                 let p = expectProblem(try HostileInputTests.response(answer), 413, "body_too_large")
@@ -60,7 +60,7 @@ struct HTTPEdgeTests {
                 ("Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n", 400, "malformed_request"),
             ] {
                 let (answer, took) = try await Self.exchange(
-                    gateway, "POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\(fields)\r\n\(body)")
+                    gateway, "POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\(fields)\r\n\(body)")
                 let r = try HostileInputTests.response(answer)
                 expectProblem(r, status, code)
                 #expect(r.header("Connection")?.lowercased() == "close", "\(fields): \(r)")
@@ -71,7 +71,7 @@ struct HTTPEdgeTests {
             let message = #"{"port": "\#(box.port)", "message": ["chunked"]}"#
             let (sent, _) = try await Self.exchange(
                 gateway,
-                "POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: CHUNKED\r\nConnection: close\r\n\r\n"
+                "POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: CHUNKED\r\nConnection: close\r\n\r\n"
                     + String(message.utf8.count, radix: 16) + "\r\n\(message)\r\n0\r\n\r\n")
             #expect(try HostileInputTests.response(sent).status == 202, "\(String(decoding: sent, as: UTF8.self))")
         }
@@ -82,7 +82,7 @@ struct HTTPEdgeTests {
         try await HostileInputTests.withGateway(Self.arguments) { gateway, http in
             for length in ["-1", "1x", "99999999999999999999999"] {
                 let (answer, took) = try await Self.exchange(
-                    gateway, "POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(length)\r\n\r\n{}")
+                    gateway, "POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(length)\r\n\r\n{}")
                 let r = try HostileInputTests.response(answer)
                 #expect(r.status == (length.count > 20 ? 413 : 400), "\(length): \(r)")
                 #expect(took < promptly(.seconds(2)), "answered after \(took)")
@@ -120,7 +120,7 @@ struct HTTPEdgeTests {
                 // must be the second answer, so HEAD sent no body. (The head of an event stream
                 // has no length: the connection ends after it, as it would after the stream.)
                 let (answer, took) = try await Self.exchange(
-                    gateway, "HEAD \(path) HTTP/1.1\r\nHost: x\r\n\(fields)\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    gateway, "HEAD \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\(fields)\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 #expect(took < promptly(.seconds(2)), "HEAD \(path) took \(took)")
                 let text = String(decoding: answer, as: UTF8.self)
                 let end = try #require(text.range(of: "\r\n\r\n"), "HEAD \(path): \(text)")

@@ -46,7 +46,7 @@ struct HangupTests {
                 // one before (20 more connections than a round at most).
                 for round in 1...3 {
                     let opened = try await Self.open(
-                        polls, "GET /v1/ports/\(box.name)/messages?wait=120 HTTP/1.1\r\nHost: x\r\n\r\n", gateway: gateway, http: http,
+                        polls, "GET /v1/ports/\(box.name)/messages?wait=120 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", gateway: gateway, http: http,
                         waiting: "aemp_gateway_long_polls_parked")
                     for c in opened { c.close() }
                     try await eventually(within: 5, "round \(round): the hung-up long-polls are gone") {
@@ -57,7 +57,7 @@ struct HangupTests {
 
                 // Calls to a port that never answers (the mailbox's), 120 s: all but 10 slots, twice.
                 let call = "{\"port\":\"\(box.port)\",\"message\":[\"q\"],\"timeout\":120}"
-                let request = "POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(call.utf8.count)\r\n\r\n\(call)"
+                let request = "POST /v1/call HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(call.utf8.count)\r\n\r\n\(call)"
                 for round in 1...2 {
                     let opened = try await Self.open(calls, request, gateway: gateway, http: http, waiting: "aemp_gateway_calls_in_flight")
                     for c in opened { c.close() }
@@ -77,7 +77,7 @@ struct HangupTests {
                 for path in ["/v1/ports/\(box.name)/messages", "/v1/db/hangup/watch"] {
                     for _ in 0..<streamsPer {
                         let c = try await RawConnection(port: gateway.port)
-                        await c.send(Array("GET \(path) HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".utf8))
+                        await c.send(Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".utf8))
                         streams.append(c)
                     }
                 }

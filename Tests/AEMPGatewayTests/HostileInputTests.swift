@@ -235,7 +235,7 @@ struct HostileInputTests {
             let tenMB = 10 * 1024 * 1024
             let before = try gateway.residentMegabytes()
             let x = [UInt8](repeating: UInt8(ascii: "x"), count: tenMB)
-            func head(_ fields: String) -> [UInt8] { Array("POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\(fields)\r\n".utf8) }
+            func head(_ fields: String) -> [UInt8] { Array("POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\(fields)\r\n".utf8) }
 
             // Content-Length says 10 MB: refused before the body is read, the connection closed.
             let declared = try await gateway.raw(head("Content-Length: \(tenMB)\r\n") + x, timeout: 20)
@@ -258,7 +258,7 @@ struct HostileInputTests {
             for offset in stride(from: 0, to: tenMB, by: 65_536) {
                 chunked += Array("10000\r\n".utf8) + x[offset..<(offset + 65_536)] + [13, 10]
             }
-            chunked += Array("0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8)
+            chunked += Array("0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
             // Three at once, the gateway's RSS sampled meanwhile: a body kept whole would show as
             // 10 MB each; what is kept is at most the 1 MiB limit.
             enum Upload: Sendable { case answer([UInt8]), highestRSS(Int) }
@@ -312,7 +312,7 @@ struct HostileInputTests {
         try await Self.withGateway { gateway, http in
             let box = try await gateway.createMailbox(http)
             let body = #"{"port": "\#(box.port)", "message": ["smuggled"]}"#
-            let next = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            let next = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
             for fields in [
                 "Content-Length: \(body.utf8.count)\r\nContent-Length: 5\r\n",
                 "Content-Length: 5\r\nContent-Length: \(body.utf8.count)\r\n",
@@ -321,7 +321,7 @@ struct HostileInputTests {
                 "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
             ] {
                 // What a front proxy believing the other field would take for a second request follows.
-                let bytes = Array("POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\(fields)\r\n\(body)\(next)".utf8)
+                let bytes = Array("POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\(fields)\r\n\(body)\(next)".utf8)
                 let answer = try await gateway.raw(bytes)
                 let r = try Self.response(answer)
                 expectProblem(r, 400, "malformed_request")
@@ -330,7 +330,7 @@ struct HostileInputTests {
                 #expect(String(decoding: answer, as: UTF8.self).components(separatedBy: "HTTP/1.1 ").count == 2, "\(String(decoding: answer, as: UTF8.self))")
             }
             // Nothing was sent; the same field twice with the same value is one field (RFC 9112 6.3).
-            let same = Array("POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8)
+            let same = Array("POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8)
             #expect(try Self.response(try await gateway.raw(same)).status == 202)
             let polled = try await http.request("GET", "/v1/ports/\(box.name)/messages?wait=5", timeout: 15)
             #expect(GatewayNetwork.messages(polled) == [["smuggled"]], "exactly the one unambiguous request was delivered: \(polled)")
@@ -344,9 +344,9 @@ struct HostileInputTests {
         try await Self.withGateway { gateway, http in
             let manyFields = (0..<5_000).map { "X-Flood-\($0): v\r\n" }.joined()
             let cases: [(String, [UInt8], Int)] = [
-                ("5,000 fields", Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\(manyFields)\r\n".utf8), 431),
-                ("a 100 KB field", Array("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 100_000))\r\n\r\n".utf8), 431),
-                ("a 100 KB URL", Array("GET /v1/db/\(String(repeating: "a", count: 100_000)) HTTP/1.1\r\nHost: x\r\n\r\n".utf8), 414),
+                ("5,000 fields", Array("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\(manyFields)\r\n".utf8), 431),
+                ("a 100 KB field", Array("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: \(String(repeating: "a", count: 100_000))\r\n\r\n".utf8), 431),
+                ("a 100 KB URL", Array("GET /v1/db/\(String(repeating: "a", count: 100_000)) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8), 414),
                 ("a 1 MB header block without an end", Array("GET /healthz HTTP/1.1\r\n\(String(repeating: "X-A: b\r\n", count: 131_072))".utf8), 431),
             ]
             for (what, bytes, status) in cases {
@@ -388,18 +388,18 @@ struct HostileInputTests {
                 let c = try await RawConnection(port: gateway.port)
                 // Header fields that never end; bodies that never complete (the second kind).
                 await c.send(Array((i % 3 == 2
-                    ? "POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"port\":"
-                    : "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").utf8))
+                    ? "POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{\"port\":"
+                    : "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").utf8))
                 slow.append(c)
             }
             // A keep-alive connection: one request answered, then the next one trickles (its time
             // counts from the answer).
             let keepAlive = try await RawConnection(port: gateway.port)
-            await keepAlive.send(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            await keepAlive.send(Array("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8))
             let first = try await keepAlive.wait(within: 5) { HTTPTestResponse.isComplete($0) }
             #expect(first.flatMap(HTTPTestResponse.parse)?.status == 200)
             openedAt.append(.now)
-            await keepAlive.send(Array("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".utf8))
+            await keepAlive.send(Array("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".utf8))
             slow.append(keepAlive)
             // A connection that sends nothing at all.
             openedAt.append(.now)
@@ -434,7 +434,7 @@ struct HostileInputTests {
             // A request that arrives in pieces, but in time, is served.
             let pieces = try await RawConnection(port: gateway.port)
             defer { pieces.close() }
-            for piece in ["GET /heal", "thz HTTP/1.1\r\nHo", "st: x\r\n\r\n"] {
+            for piece in ["GET /heal", "thz HTTP/1.1\r\nHo", "st: 127.0.0.1\r\n\r\n"] {
                 await pieces.send(Array(piece.utf8))
                 try await Task.sleep(for: .milliseconds(400))
             }
@@ -480,7 +480,7 @@ struct HostileInputTests {
                 }
                 try await Task.sleep(for: .milliseconds(500))
                 let before = try gateway.residentMegabytes()
-                let request = Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+                let request = Array("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8)
 
                 // The gateway's limit, filled: every connection gets an answer (keep-alive, open).
                 var open: [RawConnection] = []
@@ -606,7 +606,7 @@ struct HostileInputTests {
     static func raw(
         _ gateway: GatewayProcess, _ method: String, _ path: [UInt8], headers: [UInt8] = [], body: [UInt8] = []
     ) async throws -> HTTPTestResponse {
-        var bytes = Array("\(method) ".utf8) + path + Array(" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".utf8) + headers
+        var bytes = Array("\(method) ".utf8) + path + Array(" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".utf8) + headers
         if !body.isEmpty || method == "POST" || method == "PUT" {
             bytes += Array("Content-Type: application/json\r\nContent-Length: \(body.count)\r\n".utf8)
         }
@@ -641,7 +641,7 @@ extension GatewayProcess {
         #expect(child.isRunning, "the gateway died after \(what): \(log.suffix(2000))", sourceLocation: sourceLocation)
         let kept = try await http.request("GET", "/healthz")
         let fresh = try HostileInputTests.response(
-            try await raw(Array("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8)), sourceLocation: sourceLocation)
+            try await raw(Array("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)), sourceLocation: sourceLocation)
         #expect(kept.status == 200 && fresh.status == 200, "after \(what): \(kept) / \(fresh)", sourceLocation: sourceLocation)
     }
 

@@ -60,7 +60,7 @@ struct LogFloodTests {
             let node = try Node(configuration: c)
             cleanup.add { await node.shutdown() }
             try await node.start()
-            #expect(try await node.waitForMaster(timeout: .seconds(10)) == gateway.nodeID)
+            #expect(try await node.waitForMaster(timeout: stretched(.seconds(10))) == gateway.nodeID)
             let meshEvals = 1_000
             for _ in 0..<meshEvals { node.snd(PortID(node: gateway.nodeID, name: ""), ["eval", "die"]) }
 

@@ -254,7 +254,7 @@ struct LossTests {
             let hidden = try makeNode(id: "gw-private-%u", seeds: [net.seed.address])
             net.cleanup.add { await hidden.shutdown() }
             try await hidden.start()
-            #expect(try await hidden.waitForMaster(timeout: .seconds(15)) == net.seed.id)
+            #expect(try await hidden.waitForMaster(timeout: stretched(.seconds(15))) == net.seed.id)
             let toPrivate = try await net.post("/v1/send", json: ["port": .string("\(hidden.id)#p"), "message": [1]])
             expectProblem(toPrivate, 502, "node_unreachable")
 

@@ -32,7 +32,7 @@ struct MailboxTests {
             for bad: Value in [["ttl": 0], ["ttl": 86_401], ["ttl": "5"], ["ttl": 1.5], ["max_queue": 0], ["max_queue": "many"], [1], "x"] {
                 expectProblem(try await net.post("/v1/ports", json: bad), 422, "invalid_request")
             }
-            let broken = try await net.http.request("POST", "/v1/ports", body: Array("{\"ttl\":".utf8))
+            let broken = try await net.http.request("POST", "/v1/ports", headers: [("Content-Type", "application/json")], body: Array("{\"ttl\":".utf8))
             expectProblem(broken, 400, "malformed_json")
         }
     }

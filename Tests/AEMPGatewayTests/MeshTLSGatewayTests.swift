@@ -229,7 +229,7 @@ struct MeshTLSGatewayTests {
             let node = try makeNode(id: "tls-joiner-%u", binds: ["127.0.0.1:0"], seeds: [bind], secret: "", certificate: meshCertificate)
             cleanup.add { await node.shutdown() }
             try await node.start()
-            #expect(try await node.waitForMaster(timeout: .seconds(15)) == gateway.nodeID)
+            #expect(try await node.waitForMaster(timeout: stretched(.seconds(15))) == gateway.nodeID)
             let info = try await gateway.waitForNodeInfo("the joined node's TLS connection") { info in
                 info["connections"]?.arrayValue?.contains { $0.objectValue?["node"] == .string(node.id) } == true
             }
@@ -239,7 +239,7 @@ struct MeshTLSGatewayTests {
             let stranger = try makeNode(id: "tls-stranger-%u", seeds: [bind], secret: "some-secret")
             cleanup.add { await stranger.shutdown() }
             try await stranger.start()
-            #expect((try? await stranger.waitForMaster(timeout: .seconds(3))) == nil, "a node without the certificate is refused")
+            #expect((try? await stranger.waitForMaster(timeout: stretched(.seconds(3)))) == nil, "a node without the certificate is refused")
         }
     }
 

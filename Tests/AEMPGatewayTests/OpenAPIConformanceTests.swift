@@ -288,6 +288,7 @@ struct OpenAPIConformanceTests {
             try await database(a)
             try await feeds(a)
             try await nodes(a)
+            try await browserSafety(a)
 
             let tokens = ["rw-secret-token": TokenScope.readWrite, "ro-secret-token": .readOnly]
             let b = try await SpecGateway.start("b", coverage: coverage, auth: [("Authorization", "Bearer rw-secret-token")]) { c in
@@ -386,7 +387,7 @@ struct OpenAPIConformanceTests {
         do {
             try await joined.start()
             // Attached first: a node the network has no address for yet fails at once (as in Perl).
-            #expect((try? await joined.waitForMaster(timeout: .seconds(10))) != nil)
+            #expect((try? await joined.waitForMaster(timeout: stretched(.seconds(10)))) != nil)
             // And connected on the gateway's side too (its end of the handshake may finish after
             // the node learnt its master): sends to a node neither connected nor listed are refused.
             try await eventually("the gateway sees the node") { await a.gateway.node.upNodes().contains(joined.id) }
@@ -1039,6 +1040,34 @@ struct OpenAPIConformanceTests {
 
     /// A node that stops reading (an `aemp sink` process, SIGSTOPped): once its connection holds
     /// more than `peerBacklog` unsent, sends and calls to it are refused with 503 peer_backlogged.
+    /// Issue 17's safe defaults, on every operation the document has: a foreign `Host` gets 403
+    /// host_not_allowed; a write from a page of another origin, 403 origin_not_allowed; a body
+    /// that is not `application/json`, 415 unsupported_media_type. Nothing is done by any of them.
+    func browserSafety(_ a: SpecGateway) async throws {
+        for op in contract.operations {
+            let method = op.method.uppercased()
+            let (query, json) = Self.minimalRequest(op, a)
+            let path = a.concretePath(op.template) + query
+            let body = json.map { JSONCodec.encodeBytes($0) }
+            let typed = body.map { _ in [("Content-Type", "application/json")] } ?? []
+            let foreignHost = try await a.http.request(
+                method, path, headers: a.auth + typed + [("Host", "rebound.attacker.example:8080")], body: body)
+            a.record(method, path, foreignHost, expect: 403, "host_not_allowed")
+            if method != "GET" {
+                let foreignOrigin = try await a.http.request(
+                    method, path, headers: a.auth + typed + [("Origin", "https://attacker.example")], body: body)
+                a.record(method, path, foreignOrigin, expect: 403, "origin_not_allowed")
+            }
+            if op.object["requestBody"] != nil {
+                let plain = try await a.http.request(
+                    method, path, headers: a.auth + [("Content-Type", "text/plain")], body: body ?? Array("{}".utf8))
+                a.record(method, path, plain, expect: 415, "unsupported_media_type")
+            }
+        }
+        // The mailbox that the refused DELETE named is still there.
+        try await a.exchange("GET", "/v1/ports/\(a.mailboxName)", expect: 200)
+    }
+
     func peerBacklogged(_ e: SpecGateway) async throws {
         let sink = try ChildProcess(
             "aemp", ["sink", "--seeds", e.bind, "--secret", gatewayTestSecret, "--log-level", "\(testLogLevel)"])

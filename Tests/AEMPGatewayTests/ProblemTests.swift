@@ -31,7 +31,7 @@ struct ProblemTests {
                 }
             }
             // POST /v1/ports takes an empty body, but not a broken one.
-            expectProblem(try await net.http.request("POST", "/v1/ports", body: Array("{\"ttl\": 5".utf8)), 400, "malformed_json")
+            expectProblem(try await net.http.request("POST", "/v1/ports", headers: [("Content-Type", "application/json")], body: Array("{\"ttl\": 5".utf8)), 400, "malformed_json")
         }
     }
 
@@ -106,9 +106,9 @@ struct ProblemTests {
 
             // Chunked, with no Content-Length to refuse it early.
             let chunk = Array(repeating: UInt8(ascii: "a"), count: 1500)
-            let raw = Array("POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)
+            let raw = Array("POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)
                 + Array(String(chunk.count, radix: 16).utf8) + [13, 10] + chunk + [13, 10] + Array("0\r\n\r\n".utf8)
-                + Array("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8)
+                + Array("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
             let answer = try await net.http.rawExchange(raw)
             let text = String(decoding: answer, as: UTF8.self)
             let chunked = try #require(HTTPTestResponse.parse(answer), "raw answer: \(text)")
@@ -120,7 +120,7 @@ struct ProblemTests {
 
             // Expect: 100-continue with a body that is too large: refused before it is sent.
             let expect = try await net.http.rawExchange(
-                Array("POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n".utf8))
+                Array("POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n".utf8))
             let refused = try #require(HTTPTestResponse.parse(expect), "\(String(decoding: expect, as: UTF8.self))")
             expectProblem(refused, 413, "body_too_large")
 
@@ -137,7 +137,7 @@ struct ProblemTests {
             let garbage: [[UInt8]] = [
                 Array("GARBAGE\r\n\r\n".utf8),
                 Array("GET /v1/node HTTP/9.9\r\n\r\n".utf8),
-                Array("POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n".utf8),
+                Array("POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n".utf8),
             ]
             for bytes in garbage {
                 // Either an error answer or a closed connection; just never a hang or a crash.
@@ -151,11 +151,11 @@ struct ProblemTests {
             // Clients that hang up mid-request, mid-body, or while a long-poll waits.
             let box = try await net.createMailbox()
             for bytes in [
-                "POST /v1/send HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"port\"",
-                "GET /v1/node HTTP/1.1\r\nHost: x\r\n",
-                "GET /v1/ports/\(box.name)/messages?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n",
-                "GET /v1/ports/\(box.name)/messages HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
-                "GET /v1/db/f/watch?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n",
+                "POST /v1/send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"port\"",
+                "GET /v1/node HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+                "GET /v1/ports/\(box.name)/messages?wait=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                "GET /v1/ports/\(box.name)/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n",
+                "GET /v1/db/f/watch?wait=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
                 "\u{16}\u{3}\u{1}\u{2}\u{0}\u{1}\u{0}\u{1}\u{FC}\u{3}\u{3}",  // a TLS client hello
             ] {
                 try await net.http.rawSendAndHangUp(Array(bytes.utf8))

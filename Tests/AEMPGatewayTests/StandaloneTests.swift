@@ -23,7 +23,7 @@ struct StandaloneTests {
             let node = try makeNode(id: "gw-joins-standalone-%u", binds: ["127.0.0.1:0"], seeds: [bind])
             cleanup.add { await node.shutdown() }
             try await node.start()
-            #expect(try await node.waitForMaster(timeout: .seconds(15)) == gateway.nodeID)
+            #expect(try await node.waitForMaster(timeout: stretched(.seconds(15))) == gateway.nodeID)
 
             let http = try await gateway.client()
             cleanup.add { await http.close() }
@@ -71,11 +71,11 @@ struct StandaloneTests {
             let node = try makeNode(id: "gw-secret-%u", seeds: [bind], secret: secret)
             cleanup.add { await node.shutdown() }
             try await node.start()
-            #expect(try await node.waitForMaster(timeout: .seconds(15)) == gateway.nodeID)
+            #expect(try await node.waitForMaster(timeout: stretched(.seconds(15))) == gateway.nodeID)
             let stranger = try makeNode(id: "gw-stranger-%u", seeds: [bind], secret: "not the secret")
             cleanup.add { await stranger.shutdown() }
             try await stranger.start()
-            #expect((try? await stranger.waitForMaster(timeout: .seconds(2))) == nil, "a node with another secret must not join")
+            #expect((try? await stranger.waitForMaster(timeout: stretched(.seconds(2)))) == nil, "a node with another secret must not join")
             return secret
         }
         // The next run reuses the stored secret (and does not announce a new one).
@@ -88,7 +88,7 @@ struct StandaloneTests {
             let node = try makeNode(id: "gw-secret-again-%u", seeds: [bind], secret: secret)
             cleanup.add { await node.shutdown() }
             try await node.start()
-            #expect(try await node.waitForMaster(timeout: .seconds(15)) == gateway.nodeID)
+            #expect(try await node.waitForMaster(timeout: stretched(.seconds(15))) == gateway.nodeID)
         }
     }
 

@@ -36,7 +36,7 @@ struct BatchTests {
         let client = try makeNode(id: "t-bclient-%u", seeds: [address])
         try await client.start()
         defer { Task { await client.shutdown(); await seed.shutdown() } }
-        #expect(try await client.waitForMaster(timeout: .seconds(10)) == seed.id)
+        #expect(try await client.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
         let received = Watched<[String: [Int]]>([:])
         let remote = seed.port { m in received.update { $0["remote", default: []].append(Int(m[0].integerValue!)) } }
         let local = client.port { m in received.update { $0["local", default: []].append(Int(m[0].integerValue!)) } }

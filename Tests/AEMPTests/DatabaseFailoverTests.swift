@@ -31,7 +31,7 @@ struct DatabaseFailoverTests {
         // The public node knows both seeds; whichever is its master is the one that dies.
         let pub = try makeNode(id: "fdb-pub-%u", binds: ["127.0.0.1:0"], seeds: [a, b])
         try await pub.start()
-        let dyingID = try await pub.waitForMaster(timeout: .seconds(10))
+        let dyingID = try await pub.waitForMaster(timeout: stretched(.seconds(10)))
         let (dying, survivorID, survivorAddress) = dyingID == idA ? (seedA, idB, b) : (seedB, idA, a)
         await eventually("the two globals meshed and pub reaches both") {
             let up = await pub.upNodes()
@@ -40,7 +40,7 @@ struct DatabaseFailoverTests {
         // The private node is a slave of the survivor: it watches through a global that stays.
         let priv = try makeNode(id: "fdb-priv-%u", seeds: [survivorAddress])
         try await priv.start()
-        #expect(try await priv.waitForMaster(timeout: .seconds(10)) == survivorID)
+        #expect(try await priv.waitForMaster(timeout: stretched(.seconds(10))) == survivorID)
 
         let pubFeed = FeedLog(), privFeed = FeedLog(), pubGlobals = FeedLog(), privGlobals = FeedLog()
         pub.dbMon("fdb") { pubFeed.append($0) }
@@ -111,8 +111,8 @@ struct TwoGlobalDatabaseTests {
         let priv = try makeNode(id: "tg-priv-%u", seeds: [b])
         try await pub.start()
         try await priv.start()
-        #expect(try await pub.waitForMaster(timeout: .seconds(10)) == idA)
-        #expect(try await priv.waitForMaster(timeout: .seconds(10)) == idB)
+        #expect(try await pub.waitForMaster(timeout: stretched(.seconds(10))) == idA)
+        #expect(try await priv.waitForMaster(timeout: stretched(.seconds(10))) == idB)
         let pubFeed = FeedLog(), privFeed = FeedLog()
         pub.dbMon("tg") { pubFeed.append($0) }
         priv.dbMon("tg") { privFeed.append($0) }

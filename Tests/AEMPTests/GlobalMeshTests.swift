@@ -18,8 +18,8 @@ struct GlobalMeshTests {
         let watcher = try makeNode(id: "gm-watch-%u", seeds: [b])
         try await setter.start()
         try await watcher.start()
-        #expect(try await setter.waitForMaster(timeout: .seconds(10)) == seedA.id)
-        #expect(try await watcher.waitForMaster(timeout: .seconds(10)) == seedB.id)
+        #expect(try await setter.waitForMaster(timeout: stretched(.seconds(10))) == seedA.id)
+        #expect(try await watcher.waitForMaster(timeout: stretched(.seconds(10))) == seedB.id)
 
         let feed = Events<FamilyChange>()
         watcher.dbMon("mesh") { feed.yield($0) }
@@ -59,8 +59,8 @@ struct GlobalMeshTests {
         let watcher = try makeNode(id: "gg-watch-%u", seeds: [c])
         try await setter.start()
         try await watcher.start()
-        #expect(try await setter.waitForMaster(timeout: .seconds(10)) == seedB.id)
-        #expect(try await watcher.waitForMaster(timeout: .seconds(10)) == seedC.id)
+        #expect(try await setter.waitForMaster(timeout: stretched(.seconds(10))) == seedB.id)
+        #expect(try await watcher.waitForMaster(timeout: stretched(.seconds(10))) == seedC.id)
         let feed = Events<FamilyChange>()
         watcher.dbMon("gg") { feed.yield($0) }
         var changes = feed.stream.makeAsyncIterator()

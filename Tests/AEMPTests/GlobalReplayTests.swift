@@ -458,7 +458,7 @@ struct GlobalReplayTests {
         if let grace { c.globalLossGrace = grace }
         let node = res.node(try Node(configuration: c))
         try await node.start()
-        #expect(try await node.waitForMaster(timeout: .seconds(5)) == node.id)
+        #expect(try await node.waitForMaster(timeout: stretched(.seconds(5))) == node.id)
         return (node, address)
     }
 
@@ -884,7 +884,7 @@ final class GlobalSideReplay {
         let node = res.node(try Node(configuration: scriptedNodeConfiguration(
             id: "gr-\(global)-%u", binds: [address], seeds: [address], framings: framings)))
         try await node.start()
-        #expect(try await node.waitForMaster(timeout: .seconds(5)) == node.id, "a seed listing itself is global")
+        #expect(try await node.waitForMaster(timeout: stretched(.seconds(5))) == node.id, "a seed listing itself is global")
         var names = [global: node.id]
         var standIns: [String: ScriptedListener] = [:]
         for (other, captured) in listeners {

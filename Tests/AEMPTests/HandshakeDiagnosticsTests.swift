@@ -84,7 +84,7 @@ struct HandshakeDiagnosticsTests {
         let first = try makeNode(id: "hd-twin", seeds: [seedAddress])
         try await first.start()
         defer { Task { await first.shutdown(); await seed.shutdown() } }
-        #expect(try await first.waitForMaster(timeout: .seconds(10)) == seed.id)
+        #expect(try await first.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
 
         let log = CapturedLog()
         var c = scriptedNodeConfiguration(id: "hd-twin", seeds: [seedAddress])

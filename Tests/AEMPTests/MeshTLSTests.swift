@@ -82,7 +82,7 @@ struct MeshTLSTests {
             seed: try tlsNodeConfiguration(id: "tls-seed-%u", binds: ["127.0.0.1:0"], framings: framings.0),
             client: { try tlsNodeConfiguration(id: "tls-priv-%u", seeds: [$0], framings: framings.1) }
         ) { seed, client in
-            #expect(try await client.waitForMaster(timeout: .seconds(10)) == seed.id)
+            #expect(try await client.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
             try await expectTLSLink(seed, client)
             let info = try #require(await client.connections().first { $0.node == seed.id })
             #expect(info.sendFraming == framings.0.first?.rawValue && info.receiveFraming == framings.1.first?.rawValue, "\(info)")
@@ -95,7 +95,7 @@ struct MeshTLSTests {
             seed: try tlsNodeConfiguration(id: "tls-both-seed-%u", binds: ["127.0.0.1:0"], secret: testSecret),
             client: { try tlsNodeConfiguration(id: "tls-both-priv-%u", seeds: [$0], secret: testSecret) }
         ) { seed, client in
-            #expect(try await client.waitForMaster(timeout: .seconds(10)) == seed.id)
+            #expect(try await client.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
             try await expectTLSLink(seed, client)
         }
     }
@@ -106,7 +106,7 @@ struct MeshTLSTests {
             seed: try tlsNodeConfiguration(id: "tls-mixed-seed-%u", binds: ["127.0.0.1:0"], secret: testSecret),
             client: { try tlsNodeConfiguration(id: "tls-mixed-priv-%u", seeds: [$0], pem: nil, secret: testSecret) }
         ) { seed, client in
-            #expect(try await client.waitForMaster(timeout: .seconds(10)) == seed.id)
+            #expect(try await client.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
             // The seed's end of the handshake may finish after the client found its master (a
             // ThreadSanitizer run of CI saw it): wait for it.
             await eventually("the seed lists the client's connection") {
@@ -316,7 +316,7 @@ struct MeshTLSTests {
         let relay = try await RecordingRelay.start(target: seedAddress)
         let client = try Node(configuration: try tlsNodeConfiguration(id: "tls-cap-priv-%u", seeds: [relay.address], framings: [.json]))
         try await client.start()
-        #expect(try await client.waitForMaster(timeout: .seconds(10)) == seed.id)
+        #expect(try await client.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
         let marker = "plaintext-marker-\(UInt64.random(in: 0...UInt64.max))"
         let (port, inbox) = seed.mailbox()
         var messages = inbox.makeAsyncIterator()
@@ -346,7 +346,7 @@ struct MeshTLSTests {
         let plainClient = try Node(configuration: try tlsNodeConfiguration(
             id: "tls-cap-plainpriv-%u", seeds: [plainRelay.address], pem: nil, secret: testSecret, framings: [.json]))
         try await plainClient.start()
-        #expect(try await plainClient.waitForMaster(timeout: .seconds(10)) == plainSeed.id)
+        #expect(try await plainClient.waitForMaster(timeout: stretched(.seconds(10))) == plainSeed.id)
         // The client takes the seed as master on the seed's auth line; its own may still be on the
         // way through the relay (a CI run read the capture before it arrived). The seed lists the
         // client once it has checked that line.
@@ -387,7 +387,7 @@ struct MeshTLSTests {
             seed: try tlsNodeConfiguration(id: "tls-perlpem-seed-%u", binds: ["127.0.0.1:0"], pem: perlGencertPEM),
             client: { try tlsNodeConfiguration(id: "tls-perlpem-priv-%u", seeds: [$0], pem: keyFirst) }
         ) { seed, client in
-            #expect(try await client.waitForMaster(timeout: .seconds(10)) == seed.id)
+            #expect(try await client.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
             try await expectTLSLink(seed, client)
         }
     }

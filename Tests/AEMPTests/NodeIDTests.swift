@@ -76,7 +76,7 @@ struct NodeIDTests {
             let global = res.node(try Node(configuration: scriptedNodeConfiguration(
                 id: "nid-global-%u", binds: [address], seeds: [address], framings: [framing])))
             try await global.start()
-            #expect(try await global.waitForMaster(timeout: .seconds(5)) == global.id)
+            #expect(try await global.waitForMaster(timeout: stretched(.seconds(5))) == global.id)
 
             // The handshake with the raw bytes in the greeting; both tokens over those bytes.
             let peer = res.peer(try await ScriptedPeer.dial(address))

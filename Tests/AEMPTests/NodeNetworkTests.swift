@@ -15,7 +15,7 @@ struct NodeNetworkTests {
         try await client.start()
         defer { Task { await client.shutdown(); await seed.shutdown() } }
 
-        let master = try await client.waitForMaster(timeout: .seconds(10))
+        let master = try await client.waitForMaster(timeout: stretched(.seconds(10)))
         #expect(master == seed.id)
 
         let (seedPort, seedInbox) = seed.mailbox()
@@ -55,7 +55,7 @@ struct ShutdownTests {
         for round in 0..<5 {
             let client = try makeNode(id: "sd-client-%u", seeds: [address])
             try await client.start()
-            #expect(try await client.waitForMaster(timeout: .seconds(10)) == seed.id)
+            #expect(try await client.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
             for i in 0..<20 { client.snd(port, ["last words", .int(Int64(round)), .int(Int64(i))]) }
             await client.shutdown()
             for i in 0..<20 {
@@ -88,8 +88,8 @@ struct ThreeNodes {
         let priv = try makeNode(id: "s3-priv-%u", seeds: [address], framings: [.cbor, .json])
         try await pub.start()
         try await priv.start()
-        #expect(try await pub.waitForMaster(timeout: .seconds(10)) == seed.id)
-        #expect(try await priv.waitForMaster(timeout: .seconds(10)) == seed.id)
+        #expect(try await pub.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
+        #expect(try await priv.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
         // pub's g_slave has reached the seed: a lookup before that fails at once with "no known
         // address", as in Perl. (Asked through priv: the seed answers only once it is global.)
         await eventually(within: 10, "the seed knows pub") { try await priv.dbKeys("'l").contains(pub.id) }
@@ -224,7 +224,7 @@ struct FailoverTests {
             try await pub.start()
             try await priv.start()
             // The first seed to come up becomes master; stop that one.
-            let first = try await priv.waitForMaster(timeout: .seconds(10))
+            let first = try await priv.waitForMaster(timeout: stretched(.seconds(10)))
             let (dying, surviving) = first == seedA.id ? (seedA, seedB) : (seedB, seedA)
             await eventually("both seeds connected") {
                 let up = await priv.upNodes()

@@ -26,7 +26,7 @@ struct NodeSecurityTests {
             // with an observer on its node port and a port for the relays that are allowed.
             let third = res.node(try Node(configuration: scriptedNodeConfiguration(id: "nsec-third-%u", seeds: [address])))
             try await third.start()
-            #expect(try await third.waitForMaster(timeout: .seconds(10)) == target.id)
+            #expect(try await third.waitForMaster(timeout: stretched(.seconds(10))) == target.id)
             let thirdSeen = Watched<[Value]>([])
             await third.observeNodePort { request, source in
                 thirdSeen.update { $0.append(["from": .string(source), "request": .array(request)]) }

@@ -19,7 +19,7 @@ struct ProcessTests {
 
         let node = try makeNode(id: "proc-client-%u", seeds: [address])
         try await node.start()
-        #expect(try await node.waitForMaster(timeout: .seconds(10)) == seedID)
+        #expect(try await node.waitForMaster(timeout: stretched(.seconds(10))) == seedID)
 
         let events = Events<String>()
         node.monNodes { id, up in events.yield("\(up ? "up" : "down") \(id)") }

@@ -11,11 +11,11 @@ struct ReachabilityTests {
         let address = try #require(await seed.listenAddresses().first)
         let early = try makeNode(id: "rc-early-%u", binds: ["127.0.0.1:0"], seeds: [address])
         try await early.start()
-        #expect(try await early.waitForMaster(timeout: .seconds(10)) == seed.id)
+        #expect(try await early.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
 
         let priv = try makeNode(id: "rc-priv-%u", seeds: [address])
         try await priv.start()
-        #expect(try await priv.waitForMaster(timeout: .seconds(10)) == seed.id)
+        #expect(try await priv.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
         priv.keepConnectedToPublicNodes()
         let (inbox, messages) = priv.mailbox()
         var received = messages.makeAsyncIterator()

@@ -100,7 +100,7 @@ struct ReplayTests {
                 #expect(db?["'l"] == .object([node.id: .array([])]), "g_slave db: \(p)")
                 break
             }
-            #expect(try await node.waitForMaster(timeout: .seconds(5)) == "seed")
+            #expect(try await node.waitForMaster(timeout: stretched(.seconds(5))) == "seed")
             #expect(await node.upNodes() == ["seed"])
 
             try await Self.nodePortConversation(peer: peer, node: node, peerID: "seed")

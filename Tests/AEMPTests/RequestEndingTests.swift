@@ -20,7 +20,7 @@ struct RequestEndingTests {
     static func twoWaiting() async throws -> (Node, Task<[String: Value], any Error>, Task<String, any Error>) {
         let node = try await masterless()
         let query = Task<[String: Value], any Error> { try await node.dbFamily("f", timeout: .seconds(600)) }
-        let master = Task<String, any Error> { try await node.waitForMaster(timeout: .seconds(600)) }
+        let master = Task<String, any Error> { try await node.waitForMaster(timeout: stretched(.seconds(600))) }
         await eventually("both wait in the node") { await waiting(node) == (2, 1) }
         return (node, query, master)
     }
@@ -68,7 +68,7 @@ struct RequestEndingTests {
         await #expect(throws: RequestError.shutDown) { try await query.value }
         await #expect(throws: RequestError.shutDown) { try await master.value }
         await #expect(throws: RequestError.shutDown) { try await node.dbFamily("f", timeout: .seconds(600)) }
-        await #expect(throws: RequestError.shutDown) { try await node.waitForMaster(timeout: .seconds(600)) }
+        await #expect(throws: RequestError.shutDown) { try await node.waitForMaster(timeout: stretched(.seconds(600))) }
     }
 
     @Test("waitForMaster answers at once when attached, throws timedOut when no master comes")
@@ -78,7 +78,7 @@ struct RequestEndingTests {
         let address = try #require(await seed.listenAddresses().first)
         let node = try makeNode(id: "rq-node-%u", seeds: [address])
         try await node.start()
-        #expect(try await node.waitForMaster(timeout: .seconds(10)) == seed.id)
+        #expect(try await node.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
         #expect(try await node.waitForMaster(timeout: .milliseconds(1)) == seed.id)
         #expect(try await node.dbKeys("nothing-here") == [])
 
@@ -106,7 +106,7 @@ struct CalTests {
         let silent = seed.port { _ in }
         let node = try makeNode(id: "cal-node-%u", seeds: [try #require(await seed.listenAddresses().first)])
         try await node.start()
-        _ = try await node.waitForMaster(timeout: .seconds(10))
+        _ = try await node.waitForMaster(timeout: stretched(.seconds(10)))
         return (seed, node, echo, silent)
     }
 

@@ -15,7 +15,7 @@ struct SubscriptionTests {
         try await seed.start()
         let node = try makeNode(id: "sub-node-%u", seeds: [try #require(await seed.listenAddresses().first)])
         try await node.start()
-        _ = try await node.waitForMaster(timeout: .seconds(10))
+        _ = try await node.waitForMaster(timeout: stretched(.seconds(10)))
         return (seed, node)
     }
 

@@ -429,7 +429,7 @@ struct ToolNetwork {
         if withPublicNode {
             let p = try makeNode(id: "tool-pub-%u", binds: ["127.0.0.1:0"], seeds: [address])
             try await p.start()
-            #expect(try await p.waitForMaster(timeout: .seconds(10)) == seed.id)
+            #expect(try await p.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
             // Registered with the seed: a lookup before that fails at once ("no known address").
             await eventually(within: 10, "the seed knows the public node") { try await p.dbKeys("'l").contains(p.id) }
             pub = p

@@ -37,8 +37,8 @@ struct UnreachableNodeTests {
             try await a.start()
             try await b.start()
             defer { Task { await a.shutdown(); await b.shutdown(); await seed.shutdown() } }
-            #expect(try await a.waitForMaster(timeout: .seconds(10)) == seed.id)
-            #expect(try await b.waitForMaster(timeout: .seconds(10)) == seed.id)
+            #expect(try await a.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
+            #expect(try await b.waitForMaster(timeout: stretched(.seconds(10))) == seed.id)
             // b has registered its (empty) listener list with the seed: 'l => {b: []}. Asked through a
             // (its g_slave went first on that connection, so the seed is global when it answers); the
             // seed itself answers a query only once it is global, and a query before that never returns.

@@ -392,7 +392,7 @@ struct WireAbuseTests {
             let good = res.node(try Node(configuration: scriptedNodeConfiguration(
                 id: "abuse-good-%u", seeds: [address], handshakeTimeout: handshakeTimeout)))
             try await good.start()
-            #expect(try await good.waitForMaster(timeout: .seconds(10)) == pub.id)
+            #expect(try await good.waitForMaster(timeout: stretched(.seconds(10))) == pub.id)
             let net = Net(pub: pub, good: good, address: address)
             try await checkHealthy(net, "before")
             try await body(net, res)

@@ -255,7 +255,26 @@ public struct GatewaySettings: Sendable {
             }
             if c.tokens.isEmpty { p.append("\(v) holds no token") }
         },
-        list("cors-origin", "Origin allowed by CORS (repeatable; * = any).") { v, c, _ in c.corsOrigins = Set(v) },
+        list("cors-origin", "Origin allowed by CORS (repeatable; * = any); state-changing requests from pages of other origins get 403.") {
+            v, c, _ in c.corsOrigins = Set(v)
+        },
+        list(
+            "allowed-host",
+            "Name allowed in the Host header besides IP addresses, localhost and the names the gateway listens on (repeatable; * = any): other names get 403 (DNS rebinding)."
+        ) { v, c, p in
+            let bad = v.filter { $0.isEmpty || $0.contains("/") || $0.contains(" ") }
+            if bad.isEmpty { c.allowedHosts = v } else { p.append("\(bad[0].debugDescription) is not a host name") }
+        },
+        text(
+            "allow-any-content-type",
+            "Accept JSON bodies sent with any Content-Type (true/false; default false: 415 unless application/json, as a page of any site can send text/plain without asking)."
+        ) { v, c, p in
+            switch v.lowercased() {
+            case "true", "1", "yes": c.allowAnyContentType = true
+            case "false", "0", "no", "": c.allowAnyContentType = false
+            default: p.append("\(v.debugDescription) is not true or false")
+            }
+        },
         list("allow-node-port-tag", "Node-port tag HTTP clients may send: time, can or devnull (repeatable).") { v, c, p in
             let harmful = v.filter { !Destination.harmlessNodePortTags.contains($0) }
             for tag in harmful {

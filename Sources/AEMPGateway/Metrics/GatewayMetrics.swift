@@ -35,6 +35,10 @@ final class GatewayMetrics: Sendable {
     let sendsRefusedUnreachable: Counter
     let refusedTooDeep: Counter
     let refusedTooLarge: Counter
+    /// `BrowserSafety`'s refusals: Host, Origin, Content-Type.
+    let refusedHost: Counter
+    let refusedOrigin: Counter
+    let refusedContentType: Counter
     let messagesDelivered: Counter
     let requestBytes: Counter
     let responseBytes: Counter
@@ -126,6 +130,12 @@ final class GatewayMetrics: Sendable {
             descriptor: name(
                 "requests_refused_too_large", "total",
                 "Sends, calls and database writes refused with 413 message_too_large: the packet would exceed --max-packet."))
+        let browser = name(
+            "requests_refused_browser", "total",
+            "Requests refused by the browser safety checks: 403 host_not_allowed (check=host), 403 origin_not_allowed (check=origin), 415 unsupported_media_type (check=content_type).")
+        refusedHost = registry.makeCounter(descriptor: browser, labels: [("check", "host")])
+        refusedOrigin = registry.makeCounter(descriptor: browser, labels: [("check", "origin")])
+        refusedContentType = registry.makeCounter(descriptor: browser, labels: [("check", "content_type")])
         messagesDelivered = registry.makeCounter(
             descriptor: name("mailbox_delivered_messages", "total", "Messages and monitor events delivered into mailboxes."))
         requestBytes = registry.makeCounter(

@@ -6,6 +6,9 @@ struct CORSPolicy: Sendable {
     /// No origin configured: no CORS header is ever sent.
     var isOff: Bool { origins.isEmpty }
 
+    /// Whether pages of `origin` may use the gateway.
+    func allows(_ origin: String) -> Bool { origins.contains("*") || origins.contains(origin) }
+
     /// The headers for an answer to a request from `origin` (none for an origin not allowed).
     func headers(origin: String?) -> [(String, String)] {
         guard !origins.isEmpty, let origin else { return [] }

@@ -38,6 +38,10 @@ extension Gateway {
     func route(_ request: HTTPRequest, _ exchange: Exchange) throws(Problem) -> HTTPResponse? {
         let segments = try pathSegments(request.path)
         let method = isHead(request) ? "GET" : request.method
+        do { try browser.checkHost(request.header("host")) } catch {
+            metrics.refusedHost.increment()
+            throw error
+        }
         if method == "OPTIONS" {
             exchange.route.store(Self.routes.label(method: "GET", segments: segments), ordering: .relaxed)
             return cors.preflight()
@@ -54,6 +58,10 @@ extension Gateway {
         case .notFound:
             exchange.route.store(Self.routes.paths.count, ordering: .relaxed)
             access = method == "GET" ? .read : .write
+        }
+        do { try browser.checkOrigin(method: request.method, origin: request.header("origin"), host: request.header("host")) } catch {
+            metrics.refusedOrigin.increment()
+            throw error
         }
         try checkAccess(access, method: request.method, authorization: request.header("authorization"))
         switch match {
@@ -122,6 +130,10 @@ extension Gateway {
     /// Parses the body as JSON (jansson). A body that puts what it `carries` on the mesh and nests
     /// deeper than the parser goes is 422 too_deep (the mesh carries far less), else 400.
     func jsonBody(_ request: HTTPRequest, carrying carries: MeshInput? = nil) throws(Problem) -> Value {
+        do { try browser.checkContentType(request.header("content-type")) } catch {
+            metrics.refusedContentType.increment()
+            throw error
+        }
         guard !request.body.isEmpty else { throw .malformedJSON("the body is empty") }
         do {
             return try JSONCodec.decode(request.body)

@@ -260,7 +260,7 @@ struct GatewayNetwork: Sendable {
         let node = try makeNode(id: "gw-node-%u", binds: ["127.0.0.1:0"], seeds: [seed.address])
         cleanup.add { await node.shutdown() }
         try await node.start()
-        let master = try await node.waitForMaster(timeout: .seconds(15))
+        let master = try await node.waitForMaster(timeout: stretched(.seconds(15)))
         try #require(master == seed.id, "the public node did not attach to the seed")
         let gateway = try await GatewayProcess.start(seeds: [seed.address], arguments: gatewayArguments)
         cleanup.add { gateway.child.stop() }
@@ -277,7 +277,7 @@ struct GatewayNetwork: Sendable {
         let n = try makeNode(id: id, binds: ["127.0.0.1:0"], seeds: [seed.address])
         cleanup.add { await n.shutdown() }
         try await n.start()
-        let master = try await n.waitForMaster(timeout: .seconds(15))
+        let master = try await n.waitForMaster(timeout: stretched(.seconds(15)))
         try #require(master == seed.id, "node \(n.id) did not attach to the seed")
         return n
     }
