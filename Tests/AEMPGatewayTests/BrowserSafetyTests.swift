@@ -1,6 +1,42 @@
 import AEMP
+@testable import AEMPGateway
 import Foundation
 import Testing
+
+/// The checks' pure parts: what passes as an address, a JSON type, a same-origin.
+@Suite("gateway: browser safety, the parsing")
+struct BrowserSafetyParsingTests {
+    @Test("IPv4 authorities are recognised without parsing a name; anything else takes the general check")
+    func ipv4() {
+        for ok in ["127.0.0.1", "127.0.0.1:8080", "10.0.0.255:1", "0.0.0.0:65535"] { #expect(BrowserSafety.isIPv4Authority(ok), "\(ok)") }
+        for no in ["", "127.0.0", "127.0.0.1.", "256.0.0.1", "1.2.3.4:", "1.2.3.4:123456", "1.2.3.4:80:80", "a.b.c.d", "1..2.3", "1.2.3.4a", "0x7f.0.0.1"] {
+            #expect(!BrowserSafety.isIPv4Authority(no), "\(no)")
+        }
+        let safety = BrowserSafety(allowedHosts: [], listenAddresses: ["gw.internal:8080", "0.0.0.0:8081"], cors: CORSPolicy(origins: []), anyContentType: false)
+        for ok in ["[::1]:80", "[fe80::1]", "::1", "gw.internal", "GW.internal.:8080", "localhost", "x.localhost"] {
+            #expect((try? safety.checkHost(ok)) != nil, "\(ok)")
+        }
+        for no in ["gw.internal.evil", "localhostx", "0.0.0.0.evil", "[::1", "evil"] { #expect((try? safety.checkHost(no)) == nil, "\(no)") }
+    }
+
+    @Test("JSON types: application/json and +json, UTF-8 or no charset")
+    func json() {
+        for ok in ["application/json", "APPLICATION/JSON", "application/json;charset=utf-8", "application/json ; charset=\"UTF8\"", "application/problem+json", "application/json; foo=bar"] {
+            #expect(BrowserSafety.isJSON(ok), "\(ok)")
+        }
+        for no in [nil, "", "text/json", "application/jsonx", "application/json; charset=latin1", "text/plain", "application/x-www-form-urlencoded", "+json"] {
+            #expect(!BrowserSafety.isJSON(no), "\(no ?? "nil")")
+        }
+    }
+
+    @Test("an origin's host:port, for the same-origin comparison")
+    func originHost() {
+        #expect(BrowserSafety.originHost("http://127.0.0.1:8080") == "127.0.0.1:8080")
+        #expect(BrowserSafety.originHost("https://App.Example") == "app.example")
+        #expect(BrowserSafety.originHost("null") == nil)
+        #expect(BrowserSafety.originHost("http://a/b") == nil)
+    }
+}
 
 /// Issue 17's safe defaults, seen from HTTP clients (curl and a raw client that sends what a
 /// browser sends): without tokens, a web page of another site cannot put anything into the

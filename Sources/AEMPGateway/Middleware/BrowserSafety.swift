@@ -46,7 +46,7 @@ struct BrowserSafety: Sendable {
 
     /// Refuses a `Host` that names no address of the gateway (none at all is HTTP/1.0's, allowed).
     func checkHost(_ host: String?) throws(Problem) {
-        guard !anyHost, let host else { return }
+        guard !anyHost, let host, !Self.isIPv4Authority(host) else { return }
         let name = Self.normalized(Self.hostPart(host))
         if Self.isAddressLiteral(name) || name == "localhost" || name.hasSuffix(".localhost") || hosts.contains(name) { return }
         throw Problem(
@@ -97,6 +97,7 @@ struct BrowserSafety: Sendable {
     /// `application/json` or `application/…+json`, with no charset or UTF-8.
     static func isJSON(_ contentType: String?) -> Bool {
         guard let contentType else { return false }
+        if contentType == "application/json" { return true }  // nearly every request: no parsing
         let parts = contentType.split(separator: ";", omittingEmptySubsequences: false)
         let type = trim(String(parts[0])).lowercased()
         guard type == "application/json" || (type.hasPrefix("application/") && type.hasSuffix("+json")) else { return false }
@@ -110,6 +111,35 @@ struct BrowserSafety: Sendable {
     }
 
     // MARK: - Names
+
+    /// `a.b.c.d` or `a.b.c.d:port` (the common `Host` of programs), checked without allocating.
+    static func isIPv4Authority(_ host: String) -> Bool {
+        var dots = 0, digits = 0, value = 0, inPort = false, portDigits = 0
+        for c in host.utf8 {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"):
+                if inPort {
+                    portDigits += 1
+                    if portDigits > 5 { return false }
+                } else {
+                    digits += 1
+                    value = value * 10 + Int(c - UInt8(ascii: "0"))
+                    if digits > 3 || value > 255 { return false }
+                }
+            case UInt8(ascii: "."):
+                if inPort || digits == 0 { return false }
+                dots += 1
+                digits = 0
+                value = 0
+            case UInt8(ascii: ":"):
+                if inPort || dots != 3 || digits == 0 { return false }
+                inPort = true
+            default:
+                return false
+            }
+        }
+        return dots == 3 && (inPort ? portDigits > 0 : digits > 0)
+    }
 
     /// The host of `host[:port]` or `[v6]:port` (brackets kept off).
     static func hostPart(_ hostAndPort: String) -> String {
